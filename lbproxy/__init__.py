@@ -1,0 +1,1 @@
+"""lbproxy: asyncio + uvloop L4 TCP proxy over healthy backends."""
