@@ -1,0 +1,3 @@
+from vipd.cli import main
+
+main()

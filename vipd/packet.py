@@ -1,0 +1,266 @@
+"""VRRP advertisement codec: RFC 5798 (VRRPv3, IPv4 and IPv6) and RFC 3768 (VRRPv2), byte-compatible
+with keepalived 2.2.7.
+
+Only the VRRP message is built and parsed: the kernel writes the IP header, and the receive path hands
+over the IP source, destination and TTL/hop limit it got from the socket.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+REASONS = ("ttl", "version", "type", "length", "checksum", "vrid", "auth", "interval", "family")
+CHECKSUM_MODES = ("pseudo_header", "message_only")
+
+IPPROTO_VRRP = 112
+VRRP_TTL = 255
+ADVERTISEMENT = 1
+HEADER_LEN = 8
+AUTH_DATA_LEN = 8
+AUTH_NONE, AUTH_SIMPLE_PASSWORD, AUTH_IPSEC_AH = 0, 1, 2
+MAX_ADVER_INT_MASK = 0x0FFF  # the top 4 bits of the v3 interval word are "rsvd"
+
+_V3_HEADER = struct.Struct("!BBBBHH")   # version|type, VRID, priority, count, rsvd|max adver int, checksum
+_V2_HEADER = struct.Struct("!BBBBBBH")  # version|type, VRID, priority, count, auth type, adver int, checksum
+_CHECKSUM_OFFSET = 6
+
+
+@dataclass(frozen=True)
+class Advert:
+    version: int
+    vrid: int
+    priority: int
+    interval_cs: int
+    addresses: tuple[IPAddress, ...]
+    auth_type: int = AUTH_NONE
+    auth_data: bytes = b""
+
+    def __post_init__(self) -> None:
+        # Callers may pass strings or a list; equality and hashing need a tuple of address objects.
+        object.__setattr__(self, "addresses", tuple(ipaddress.ip_address(a) for a in self.addresses))
+
+    @property
+    def interval(self) -> float:
+        return self.interval_cs / 100
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown reason {self.reason!r}; expected one of {REASONS}")
+
+
+def password_bytes(pw: str) -> bytes:
+    """keepalived's auth_pass as it goes on the wire: at most 8 bytes, zero padded."""
+    return pw.encode()[:AUTH_DATA_LEN].ljust(AUTH_DATA_LEN, b"\0")
+
+
+def _ones_complement_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _checksum(data: bytes) -> int:
+    return ~_ones_complement_sum(data) & 0xFFFF
+
+
+def _pseudo_header(src: IPAddress, dst: IPAddress, length: int) -> bytes:
+    if src.version == 4:
+        return src.packed + dst.packed + struct.pack("!BBH", 0, IPPROTO_VRRP, length)
+    return src.packed + dst.packed + struct.pack("!I3xB", length, IPPROTO_VRRP)
+
+
+def _with_checksum(message: bytes, checksum: int) -> bytes:
+    return message[:_CHECKSUM_OFFSET] + struct.pack("!H", checksum) + message[_CHECKSUM_OFFSET + 2:]
+
+
+def encode(advert: Advert, *, src: str, dst: str, checksum_mode: str = "pseudo_header") -> bytes:
+    """The VRRP message for `advert` sent from src to dst. Raises ValueError for an advert that
+    cannot go on the wire.
+
+    v3 over IPv4 has two checksum forms in the field: "pseudo_header" (what keepalived sends, covering
+    the IPv4 pseudo-header as for IPv6) and "message_only". v2 always sums the message alone, v3 over
+    IPv6 always includes the IPv6 pseudo-header; checksum_mode does not change those.
+    """
+    if checksum_mode not in CHECKSUM_MODES:
+        raise ValueError(f"checksum_mode {checksum_mode!r}; expected one of {CHECKSUM_MODES}")
+    src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    families = {a.version for a in advert.addresses} or {src_ip.version}
+    if len(families) > 1:
+        raise ValueError("an advert carries addresses of one family only")
+    family = families.pop()
+    if src_ip.version != family or dst_ip.version != family:
+        raise ValueError(f"IPv{family} addresses need IPv{family} src and dst, got {src} -> {dst}")
+    if not 1 <= advert.vrid <= 255:
+        raise ValueError(f"vrid {advert.vrid} outside 1..255")
+    if not 0 <= advert.priority <= 255:
+        raise ValueError(f"priority {advert.priority} outside 0..255")
+    if len(advert.addresses) > 255:
+        raise ValueError(f"{len(advert.addresses)} addresses; the count field holds at most 255")
+    addresses = b"".join(a.packed for a in advert.addresses)
+
+    if advert.version == 3:
+        if advert.auth_type != AUTH_NONE or advert.auth_data:
+            raise ValueError("VRRPv3 has no authentication (RFC 5798 removed it)")
+        if not 1 <= advert.interval_cs <= MAX_ADVER_INT_MASK:
+            raise ValueError(f"v3 interval {advert.interval_cs} cs outside 1..{MAX_ADVER_INT_MASK}")
+        message = _V3_HEADER.pack(0x30 | ADVERTISEMENT, advert.vrid, advert.priority, len(advert.addresses),
+                                  advert.interval_cs, 0) + addresses
+        if family == 6 or checksum_mode == "pseudo_header":
+            return _with_checksum(message, _checksum(_pseudo_header(src_ip, dst_ip, len(message)) + message))
+        return _with_checksum(message, _checksum(message))
+
+    if advert.version == 2:
+        if family != 4:
+            raise ValueError("VRRPv2 (RFC 3768) carries IPv4 addresses only")
+        seconds, remainder = divmod(advert.interval_cs, 100)
+        if remainder or not 1 <= seconds <= 255:
+            raise ValueError(f"v2 interval {advert.interval_cs} cs is not a whole number of seconds in 1..255")
+        if advert.auth_type == AUTH_IPSEC_AH:
+            raise ValueError("IPsec AH authentication (auth type 2) is not supported")
+        if advert.auth_type not in (AUTH_NONE, AUTH_SIMPLE_PASSWORD):
+            raise ValueError(f"unknown v2 auth type {advert.auth_type}")
+        if len(advert.auth_data) > AUTH_DATA_LEN:
+            raise ValueError(f"auth_data is {len(advert.auth_data)} bytes; the field holds {AUTH_DATA_LEN}")
+        if advert.auth_type == AUTH_NONE and advert.auth_data.strip(b"\0"):
+            raise ValueError("auth_data given without authentication (auth_type 0)")
+        message = (_V2_HEADER.pack(0x20 | ADVERTISEMENT, advert.vrid, advert.priority, len(advert.addresses),
+                                   advert.auth_type, seconds, 0)
+                   + addresses + advert.auth_data.ljust(AUTH_DATA_LEN, b"\0"))
+        return _with_checksum(message, _checksum(message))
+
+    raise ValueError(f"VRRP version {advert.version}; expected 2 or 3")
+
+
+def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Invalid:
+    """Parse a received VRRP message and run the receive checks that need no instance, in the order of
+    RFC 5798 7.1 / RFC 3768 7.1. Never raises on any `data`.
+
+    ttl None means the socket did not report it, so that check is skipped.
+    """
+    src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if ttl is not None and dst_ip.is_multicast and ttl != VRRP_TTL:
+        return Invalid("ttl", f"TTL/hop limit {ttl} to {dst_ip}, must be {VRRP_TTL}: sent from off-link?")
+    if not data:
+        return Invalid("length", "empty packet")
+    version, vrrp_type = data[0] >> 4, data[0] & 0x0F
+    if version not in (2, 3):
+        return Invalid("version", f"version {version}, expected 2 or 3")
+    if vrrp_type != ADVERTISEMENT:
+        return Invalid("type", f"type {vrrp_type}, only 1 (advertisement) exists")
+    if src_ip.version != dst_ip.version:
+        return Invalid("family", f"src {src_ip} and dst {dst_ip} differ in family")
+    if version == 2 and src_ip.version == 6:
+        return Invalid("family", "VRRPv2 (RFC 3768) carries IPv4 only, got it over IPv6")
+    if len(data) < HEADER_LEN:
+        return Invalid("length", f"{len(data)} bytes, shorter than the {HEADER_LEN}-byte header")
+    count = data[3]
+    address_len = 4 if src_ip.version == 4 else 16
+    expected_len = HEADER_LEN + count * address_len + (AUTH_DATA_LEN if version == 2 else 0)
+    if len(data) != expected_len:
+        return Invalid("length", f"{len(data)} bytes, but VRRPv{version} with {count} "
+                                 f"IPv{src_ip.version} address(es) is {expected_len}")
+
+    message = bytes(data)
+    forms = {"message_only": message}
+    if version == 3:
+        forms = {"pseudo_header": _pseudo_header(src_ip, dst_ip, len(message)) + message}
+        if src_ip.version == 4:
+            forms["message_only"] = message
+    # Summing over the checksum field itself gives 0xFFFF when it is right, whichever zero it used.
+    if not any(_ones_complement_sum(covered) == 0xFFFF for covered in forms.values()):
+        received = struct.unpack_from("!H", message, _CHECKSUM_OFFSET)[0]
+        zeroed = _with_checksum(message, 0)
+        wanted = ", ".join(f"{form} 0x{_checksum(covered[:-len(message)] + zeroed):04x}"
+                           for form, covered in forms.items())
+        return Invalid("checksum", f"checksum 0x{received:04x}, expected {wanted}")
+
+    addresses = tuple(ipaddress.ip_address(message[offset:offset + address_len])
+                      for offset in range(HEADER_LEN, HEADER_LEN + count * address_len, address_len))
+    if version == 3:
+        _, vrid, priority, _, interval_word, _ = _V3_HEADER.unpack_from(message)
+        return Advert(3, vrid, priority, interval_word & MAX_ADVER_INT_MASK, addresses)
+    _, vrid, priority, _, auth_type, adver_int, _ = _V2_HEADER.unpack_from(message)
+    # RFC 3768: with no authentication the field is ignored on reception.
+    auth_data = message[-AUTH_DATA_LEN:] if auth_type != AUTH_NONE else b""
+    return Advert(2, vrid, priority, adver_int * 100, addresses, auth_type, auth_data)
+
+
+def accept(advert: Advert, *, vrid: int, version: int, auth_type: int = AUTH_NONE, auth_data: bytes = b"",
+           interval_cs: int | None = None) -> Invalid | None:
+    """The receive checks against one configured instance, in RFC order; None when the advert is for it.
+
+    auth_data is the configured password as password_bytes() gives it. v3 intervals are never checked:
+    a backup learns the master's (RFC 5798 6.4.2).
+    """
+    if advert.vrid != vrid:
+        return Invalid("vrid", f"VRID {advert.vrid}, ours is {vrid}")
+    if advert.version != version:
+        return Invalid("version", f"VRRPv{advert.version} advert for a VRRPv{version} instance")
+    if version != 2:
+        return None
+    if AUTH_IPSEC_AH in (advert.auth_type, auth_type):
+        return Invalid("auth", "IPsec AH authentication (auth type 2) is not supported")
+    if advert.auth_type != auth_type:
+        return Invalid("auth", f"auth type {advert.auth_type}, configured {auth_type}")
+    if auth_type == AUTH_SIMPLE_PASSWORD and advert.auth_data != auth_data.ljust(AUTH_DATA_LEN, b"\0"):
+        return Invalid("auth", "password mismatch")
+    if interval_cs is not None and advert.interval_cs != interval_cs:
+        return Invalid("interval", f"advert interval {advert.interval:g} s, configured {interval_cs / 100:g} s")
+    return None
+
+
+class RxErrors:
+    """Counts dropped adverts per reason and logs them at most once per `min_interval` per reason, so a
+    misconfigured or hostile neighbour cannot flood the log. Adverts for other VRIDs are normal on a shared
+    segment and are logged at DEBUG only.
+    """
+
+    def __init__(self, label: str = "", *, logger: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.monotonic, min_interval: float = 1.0) -> None:
+        self.label = label
+        self._logger = logger or logging.getLogger("vipd.vrrp")
+        self._clock = clock
+        self._min_interval = min_interval
+        self._counts = dict.fromkeys(REASONS, 0)
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def record(self, invalid: Invalid, src: object) -> None:
+        try:
+            reason = invalid.reason
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+            now = self._clock()
+            last = self._last_logged.get(reason)
+            if last is not None and now - last < self._min_interval:
+                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+                return
+            self._last_logged[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+            self._logger.log(
+                logging.DEBUG if reason == "vrid" else logging.WARNING,
+                "%sdropped VRRP packet from %s: %s%s%s",
+                f"{self.label}: " if self.label else "", src, reason,
+                f" ({invalid.detail})" if invalid.detail else "",
+                f"; {suppressed} more {reason} drops suppressed" if suppressed else "",
+            )
+        except Exception:  # bookkeeping must never take down the receive loop that calls it
+            pass
