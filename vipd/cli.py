@@ -1,0 +1,63 @@
+"""`vipd run | check | demo`."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vipd import __version__
+from vipd.config import DEFAULT_PATH
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="VRRP virtual IP daemon with a built-in L4 load balancer (keepalived + nginx in one).")
+
+ConfigOption = typer.Option(DEFAULT_PATH, "-c", "--config", help="The TOML config file.")
+
+
+@app.command()
+def run(config: str = ConfigOption) -> None:
+    """Run every [[vrrp]] instance and [[frontend]] of the config, in the foreground."""
+    from vipd.daemon import run_daemon
+    raise typer.Exit(run_daemon(config, with_vrrp=True))
+
+
+@app.command()
+def check(config: str = ConfigOption) -> None:
+    """Validate a config and exit: 0 when good, else one line per problem."""
+    from vipd.config import ConfigError, load
+    try:
+        loaded = load(config, require_vrrp=True)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{config}: ok ({len(loaded.vrrp)} vrrp instance(s), {len(loaded.frontends)} frontend(s))")
+
+
+@app.command()
+def demo(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the daemons' logs."),
+) -> None:
+    """Build a namespace lab (2 edges, 3 backends, 1 client), fail the master over, report."""
+    from vipd.demo import run_demo
+    raise typer.Exit(run_demo(verbose=verbose))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vipd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,269 @@
+"""`vipd run` / `lbproxy run`: one asyncio loop running VRRP, the proxy supervisor, the control
+socket and metrics. Signal handlers only enqueue; one dispatcher applies commands in order
+(gunicorn's arbiter), so a reload and a stop never interleave.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from vipd import config as configmod
+from vipd.sdnotify import SystemdNotifier
+
+log = logging.getLogger("vipd")
+
+
+class StartError(Exception):
+    """A component could not start; the message is one line for the operator."""
+
+
+def setup_logging(level: str = "info") -> None:
+    under_journal = "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
+                        stream=sys.stderr, force=True)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Daemon:
+    def __init__(self, path: str, with_vrrp: bool = True) -> None:
+        self.path = path
+        self.with_vrrp = with_vrrp
+        self.config: configmod.Config | None = None
+        self.vrrp: Any = None
+        self.proxy: Any = None
+        self.control: Any = None
+        self.metrics: Any = None
+        self.notifier = SystemdNotifier()
+        self.commands: asyncio.Queue | None = None
+
+    def load(self) -> configmod.Config:
+        loaded = configmod.load(self.path, require_vrrp=True)
+        if not self.with_vrrp:
+            if not loaded.frontends:
+                raise configmod.ConfigError([f"{self.path}: frontend: lbproxy needs at least one [[frontend]]"])
+            loaded = dataclasses.replace(loaded, vrrp=())
+        return loaded
+
+    # --- control handlers: each returns a dict; errors are ControlError(status, message)
+
+    def status_document(self) -> dict:
+        cfg = self.config
+        return {
+            "node": cfg.node.name if cfg else None,
+            "pid": os.getpid(),
+            "config": self.path,
+            "vrrp": self.vrrp.status() if self.vrrp else [],
+            "frontends": self.proxy.status() if self.proxy else [],
+        }
+
+    async def status(self) -> dict:
+        return self.status_document()
+
+    async def drain(self, frontend: str, backend: str) -> dict:
+        return self._set_drain(frontend, backend, True)
+
+    async def enable(self, frontend: str, backend: str) -> dict:
+        return self._set_drain(frontend, backend, False)
+
+    def _set_drain(self, frontend: str, backend: str, drained: bool) -> dict:
+        from vipd.control import ControlError
+        if self.proxy is None:
+            raise ControlError(404, f"no frontend {frontend!r}: this node runs no [[frontend]]")
+        try:
+            self.proxy.set_drain(frontend, backend, drained)
+        except KeyError as exc:
+            raise ControlError(404, exc.args[0] if exc.args else f"unknown {frontend}/{backend}") from None
+        action = "draining" if drained else "enabled"
+        log.info("frontend %s backend %s: %s (by lbctl)", frontend, backend, action)
+        return {"frontend": frontend, "backend": backend, "state": "drain" if drained else "enabled"}
+
+    async def reload(self) -> dict:
+        """Control-socket reload: queued like SIGHUP so it never races another command."""
+        from vipd.control import ControlError
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        assert self.commands is not None
+        self.commands.put_nowait(("reload", done))
+        result = await done
+        if not result["ok"]:
+            raise ControlError(400, "config refused, running config kept: " + "; ".join(result["errors"]))
+        return result
+
+    # --- lifecycle
+
+    def _frontend_ok(self, name: str) -> bool:
+        return self.proxy is not None and self.proxy.frontend_serving(name)
+
+    def _frontends_changed(self) -> None:
+        if self.vrrp is not None:
+            self.vrrp.frontends_changed()
+
+    async def _start_proxy(self, cfg: configmod.Config) -> None:
+        from lbproxy.supervisor import ProxySupervisor
+        self.proxy = ProxySupervisor(cfg, on_change=self._frontends_changed)
+        await self.proxy.start()
+
+    async def _start_vrrp(self, cfg: configmod.Config) -> None:
+        from vipd.vrrp_service import VrrpService
+        self.vrrp = VrrpService(cfg, frontend_ok=self._frontend_ok)
+        await self.vrrp.start()
+
+    async def _start_control(self, node: configmod.NodeConfig) -> None:
+        from vipd.control import ControlServer
+        self.control = ControlServer(node.control_socket, self, group=node.control_group)
+        await self.control.start()
+
+    async def _start_metrics(self, node: configmod.NodeConfig) -> None:
+        if node.metrics_listen:
+            from vipd.metrics import MetricsServer
+            self.metrics = MetricsServer(node.metrics_listen, self.status_document)
+            await self.metrics.start()
+
+    async def start(self, cfg: configmod.Config) -> None:
+        self.config = cfg
+        # The proxy comes first: listeners are open and backend health is known before this
+        # node can become master, so a frontend track never starts out wrong.
+        steps = []
+        if cfg.frontends:
+            steps.append(("proxy", self._start_proxy(cfg)))
+        if cfg.vrrp:
+            steps.append(("vrrp", self._start_vrrp(cfg)))
+        steps.append(("control socket", self._start_control(cfg.node)))
+        steps.append(("metrics", self._start_metrics(cfg.node)))
+        for what, step in steps:
+            try:
+                await step
+            except Exception as exc:
+                for _, pending in steps:
+                    pending.close()
+                log.debug("start of %s failed", what, exc_info=True)
+                raise StartError(f"cannot start {what}: {describe(exc)}") from exc
+
+    async def apply(self, new: configmod.Config) -> None:
+        old = self.config
+        assert old is not None
+        if self.proxy is not None and new.frontends:
+            await self.proxy.reload(new)
+        elif self.proxy is not None:
+            await self.proxy.stop_accepting()
+            await self.proxy.drain()
+            self.proxy = None
+        elif new.frontends:
+            await self._start_proxy(new)
+        if self.vrrp is not None and new.vrrp:
+            await self.vrrp.reload(new)
+        elif self.vrrp is not None:
+            await self.vrrp.shutdown(handover=True)
+            self.vrrp = None
+        elif new.vrrp:
+            await self._start_vrrp(new)
+        if (old.node.control_socket, old.node.control_group) != (new.node.control_socket, new.node.control_group):
+            await self.control.stop()
+            await self._start_control(new.node)
+        if old.node.metrics_listen != new.node.metrics_listen:
+            if self.metrics is not None:
+                await self.metrics.stop()
+                self.metrics = None
+            await self._start_metrics(new.node)
+        self.config = new
+
+    async def handle_reload(self) -> dict:
+        self.notifier.reloading()
+        try:
+            new = self.load()
+        except configmod.ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("reload refused: the running config stays in force")
+            self.notifier.ready(self.summary())
+            return {"ok": False, "errors": exc.problems}
+        try:
+            await self.apply(new)
+        except Exception as exc:
+            log.error("reload failed part-way: %s", describe(exc))
+            log.debug("reload failure", exc_info=True)
+            self.notifier.ready(self.summary())
+            return {"ok": False, "errors": [describe(exc)]}
+        log.info("reloaded %s: %s", self.path, self.summary())
+        self.notifier.ready(self.summary())
+        return {"ok": True, "config": self.path, "summary": self.summary()}
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping: resigning VRRP, then draining connections")
+        if self.vrrp is not None:
+            await self.vrrp.shutdown(handover=True)
+        if self.proxy is not None:
+            await self.proxy.stop_accepting()
+            await self.proxy.drain()
+        if self.control is not None:
+            await self.control.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
+
+    def summary(self) -> str:
+        cfg = self.config
+        if cfg is None:
+            return "starting"
+        return f"{len(cfg.vrrp)} vrrp instance(s), {len(cfg.frontends)} frontend(s)"
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        while interval:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def run(self, cfg: configmod.Config) -> int:
+        loop = asyncio.get_running_loop()
+        self.commands = asyncio.Queue()
+        for signum, command in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
+            loop.add_signal_handler(signum, self.commands.put_nowait, (command, None))
+        try:
+            await self.start(cfg)
+        except StartError as exc:
+            log.error("%s", exc)
+            await self.stop()
+            return 1
+        watchdog = asyncio.create_task(self._watchdog())
+        self.notifier.ready(self.summary())
+        log.info("running %s (pid %d): %s", self.path, os.getpid(), self.summary())
+        while True:
+            command, reply = await self.commands.get()
+            if command == "reload":
+                result = await self.handle_reload()
+                if reply is not None and not reply.done():
+                    reply.set_result(result)
+            elif command == "stop":
+                break
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await self.stop()
+        watchdog.cancel()
+        log.info("stopped")
+        return 0
+
+
+def run_daemon(path: str, with_vrrp: bool = True) -> int:
+    """Load, validate and run until SIGTERM; the process exit code."""
+    daemon = Daemon(path, with_vrrp)
+    try:
+        cfg = daemon.load()
+    except configmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    setup_logging(cfg.node.log_level)
+    try:
+        return asyncio.run(daemon.run(cfg))
+    except KeyboardInterrupt:
+        return 130
