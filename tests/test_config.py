@@ -169,3 +169,11 @@ def test_vipd_run_refuses_bad_config_without_traceback(tmp_path):
     bad.write_text(GOOD.replace("vrid = 51", "vrid = 0"))
     result = vipd("run", "-c", str(bad))
     assert result.returncode == 2 and "vrrp[0].vrid" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "config").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_examples_pass_vipd_check(example):
+    result = vipd("check", "-c", str(example))
+    assert result.returncode == 0, result.stderr
