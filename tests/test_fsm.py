@@ -1,0 +1,802 @@
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vipd.fsm import (
+    AddVips,
+    AdvertReceived,
+    FaultCleared,
+    FaultRaised,
+    PriorityChanged,
+    RemoveVips,
+    RouterParams,
+    SendAdvert,
+    SendGratuitous,
+    Shutdown,
+    Startup,
+    State,
+    StateChanged,
+    Stopped,
+    Timeout,
+    VrrpRouter,
+)
+
+OWN = "198.18.0.11"
+PEER = "198.18.0.12"
+LOW_PEER = "198.18.0.5"
+
+
+def make_router(**overrides) -> VrrpRouter:
+    params = dict(vrid=51, version=3, priority=100, advert_interval=1.0, primary_address=OWN)
+    params.update(overrides)
+    return VrrpRouter(RouterParams(**params))
+
+
+def started_backup(now: float = 0.0, **overrides) -> VrrpRouter:
+    router = make_router(**overrides)
+    router.handle(Startup(), now)
+    assert router.state is State.BACKUP
+    return router
+
+
+def started_master(now: float = 0.0, **overrides) -> VrrpRouter:
+    router = started_backup(now, **overrides)
+    router.handle(Timeout(), router.next_deadline())
+    assert router.state is State.MASTER
+    return router
+
+
+def between_adverts(router: VrrpRouter) -> float:
+    """A time before the master's next advert is due, so no timer fires along with the event."""
+    return router.next_deadline() - router.params.advert_interval / 2
+
+
+def advert(priority: int, src: str = PEER, interval: float = 1.0) -> AdvertReceived:
+    return AdvertReceived(src=src, priority=priority, interval=interval)
+
+
+# --- timers and formulas -------------------------------------------------------------------
+
+
+def test_v3_skew_and_master_down_interval_scale_with_master_adver_interval():
+    router = make_router(priority=100, advert_interval=2.0)
+    assert router.skew_time == pytest.approx(156 * 2.0 / 256)
+    assert router.master_down_interval == pytest.approx(3 * 2.0 + 156 * 2.0 / 256)
+
+
+def test_v2_skew_ignores_the_advert_interval():
+    router = make_router(version=2, priority=100, advert_interval=3.0)
+    assert router.skew_time == pytest.approx(156 / 256)
+    assert router.master_down_interval == pytest.approx(9.0 + 156 / 256)
+
+
+def test_timers_use_the_effective_priority():
+    router = started_backup(priority=200)
+    router.handle(PriorityChanged(140), 0.0)
+    assert router.effective_priority == 140
+    assert router.skew_time == pytest.approx(116 / 256)
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="vrid.*version.*priority.*advert_interval.*primary_address"):
+        RouterParams(vrid=0, version=4, priority=0, advert_interval=0, primary_address="nope")
+    RouterParams(vrid=1, version=3, priority=255, advert_interval=0.01, primary_address="fe80::1%eth0")
+
+
+def test_unknown_event_is_a_type_error():
+    with pytest.raises(TypeError):
+        make_router().handle(SendAdvert(100), 0.0)
+
+
+# --- startup -------------------------------------------------------------------------------
+
+
+def test_owner_becomes_master_at_once():
+    router = make_router(priority=255)
+    assert router.handle(Startup(), 5.0) == [
+        SendAdvert(255), AddVips(), SendGratuitous(), StateChanged(State.INIT, State.MASTER, "startup"),
+    ]
+    assert router.master == OWN
+    assert router.next_deadline() == pytest.approx(6.0)
+
+
+def test_non_owner_starts_as_backup_with_the_master_down_timer():
+    router = make_router(priority=100)
+    assert router.handle(Startup(), 5.0) == [StateChanged(State.INIT, State.BACKUP, "startup")]
+    assert router.master is None
+    assert router.next_deadline() == pytest.approx(5.0 + router.master_down_interval)
+    assert router.handle(Startup(), 6.0) == []
+
+
+# --- backup --------------------------------------------------------------------------------
+
+
+def test_backup_takes_over_when_the_master_down_timer_expires():
+    router = started_backup()
+    deadline = router.next_deadline()
+    assert router.handle(Timeout(), deadline - 0.001) == []
+    assert router.handle(Timeout(), deadline) == [
+        SendAdvert(100), AddVips(), SendGratuitous(),
+        StateChanged(State.BACKUP, State.MASTER, "master_down_timer"),
+    ]
+    assert router.master == OWN
+    assert router.next_deadline() == pytest.approx(deadline + 1.0)
+
+
+def test_backup_accepts_a_higher_master_and_learns_its_interval_in_v3():
+    router = started_backup(priority=100, advert_interval=1.0)
+    assert router.handle(advert(200, interval=0.5), 2.0) == []
+    assert router.master == PEER
+    assert router.master_adver_interval == 0.5
+    assert router.master_down_interval == pytest.approx(1.5 + 156 * 0.5 / 256)
+    assert router.next_deadline() == pytest.approx(2.0 + router.master_down_interval)
+
+
+def test_v2_backup_keeps_its_own_interval():
+    router = started_backup(version=2, advert_interval=1.0)
+    router.handle(advert(200, interval=3.0), 2.0)
+    assert router.master_adver_interval == 1.0
+    assert router.next_deadline() == pytest.approx(2.0 + 3.0 + 156 / 256)
+
+
+def test_backup_resign_advert_shortens_the_timer_to_skew_time():
+    router = started_backup()
+    router.handle(advert(200), 1.0)
+    router.handle(advert(0), 2.0)
+    assert router.master is None
+    assert router.next_deadline() == pytest.approx(2.0 + router.skew_time)
+    actions = router.handle(Timeout(), router.next_deadline())
+    assert actions[-1] == StateChanged(State.BACKUP, State.MASTER, "master_resigned")
+
+
+def test_backup_ignores_a_resignation_from_a_router_that_is_not_its_master():
+    router = started_backup()
+    router.handle(advert(200, src=PEER), 1.0)
+    router.handle(advert(0, src=LOW_PEER), 1.5)
+    assert router.master == PEER
+    assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
+
+
+def test_repeated_resignations_never_postpone_the_takeover():
+    router = started_backup()
+    router.handle(advert(0), 1.0)
+    router.handle(advert(0), 1.1)
+    assert router.next_deadline() == pytest.approx(1.0 + router.skew_time)
+
+
+def test_preempting_backup_ignores_a_lower_master_and_takes_over():
+    router = started_backup(priority=150)
+    router.handle(advert(200), 1.0)
+    router.handle(advert(100), 2.0)
+    assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
+    actions = router.handle(Timeout(), router.next_deadline())
+    assert actions[-1] == StateChanged(State.BACKUP, State.MASTER, "preempt")
+
+
+def test_non_preempting_backup_accepts_a_lower_master():
+    router = started_backup(priority=150, preempt=False)
+    router.handle(advert(100), 2.0)
+    assert router.master == PEER
+    assert router.next_deadline() == pytest.approx(2.0 + router.master_down_interval)
+
+
+@pytest.mark.parametrize("src", [LOW_PEER, PEER])
+def test_backup_accepts_an_equal_priority_master_whatever_its_address(src):
+    router = started_backup(priority=100)
+    router.handle(advert(100, src=src), 2.0)
+    assert router.master == src
+    assert router.next_deadline() == pytest.approx(2.0 + router.master_down_interval)
+
+
+def test_preempt_delay_accepts_a_lower_master_until_the_delay_has_passed():
+    router = started_backup(now=10.0, priority=150, preempt_delay=5.0)
+    for now in (10.0, 11.0, 12.0, 13.0, 14.0, 14.9):
+        router.handle(advert(100), now)
+    assert router.master == PEER
+    assert router.next_deadline() == pytest.approx(14.9 + router.master_down_interval)
+    router.handle(advert(100), 15.0)
+    router.handle(advert(100), 16.0)
+    assert router.next_deadline() == pytest.approx(14.9 + router.master_down_interval)
+    assert router.handle(Timeout(), router.next_deadline())[-1].reason == "preempt"
+
+
+def test_preempt_delay_restarts_after_an_outranking_master_was_heard():
+    router = started_backup(now=10.0, priority=150, preempt_delay=5.0)
+    router.handle(advert(100), 10.0)
+    router.handle(advert(200), 12.0)
+    for now in (13.0, 14.0, 15.0, 16.0, 17.0, 17.9):
+        router.handle(advert(100), now)
+    assert router.next_deadline() == pytest.approx(17.9 + router.master_down_interval)
+    router.handle(advert(100), 18.0)
+    assert router.next_deadline() == pytest.approx(17.9 + router.master_down_interval)
+
+
+def test_adverts_from_our_own_address_are_ignored():
+    router = started_backup()
+    router.handle(advert(200, src=OWN), 1.0)
+    assert router.master is None
+    master = started_master()
+    assert master.handle(advert(254, src=OWN), between_adverts(master)) == []
+
+
+def test_a_late_timer_fires_before_the_event_that_arrives_after_it():
+    router = started_backup()
+    deadline = router.next_deadline()
+    actions = router.handle(advert(200), deadline + 0.5)
+    assert StateChanged(State.BACKUP, State.MASTER, "master_down_timer") in actions
+    assert actions[-1] == StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert")
+    assert router.next_deadline() > deadline + 0.5
+
+
+# --- master --------------------------------------------------------------------------------
+
+
+def test_master_advertises_every_interval():
+    router = started_master(advert_interval=0.5)
+    start = router.next_deadline() - 0.5
+    sent = []
+    for _ in range(4):
+        sent += router.handle(Timeout(), router.next_deadline())
+    assert sent == [SendAdvert(100)] * 4
+    assert router.next_deadline() == pytest.approx(start + 2.5)
+
+
+def test_master_answers_a_resignation_at_once():
+    router = started_master()
+    now = between_adverts(router)
+    assert router.handle(advert(0), now) == [SendAdvert(100)]
+    assert router.next_deadline() == pytest.approx(now + 1.0)
+
+
+def test_master_yields_to_a_higher_priority():
+    router = started_master(priority=100, advert_interval=1.0)
+    now = between_adverts(router)
+    assert router.handle(advert(200, interval=2.0), now) == [
+        RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert"),
+    ]
+    assert router.master == PEER
+    assert router.master_adver_interval == 2.0
+    assert router.next_deadline() == pytest.approx(now + 6.0 + 156 * 2.0 / 256)
+
+
+@pytest.mark.parametrize(
+    "own, higher",
+    [("198.18.0.9", "198.18.0.10"), ("fe80::9", "fe80::10"), ("fe80::ff%eth0", "fe80::1:0%eth0")],
+)
+def test_equal_priority_masters_compare_addresses_as_integers(own, higher):
+    lower_master = started_master(primary_address=own)
+    assert lower_master.handle(advert(100, src=higher), between_adverts(lower_master)) == [
+        RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "equal_priority_higher_address"),
+    ]
+    higher_master = started_master(primary_address=higher)
+    assert higher_master.handle(advert(100, src=own), between_adverts(higher_master)) == [
+        SendAdvert(100), SendGratuitous(),
+    ]
+    assert higher_master.state is State.MASTER
+
+
+def test_master_reasserts_itself_against_a_lower_master():
+    router = started_master(priority=200)
+    now = between_adverts(router)
+    assert router.handle(advert(100), now) == [SendAdvert(200), SendGratuitous()]
+    assert router.state is State.MASTER
+    assert router.next_deadline() == pytest.approx(now + 1.0)
+
+
+def test_priority_change_as_master_is_advertised_at_once():
+    router = started_master(priority=200)
+    now = between_adverts(router)
+    assert router.handle(PriorityChanged(140), now) == [SendAdvert(140)]
+    assert router.next_deadline() == pytest.approx(now + 1.0)
+    assert router.handle(PriorityChanged(140), now + 0.5) == []
+
+
+def test_priority_change_as_backup_only_recomputes_timers():
+    router = started_backup(priority=200)
+    assert router.handle(PriorityChanged(100), 1.0) == []
+    assert router.master_down_interval == pytest.approx(3 + 156 / 256)
+
+
+# --- fault ---------------------------------------------------------------------------------
+
+
+def test_fault_from_master_resigns_and_drops_the_vips():
+    router = started_master()
+    now = between_adverts(router)
+    assert router.handle(FaultRaised("link down"), now) == [
+        SendAdvert(0), RemoveVips(), StateChanged(State.MASTER, State.FAULT, "fault:link down"),
+    ]
+    assert router.next_deadline() is None
+    assert router.master is None
+    assert router.handle(FaultRaised("track chk"), now + 1.0) == []
+    assert router.handle(advert(200), now + 2.0) == []
+    assert router.handle(Startup(), now + 2.0) == []
+
+
+def test_fault_cleared_returns_to_backup_with_the_master_down_timer():
+    router = started_backup()
+    assert router.handle(FaultRaised("eth1"), 1.0) == [StateChanged(State.BACKUP, State.FAULT, "fault:eth1")]
+    assert router.handle(FaultCleared(), 2.0) == [StateChanged(State.FAULT, State.BACKUP, "fault_cleared")]
+    assert router.next_deadline() == pytest.approx(2.0 + router.master_down_interval)
+    assert router.handle(FaultCleared(), 3.0) == []
+
+
+def test_owner_leaves_fault_straight_to_master():
+    router = make_router(priority=255)
+    router.handle(Startup(), 0.0)
+    router.handle(FaultRaised("eth0"), 1.0)
+    assert router.handle(FaultCleared(), 2.0)[-1] == StateChanged(State.FAULT, State.MASTER, "fault_cleared")
+
+
+def test_fault_before_startup_holds_the_router_in_fault():
+    router = make_router()
+    assert router.handle(FaultRaised("eth0"), 0.0) == [StateChanged(State.INIT, State.FAULT, "fault:eth0")]
+    assert router.handle(Startup(), 0.1) == []
+    assert router.handle(FaultCleared(), 1.0)[-1].new is State.BACKUP
+
+
+# --- shutdown ------------------------------------------------------------------------------
+
+
+def assert_inert(router: VrrpRouter, now: float) -> None:
+    assert router.stopped
+    assert router.next_deadline() is None
+    for event in (Startup(), Shutdown(), advert(200), advert(0), PriorityChanged(7), FaultRaised("x"),
+                  FaultCleared(), Timeout()):
+        assert router.handle(event, now) == []
+
+
+def test_master_shutdown_without_handover_releases_at_once():
+    router = started_master()
+    now = between_adverts(router)
+    assert router.handle(Shutdown(), now) == [
+        SendAdvert(0), RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown"), Stopped(),
+    ]
+    assert router.state is State.INIT
+    assert router.master is None
+    assert_inert(router, now + 1.0)
+
+
+@pytest.mark.parametrize("prepare", ["backup", "fault", "init"])
+def test_shutdown_without_vips_stops_at_once(prepare):
+    router = make_router()
+    expected = [Stopped()]
+    if prepare != "init":
+        router.handle(Startup(), 0.0)
+        if prepare == "fault":
+            router.handle(FaultRaised("eth0"), 0.5)
+        expected = [StateChanged(router.state, State.INIT, "shutdown"), Stopped()]
+    assert router.handle(Shutdown(), 1.0) == expected
+    assert_inert(router, 2.0)
+
+
+def test_handover_keeps_the_vips_until_the_new_master_is_heard():
+    router = started_master(handover_timeout=10.0, advert_interval=1.0)
+    start = router.next_deadline() - 1.0
+    assert router.handle(Shutdown(), start + 0.5) == [SendAdvert(0)]
+    assert router.state is State.MASTER and router.handing_over
+    assert router.master == OWN
+    assert router.handover_deadline == pytest.approx(start + 10.5)
+    assert router.handle(Timeout(), router.next_deadline()) == [SendAdvert(0)]
+    assert router.handle(PriorityChanged(50), start + 1.7) == []
+    assert router.handle(advert(0, src=PEER), start + 1.8) == []
+    assert router.handle(advert(150, src=PEER), start + 2.0) == [
+        RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete"), Stopped(),
+    ]
+    assert_inert(router, start + 3.0)
+
+
+def test_handover_gives_up_after_the_timeout():
+    router = started_master(handover_timeout=3.5, advert_interval=1.0)
+    sent = router.handle(Shutdown(), between_adverts(router))
+    while not router.stopped:
+        sent += router.handle(Timeout(), router.next_deadline())
+    assert sent == [SendAdvert(0)] * 4 + [
+        RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_timeout"), Stopped(),
+    ]
+
+
+@pytest.mark.parametrize("event, reason", [(Shutdown(), "shutdown"), (FaultRaised("eth0"), "shutdown:fault:eth0")])
+def test_handover_ends_at_once_on_a_second_shutdown_or_a_fault(event, reason):
+    router = started_master(handover_timeout=10.0)
+    now = between_adverts(router)
+    router.handle(Shutdown(), now)
+    assert router.handle(event, now + 0.1) == [RemoveVips(), StateChanged(State.MASTER, State.INIT, reason), Stopped()]
+
+
+def test_backup_handover_timeout_is_irrelevant():
+    router = started_backup(handover_timeout=10.0)
+    assert router.handle(Shutdown(), 1.0)[-1] == Stopped()
+
+
+# --- reload --------------------------------------------------------------------------------
+
+
+def test_update_params_applies_without_a_state_change():
+    router = started_master(advert_interval=2.0)
+    now = router.next_deadline() - 1.5
+    params = RouterParams(vrid=51, version=3, priority=120, advert_interval=0.5, primary_address=OWN,
+                          preempt=False)
+    assert router.update_params(params, now) == []
+    assert router.state is State.MASTER
+    assert router.effective_priority == 100
+    assert router.master_adver_interval == 0.5
+    assert router.next_deadline() == pytest.approx(now + 0.5)
+    with pytest.raises(ValueError):
+        router.update_params(RouterParams(vrid=52, version=3, priority=1, advert_interval=1,
+                                          primary_address=OWN), now)
+
+
+def test_update_params_turning_preempt_off_accepts_the_lower_master():
+    router = started_backup(priority=150)
+    router.handle(advert(100), 1.0)
+    router.update_params(RouterParams(vrid=51, version=3, priority=150, advert_interval=1.0,
+                                      primary_address=OWN, preempt=False), 1.5)
+    router.handle(advert(100), 2.0)
+    assert router.master == PEER
+    assert router.next_deadline() == pytest.approx(2.0 + router.master_down_interval)
+
+
+# --- a simulated segment -------------------------------------------------------------------
+
+
+class Segment:
+    """Routers wired packet to packet on a manual clock that jumps to the earliest deadline."""
+
+    def __init__(self, *routers: VrrpRouter, delay: float = 0.001) -> None:
+        self.routers = {r.params.primary_address: r for r in routers}
+        self.delay = delay
+        self.now = 0.0
+        self.dead: set[str] = set()
+        self.sides: dict[str, int] | None = None
+        self.holding_vips: set[str] = set()
+        self.transitions: list[tuple[float, str, StateChanged]] = []
+        self.adverts: list[tuple[float, str, int]] = []
+        self.after_step: Callable[[Segment], None] = lambda segment: None
+        self._in_flight: list[tuple[float, int, str, AdvertReceived]] = []
+        self._seq = itertools.count()
+
+    def connected(self, a: str, b: str) -> bool:
+        if a in self.dead or b in self.dead:
+            return False
+        return self.sides is None or self.sides[a] == self.sides[b]
+
+    def feed(self, address: str, event) -> None:
+        router = self.routers[address]
+        actions = router.handle(event, self.now)
+        deadline = router.next_deadline()
+        assert deadline is None or deadline > self.now
+        for action in actions:
+            self._execute(address, action)
+
+    def _execute(self, address: str, action) -> None:
+        if isinstance(action, SendAdvert):
+            self.adverts.append((self.now, address, action.priority))
+            packet = AdvertReceived(address, action.priority, self.routers[address].params.advert_interval)
+            for other in self.routers:
+                if other != address and self.connected(address, other):
+                    heapq.heappush(self._in_flight, (self.now + self.delay, next(self._seq), other, packet))
+        elif isinstance(action, AddVips):
+            assert address not in self.holding_vips
+            self.holding_vips.add(address)
+        elif isinstance(action, RemoveVips):
+            assert address in self.holding_vips
+            self.holding_vips.discard(address)
+        elif isinstance(action, StateChanged):
+            self.transitions.append((self.now, address, action))
+
+    def start(self, *addresses: str) -> None:
+        for address in addresses or list(self.routers):
+            self.feed(address, Startup())
+
+    def kill(self, address: str) -> None:
+        self.dead.add(address)
+        self.holding_vips.discard(address)
+
+    def boot(self, router: VrrpRouter) -> None:
+        address = router.params.primary_address
+        self.routers[address] = router
+        self.dead.discard(address)
+        self.feed(address, Startup())
+
+    def run_until(self, end: float) -> None:
+        for _ in range(1_000_000):
+            timers = [(r.next_deadline(), a) for a, r in self.routers.items()
+                      if a not in self.dead and r.next_deadline() is not None]
+            timer = min(timers, default=None)
+            packet_time = self._in_flight[0][0] if self._in_flight else None
+            if timer is not None and (packet_time is None or timer[0] <= packet_time):
+                if timer[0] > end:
+                    break
+                self.now = timer[0]
+                self.feed(timer[1], Timeout())
+            elif packet_time is not None and packet_time <= end:
+                _, _, destination, packet = heapq.heappop(self._in_flight)
+                self.now = packet_time
+                if destination not in self.dead:
+                    self.feed(destination, packet)
+            else:
+                break
+            self.after_step(self)
+        else:
+            raise AssertionError("simulation did not settle")
+        self.now = end
+
+    def run_for(self, duration: float) -> None:
+        self.run_until(self.now + duration)
+
+    def masters(self) -> list[str]:
+        return [a for a, r in self.routers.items() if a not in self.dead and r.state is State.MASTER]
+
+    def became_master(self, address: str, after: float = 0.0) -> list[float]:
+        return [t for t, a, change in self.transitions if a == address and change.new is State.MASTER and t >= after]
+
+
+A, B, C = "198.18.0.30", "198.18.0.20", "198.18.0.10"
+VERSIONS = pytest.mark.parametrize("version, interval", [(3, 0.5), (2, 1.0)])
+
+
+def sim_router(address: str, priority: int, version: int, interval: float, **extra) -> VrrpRouter:
+    return VrrpRouter(RouterParams(vrid=51, version=version, priority=priority, advert_interval=interval,
+                                   primary_address=address, **extra))
+
+
+def three_routers(version: int, interval: float, **extra) -> Segment:
+    segment = Segment(sim_router(A, 200, version, interval, **extra), sim_router(B, 150, version, interval),
+                      sim_router(C, 100, version, interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    return segment
+
+
+@VERSIONS
+def test_sim_highest_priority_wins_and_nobody_else_ever_was_master(version, interval):
+    segment = three_routers(version, interval)
+    assert segment.masters() == [A]
+    assert [a for _, a, change in segment.transitions if change.new is State.MASTER] == [A]
+    assert segment.holding_vips == {A}
+    assert segment.routers[B].master == A and segment.routers[C].master == A
+    assert segment.routers[A].master == A
+
+
+@VERSIONS
+def test_sim_killed_master_is_replaced_after_master_down_interval(version, interval):
+    segment = three_routers(version, interval)
+    killed_at = segment.now
+    segment.kill(A)
+    segment.run_for(10 * interval)
+    assert segment.masters() == [B]
+    mdi = segment.routers[B].master_down_interval
+    [took_over] = segment.became_master(B)
+    assert killed_at - interval + mdi <= took_over <= killed_at + mdi + segment.delay
+    assert segment.routers[C].master == B
+
+
+@VERSIONS
+def test_sim_resignation_hands_over_after_skew_time(version, interval):
+    segment = three_routers(version, interval)
+    resigned_at = segment.now
+    segment.feed(A, Shutdown())
+    assert segment.holding_vips == set()
+    segment.run_for(10 * interval)
+    [took_over] = segment.became_master(B)
+    assert took_over == pytest.approx(resigned_at + segment.delay + segment.routers[B].skew_time)
+    assert segment.masters() == [B]
+    assert segment.became_master(C) == []
+
+
+@VERSIONS
+@pytest.mark.parametrize("preempt", [True, False])
+def test_sim_recovered_master_preempts_only_with_preempt(version, interval, preempt):
+    segment = three_routers(version, interval)
+    segment.kill(A)
+    segment.run_for(10 * interval)
+    rebooted_at = segment.now
+    segment.boot(sim_router(A, 200, version, interval, preempt=preempt))
+    segment.run_for(20 * interval)
+    if preempt:
+        assert segment.masters() == [A]
+        [took_over] = segment.became_master(A, after=rebooted_at)
+        assert took_over == pytest.approx(rebooted_at + segment.routers[A].master_down_interval)
+        assert segment.routers[B].master == A
+    else:
+        assert segment.masters() == [B]
+        assert segment.routers[A].master == B
+    assert len(segment.holding_vips) == 1
+
+
+@VERSIONS
+def test_sim_preempt_delay_postpones_the_takeover(version, interval):
+    segment = three_routers(version, interval)
+    segment.kill(A)
+    segment.run_for(10 * interval)
+    rebooted_at = segment.now
+    delay = 8 * interval
+    segment.boot(sim_router(A, 200, version, interval, preempt_delay=delay))
+    segment.run_for(delay)
+    assert segment.masters() == [B]
+    assert segment.routers[A].master == B
+    segment.run_for(20 * interval)
+    [took_over] = segment.became_master(A, after=rebooted_at)
+    assert rebooted_at + delay <= took_over <= rebooted_at + interval + delay + segment.routers[A].master_down_interval
+    assert segment.masters() == [A]
+
+
+@VERSIONS
+def test_sim_equal_priorities_started_together_elect_the_higher_address(version, interval):
+    low, high = "198.18.0.9", "198.18.0.10"
+    segment = Segment(sim_router(low, 100, version, interval), sim_router(high, 100, version, interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    assert segment.masters() == [high]
+    assert segment.routers[low].master == high
+
+
+@VERSIONS
+def test_sim_equal_priority_newcomer_does_not_preempt(version, interval):
+    low, high = "198.18.0.9", "198.18.0.10"
+    segment = Segment(sim_router(low, 100, version, interval), sim_router(high, 100, version, interval))
+    segment.start(low)
+    segment.run_for(10 * interval)
+    segment.start(high)
+    segment.run_for(10 * interval)
+    assert segment.masters() == [low]
+
+
+@VERSIONS
+@pytest.mark.parametrize("priorities", [(200, 150, 100), (100, 100, 100)])
+def test_sim_split_brain_heals_to_one_master_within_one_master_down_interval(version, interval, priorities):
+    segment = Segment(*(sim_router(address, priority, version, interval)
+                        for address, priority in zip((A, B, C), priorities)))
+    segment.start()
+    segment.run_for(10 * interval)
+    segment.sides = {A: 0, B: 1, C: 2}
+    segment.run_for(10 * interval)
+    assert sorted(segment.masters()) == sorted([A, B, C])
+    healed_at = segment.now
+    segment.sides = None
+    slowest_mdi = max(r.master_down_interval for r in segment.routers.values())
+    segment.run_for(slowest_mdi)
+    assert segment.masters() == [A]
+    assert segment.holding_vips == {A}
+    stepped_down = [t for t, _, change in segment.transitions if t >= healed_at and change.new is State.BACKUP]
+    assert len(stepped_down) == 2 and max(stepped_down) <= healed_at + interval + 2 * segment.delay
+
+
+@VERSIONS
+def test_sim_graceful_handover_never_leaves_the_vips_unowned(version, interval):
+    segment = Segment(sim_router(A, 200, version, interval, handover_timeout=5 * interval),
+                      sim_router(B, 150, version, interval), sim_router(C, 100, version, interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
+    shutdown_at = segment.now
+    segment.feed(A, Shutdown())
+    assert segment.routers[A].handing_over and segment.holding_vips == {A}
+    segment.run_for(10 * interval)
+    assert segment.routers[A].stopped
+    [took_over] = segment.became_master(B)
+    assert took_over == pytest.approx(shutdown_at + segment.delay + segment.routers[B].skew_time)
+    [(released_at, _, change)] = [x for x in segment.transitions if x[1] == A and x[2].new is State.INIT]
+    assert change.reason == "shutdown:handover_complete"
+    assert released_at == pytest.approx(took_over + segment.delay)
+    assert segment.masters() == [B] and segment.became_master(C) == []
+
+
+def test_sim_v3_backups_follow_the_masters_interval():
+    segment = Segment(sim_router(A, 200, 3, 0.2), sim_router(B, 150, 3, 1.0))
+    segment.start()
+    segment.run_for(5.0)
+    assert segment.routers[B].master_adver_interval == 0.2
+    killed_at = segment.now
+    segment.kill(A)
+    segment.run_for(5.0)
+    [took_over] = segment.became_master(B)
+    assert took_over - killed_at < 3 * 0.2 + 0.2 * 106 / 256 + 0.01
+
+
+# --- properties ----------------------------------------------------------------------------
+
+ADDRESSES = ["198.18.0.10", "198.18.0.20", "198.18.0.30"]
+
+
+@st.composite
+def scenarios(draw):
+    version = draw(st.sampled_from([2, 3]))
+    if version == 3:
+        interval = draw(st.integers(1, 4095)) / 100
+    else:
+        interval = float(draw(st.integers(1, 10)))
+    count = draw(st.integers(2, 3))
+    priorities = draw(st.lists(st.integers(1, 254) | st.sampled_from([100, 200]), min_size=count, max_size=count))
+    start_offsets = draw(st.lists(st.floats(0, 2), min_size=count, max_size=count))
+    settled_for = draw(st.floats(0, 10))
+    phases = draw(st.lists(
+        st.tuples(st.floats(0, 8), st.none() | st.lists(st.integers(0, 2), min_size=count, max_size=count)),
+        max_size=5,
+    ))
+    return version, interval, priorities, start_offsets, settled_for, phases
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_property_one_highest_master_after_any_partition_heals(scenario):
+    version, interval, priorities, start_offsets, settled_for, phases = scenario
+    addresses = ADDRESSES[:len(priorities)]
+    segment = Segment(*(sim_router(a, p, version, interval) for a, p in zip(addresses, priorities)),
+                      delay=interval / 100)
+    for address, offset in sorted(zip(addresses, start_offsets), key=lambda pair: pair[1]):
+        segment.run_until(offset * interval)
+        segment.start(address)
+    segment.run_until((2 + settled_for) * interval)
+    for duration, sides in phases:
+        segment.sides = None if sides is None else dict(zip(addresses, sides))
+        segment.run_for(duration * interval)
+    segment.sides = None
+    stable_from = segment.now + max(r.master_down_interval for r in segment.routers.values()) + interval
+    top = max(priorities)
+
+    def exactly_one_top_master(s: Segment) -> None:
+        if s.now >= stable_from:
+            masters = s.masters()
+            assert len(masters) == 1, (s.now, masters)
+            assert s.routers[masters[0]].effective_priority == top
+            assert s.holding_vips == set(masters)
+
+    segment.after_step = exactly_one_top_master
+    segment.run_until(stable_from + 5 * interval)
+    exactly_one_top_master(segment)
+    [master] = segment.masters()
+    assert all(r.master == master for r in segment.routers.values())
+
+
+events = st.one_of(
+    st.just(Startup()), st.just(Shutdown()), st.just(FaultCleared()), st.just(Timeout()),
+    st.builds(FaultRaised, st.sampled_from(["eth0", "track"])),
+    st.builds(PriorityChanged, st.integers(1, 254)),
+    st.builds(AdvertReceived, st.sampled_from([LOW_PEER, PEER, OWN]), st.integers(0, 255),
+              st.sampled_from([0.01, 1.0, 40.95])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    priority=st.integers(1, 255),
+    version=st.sampled_from([2, 3]),
+    handover_timeout=st.sampled_from([0.0, 2.5]),
+    preempt_delay=st.sampled_from([0.0, 3.0]),
+    steps=st.lists(st.tuples(st.floats(0, 5), st.booleans(), events), max_size=40),
+)
+def test_property_router_stays_self_consistent(priority, version, handover_timeout, preempt_delay, steps):
+    router = make_router(priority=priority, version=version, handover_timeout=handover_timeout,
+                         preempt_delay=preempt_delay)
+    now, holding_vips, state = 0.0, False, State.INIT
+    for gap, at_deadline, event in steps:
+        now += gap
+        if at_deadline and router.next_deadline() is not None:
+            now = max(now, router.next_deadline())
+        priority_before = router.effective_priority
+        for action in router.handle(event, now):
+            if isinstance(action, AddVips):
+                assert not holding_vips
+                holding_vips = True
+            elif isinstance(action, RemoveVips):
+                assert holding_vips
+                holding_vips = False
+            elif isinstance(action, StateChanged):
+                assert action.old is state and action.new is not state
+                state = action.new
+            elif isinstance(action, SendAdvert):
+                assert action.priority in (0, priority_before, router.effective_priority)
+        assert router.state is state
+        assert holding_vips == (state is State.MASTER)
+        assert (router.master == OWN) == (state is State.MASTER)
+        deadline = router.next_deadline()
+        assert deadline is None or deadline > now
+        assert (deadline is None) == (router.stopped or state in (State.INIT, State.FAULT))

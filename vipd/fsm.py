@@ -1,0 +1,390 @@
+"""The VRRP state machine (RFC 5798 section 6.4, RFC 3768 for v2), without sockets, clocks or asyncio.
+
+The shell feeds events stamped with the monotonic time, executes the returned actions in order,
+and calls ``handle(Timeout(), now)`` once ``now >= next_deadline()``. ``handle`` first runs every
+timer due at or before ``now`` and only then the event, so the outcome does not depend on whether
+a late timer callback or a packet reaches the router first.
+
+Decisions beyond the RFC:
+- A BACKUP accepts an advert of equal priority whatever the addresses (RFC 5798 6.4.2, as
+  keepalived does); the address tie-break applies between two MASTERs.
+- A MASTER that hears a lower-priority MASTER (a healed split brain) advertises and sends
+  gratuitous ARP/NA at once (RFC 9568), so the other steps down and the network re-learns quickly.
+- Graceful shutdown with ``handover_timeout > 0`` keeps state MASTER (``handing_over`` is True)
+  and the VIPs, resending priority-0 adverts, until another router advertises or the timeout ends.
+- Adverts whose source is our own primary address (multicast loopback) are ignored.
+- StateChanged comes after the actions that realise the new state, so notify scripts see the
+  VIPs already added or removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+OWNER_PRIORITY = 255
+RESIGN_PRIORITY = 0
+
+
+class State(enum.StrEnum):
+    INIT = "INIT"
+    BACKUP = "BACKUP"
+    MASTER = "MASTER"
+    FAULT = "FAULT"
+
+
+@dataclass
+class RouterParams:
+    vrid: int
+    version: int
+    priority: int
+    advert_interval: float
+    primary_address: str
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    handover_timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.vrid <= 255:
+            problems.append(f"vrid {self.vrid} not in 1..255")
+        if self.version not in (2, 3):
+            problems.append(f"version {self.version} is not 2 or 3")
+        if not 1 <= self.priority <= OWNER_PRIORITY:
+            problems.append(f"priority {self.priority} not in 1..255")
+        if not self.advert_interval > 0:
+            problems.append(f"advert_interval {self.advert_interval} must be > 0")
+        if self.preempt_delay < 0:
+            problems.append(f"preempt_delay {self.preempt_delay} must be >= 0")
+        if self.handover_timeout < 0:
+            problems.append(f"handover_timeout {self.handover_timeout} must be >= 0")
+        try:
+            ipaddress.ip_address(self.primary_address)
+        except ValueError:
+            problems.append(f"primary_address {self.primary_address!r} is not an IP address")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Startup:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class AdvertReceived:
+    src: str
+    priority: int
+    interval: float
+
+
+@dataclass(frozen=True)
+class PriorityChanged:
+    effective_priority: int
+
+
+@dataclass(frozen=True)
+class FaultRaised:
+    reason: str
+
+
+@dataclass(frozen=True)
+class FaultCleared:
+    pass
+
+
+@dataclass(frozen=True)
+class Timeout:
+    pass
+
+
+@dataclass(frozen=True)
+class SendAdvert:
+    priority: int
+
+
+@dataclass(frozen=True)
+class AddVips:
+    pass
+
+
+@dataclass(frozen=True)
+class RemoveVips:
+    pass
+
+
+@dataclass(frozen=True)
+class SendGratuitous:
+    pass
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    pass
+
+
+Event = Startup | Shutdown | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared | Timeout
+Action = SendAdvert | AddVips | RemoveVips | SendGratuitous | StateChanged | Stopped
+
+
+def address_rank(address: str) -> tuple[int, int]:
+    """Order primary addresses as integers (RFC 5798 6.4.3), never as strings: 10.0.0.10 > 10.0.0.9."""
+    parsed = ipaddress.ip_address(address)
+    return parsed.version, int(parsed)
+
+
+class VrrpRouter:
+    def __init__(self, params: RouterParams) -> None:
+        self.params = dataclasses.replace(params)
+        self._own_rank = address_rank(params.primary_address)
+        self.state = State.INIT
+        self.effective_priority = params.priority
+        self.master_adver_interval = params.advert_interval
+        self.master: str | None = None
+        self.stopped = False
+        self.handover_deadline: float | None = None
+        self._down_timer: float | None = None
+        self._adver_timer: float | None = None
+        self._takeover_reason = "master_down_timer"
+        self._outranked_master_since: float | None = None
+        self._handlers = {
+            Startup: self._on_startup,
+            Shutdown: self._on_shutdown,
+            AdvertReceived: self._on_advert,
+            PriorityChanged: self._on_priority_changed,
+            FaultRaised: self._on_fault_raised,
+            FaultCleared: self._on_fault_cleared,
+            Timeout: self._on_timeout,
+        }
+
+    @property
+    def skew_time(self) -> float:
+        if self.params.version == 2:
+            return (256 - self.effective_priority) / 256
+        return (256 - self.effective_priority) * self.master_adver_interval / 256
+
+    @property
+    def master_down_interval(self) -> float:
+        return 3 * self.master_adver_interval + self.skew_time
+
+    @property
+    def handing_over(self) -> bool:
+        return self.handover_deadline is not None
+
+    def next_deadline(self) -> float | None:
+        if self.stopped:
+            return None
+        pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline) if t is not None]
+        return min(pending, default=None)
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a VRRP event: {event!r}")
+        if self.stopped:
+            return []
+        actions = self._fire_due_timers(now)
+        if not self.stopped:
+            actions += handler(event, now)
+        return actions
+
+    def update_params(self, params: RouterParams, now: float) -> list[Action]:
+        """Apply a reloaded config without a state change.
+
+        ``params.priority`` is only recorded: the caller owns the track weights and follows up with
+        PriorityChanged(new effective priority). A different vrid or version is a different router.
+        """
+        if (params.vrid, params.version) != (self.params.vrid, self.params.version):
+            raise ValueError("vrid and version cannot change on reload; build a new VrrpRouter")
+        if self.stopped:
+            return []
+        actions = self._fire_due_timers(now)
+        old = self.params
+        self.params = dataclasses.replace(params)
+        self._own_rank = address_rank(params.primary_address)
+        if self.state is State.MASTER:
+            self.master = params.primary_address
+        if not params.preempt:
+            self._outranked_master_since = None
+        if params.advert_interval != old.advert_interval:
+            if self.state is State.MASTER or params.version == 2 or self.master is None:
+                self.master_adver_interval = params.advert_interval
+            if self._adver_timer is not None:
+                self._adver_timer = min(self._adver_timer, now + params.advert_interval)
+        return actions
+
+    def _fire_due_timers(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while not self.stopped:
+            if self.handover_deadline is not None and self.handover_deadline <= now:
+                actions += self._finish_shutdown("shutdown:handover_timeout")
+            elif self._adver_timer is not None and self._adver_timer <= now:
+                priority = RESIGN_PRIORITY if self.handing_over else self.effective_priority
+                actions.append(SendAdvert(priority))
+                self._adver_timer = now + self.params.advert_interval
+            elif self._down_timer is not None and self._down_timer <= now:
+                actions += self._become_master(now, self._takeover_reason)
+            else:
+                break
+        return actions
+
+    def _on_timeout(self, event: Timeout, now: float) -> list[Action]:
+        return []
+
+    def _on_startup(self, event: Startup, now: float) -> list[Action]:
+        if self.state is not State.INIT:
+            return []
+        return self._start(now, "startup")
+
+    def _start(self, now: float, reason: str) -> list[Action]:
+        if self.effective_priority == OWNER_PRIORITY:
+            return self._become_master(now, reason)
+        self.master_adver_interval = self.params.advert_interval
+        return self._become_backup(now, reason, master=None)
+
+    def _on_advert(self, event: AdvertReceived, now: float) -> list[Action]:
+        if self.state not in (State.BACKUP, State.MASTER) or address_rank(event.src) == self._own_rank:
+            return []
+        if self.handing_over:
+            if event.priority != RESIGN_PRIORITY:
+                return self._finish_shutdown("shutdown:handover_complete")
+            return []
+        if self.state is State.BACKUP:
+            self._on_advert_as_backup(event, now)
+            return []
+        return self._on_advert_as_master(event, now)
+
+    def _on_advert_as_backup(self, event: AdvertReceived, now: float) -> None:
+        if event.priority == RESIGN_PRIORITY:
+            # A resigning ex-master repeats priority 0 during handover; once another master is
+            # heard, those repeats say nothing about whether the current master is alive.
+            if self.master is not None and address_rank(self.master) != address_rank(event.src):
+                return
+            resign_deadline = now + self.skew_time
+            self._down_timer = resign_deadline if self._down_timer is None else min(self._down_timer, resign_deadline)
+            self.master = None
+            self._takeover_reason = "master_resigned"
+            return
+        if self._accepts_as_master(event, now):
+            self._learn_interval(event.interval)
+            self._down_timer = now + self.master_down_interval
+            self.master = event.src
+            self._takeover_reason = "master_down_timer"
+        else:
+            self._takeover_reason = "preempt"
+
+    def _accepts_as_master(self, event: AdvertReceived, now: float) -> bool:
+        if not self.params.preempt or event.priority >= self.effective_priority:
+            self._outranked_master_since = None
+            return True
+        if self.params.preempt_delay > 0:
+            if self._outranked_master_since is None:
+                self._outranked_master_since = now
+            return now - self._outranked_master_since < self.params.preempt_delay
+        return False
+
+    def _on_advert_as_master(self, event: AdvertReceived, now: float) -> list[Action]:
+        if event.priority == RESIGN_PRIORITY:
+            self._adver_timer = now + self.params.advert_interval
+            return [SendAdvert(self.effective_priority)]
+        if event.priority > self.effective_priority:
+            self._learn_interval(event.interval)
+            return self._become_backup(now, "higher_priority_advert", master=event.src)
+        if event.priority == self.effective_priority and address_rank(event.src) > self._own_rank:
+            self._learn_interval(event.interval)
+            return self._become_backup(now, "equal_priority_higher_address", master=event.src)
+        self._adver_timer = now + self.params.advert_interval
+        return [SendAdvert(self.effective_priority), SendGratuitous()]
+
+    def _learn_interval(self, interval: float) -> None:
+        if self.params.version == 3 and interval > 0:
+            self.master_adver_interval = interval
+
+    def _on_priority_changed(self, event: PriorityChanged, now: float) -> list[Action]:
+        if event.effective_priority == self.effective_priority:
+            return []
+        self.effective_priority = event.effective_priority
+        if self.state is State.MASTER and not self.handing_over:
+            self._adver_timer = now + self.params.advert_interval
+            return [SendAdvert(self.effective_priority)]
+        return []
+
+    def _on_fault_raised(self, event: FaultRaised, now: float) -> list[Action]:
+        reason = f"fault:{event.reason}"
+        if self.handing_over:
+            return self._finish_shutdown(f"shutdown:{reason}")
+        if self.state is State.FAULT:
+            return []
+        old = self.state
+        actions: list[Action] = []
+        if old is State.MASTER:
+            actions += [SendAdvert(RESIGN_PRIORITY), RemoveVips()]
+        self._enter(State.FAULT, master=None)
+        actions.append(StateChanged(old, State.FAULT, reason))
+        return actions
+
+    def _on_fault_cleared(self, event: FaultCleared, now: float) -> list[Action]:
+        if self.state is not State.FAULT:
+            return []
+        return self._start(now, "fault_cleared")
+
+    def _on_shutdown(self, event: Shutdown, now: float) -> list[Action]:
+        if self.handing_over:
+            # A second stop request means "now": stop waiting for the new master.
+            return self._finish_shutdown("shutdown")
+        if self.state is State.MASTER and self.params.handover_timeout > 0:
+            self.handover_deadline = now + self.params.handover_timeout
+            self._adver_timer = now + self.params.advert_interval
+            return [SendAdvert(RESIGN_PRIORITY)]
+        resign: list[Action] = [SendAdvert(RESIGN_PRIORITY)] if self.state is State.MASTER else []
+        return resign + self._finish_shutdown("shutdown")
+
+    def _finish_shutdown(self, reason: str) -> list[Action]:
+        old = self.state
+        actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
+        if old is not State.INIT:
+            actions.append(StateChanged(old, State.INIT, reason))
+        self._enter(State.INIT, master=None)
+        self.stopped = True
+        actions.append(Stopped())
+        return actions
+
+    def _become_master(self, now: float, reason: str) -> list[Action]:
+        old = self.state
+        self._enter(State.MASTER, master=self.params.primary_address)
+        self.master_adver_interval = self.params.advert_interval
+        self._adver_timer = now + self.params.advert_interval
+        return [
+            SendAdvert(self.effective_priority), AddVips(), SendGratuitous(),
+            StateChanged(old, State.MASTER, reason),
+        ]
+
+    def _become_backup(self, now: float, reason: str, master: str | None) -> list[Action]:
+        old = self.state
+        self._enter(State.BACKUP, master=master)
+        self._down_timer = now + self.master_down_interval
+        actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
+        actions.append(StateChanged(old, State.BACKUP, reason))
+        return actions
+
+    def _enter(self, state: State, master: str | None) -> None:
+        self.state = state
+        self.master = master
+        self._down_timer = None
+        self._adver_timer = None
+        self.handover_deadline = None
+        self._takeover_reason = "master_down_timer"
+        self._outranked_master_since = None
