@@ -1,0 +1,391 @@
+"""The control socket and lbctl: a real ControlServer, real lbctl processes over the unix socket."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import grp
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vipd.control import ControlError, ControlServer, request
+
+REPO = Path(__file__).resolve().parent.parent
+LBCTL_TIMEOUT = 30.0
+
+DOCUMENT = {
+    "node": "edge-1",
+    "vrrp": [
+        {"name": "api", "state": "MASTER", "vrid": 51, "interface": "eth0", "version": 3,
+         "priority": 150, "effective_priority": 150, "virtual_ips": ["198.18.0.100/24"],
+         "master": "198.18.0.11", "since": "2026-11-26T23:00:00Z",
+         "tracks": [{"name": "frontend:api", "ok": True, "weight": -60}],
+         "adverts_sent": 12, "adverts_received": 0, "invalid": {}, "transitions": 2},
+        {"name": "api6", "state": "BACKUP", "vrid": 52, "interface": "eth0", "version": 3,
+         "priority": 100, "effective_priority": 40, "virtual_ips": ["2001:db8::100/64"],
+         "master": None, "since": "2026-11-26T23:00:05Z",
+         "tracks": [{"name": "script:/usr/local/bin/check", "ok": False, "weight": -60}]},
+    ],
+    "frontends": [
+        {"name": "api", "listen": "0.0.0.0:6443", "active_connections": 3, "all_down": False,
+         "backends": [
+             {"address": "198.18.0.21:6443", "state": "up", "active_connections": 1,
+              "total_connections": 10, "failed_connections": 0, "health": "3/3 UP"},
+             {"address": "198.18.0.22:6443", "state": "down", "active_connections": 0,
+              "total_connections": 7, "failed_connections": 4, "health": "0/2 DOWN"},
+             {"address": "[2001:db8::23]:6443", "state": "drain", "active_connections": 2,
+              "total_connections": 5, "failed_connections": 0, "health": "3/3 UP"},
+         ]},
+    ],
+}
+
+
+class FakeNode:
+    """Handlers shaped like the daemon's, recording what lbctl asked for."""
+
+    def __init__(self) -> None:
+        self.document = copy.deepcopy(DOCUMENT)
+        self.calls: list[tuple] = []
+
+    async def status(self) -> dict:
+        self.calls.append(("status",))
+        return self.document
+
+    def _backend(self, frontend: str, backend: str) -> dict:
+        for f in self.document["frontends"]:
+            if f["name"] == frontend:
+                for b in f["backends"]:
+                    if b["address"] == backend:
+                        return b
+                raise ControlError(404, f"no backend {backend!r} in frontend {frontend!r}")
+        raise ControlError(404, f"no frontend {frontend!r}")
+
+    async def drain(self, frontend: str, backend: str) -> dict:
+        self._backend(frontend, backend)["state"] = "drain"
+        self.calls.append(("drain", frontend, backend))
+        return {"frontend": frontend, "backend": backend, "state": "drain"}
+
+    async def enable(self, frontend: str, backend: str) -> dict:
+        self._backend(frontend, backend)["state"] = "up"
+        self.calls.append(("enable", frontend, backend))
+        return {"frontend": frontend, "backend": backend, "state": "up"}
+
+    async def reload(self) -> dict:
+        self.calls.append(("reload",))
+        return {"message": "reloaded /etc/vipd/vipd.toml"}
+
+
+class BrokenNode(FakeNode):
+    async def status(self) -> dict:
+        raise RuntimeError("component exploded")
+
+    async def reload(self) -> dict:
+        raise ControlError(422, "config refused:\n/etc/vipd/vipd.toml: vrrp[0].vrid: must be 1..255\n"
+                                "/etc/vipd/vipd.toml: frontend[0].listen: is required")
+
+
+async def lbctl(socket_path: str | None, *args: str, as_nobody: bool = False,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "vipd.lbctl"]
+    if socket_path is not None:
+        argv += ["--socket", socket_path]
+    argv += list(args)
+    if as_nobody:
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), LBCTL_TIMEOUT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), err.decode())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lbctl: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    # Traversable by everyone, so a refusal seen by `nobody` can only come from the socket's mode.
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+def serve(path: Path, handlers, scenario, group: str | None = None) -> None:
+    async def main() -> None:
+        server = ControlServer(str(path), handlers, group=group)
+        await server.start()
+        try:
+            await scenario()
+        finally:
+            await server.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(120)
+def test_status_table_and_json(run_dir: Path) -> None:
+    path = run_dir / "run" / "vipd" / "control.sock"
+    node = FakeNode()
+
+    async def scenario() -> None:
+        table = await lbctl(str(path), "status")
+        assert table.returncode == 0, table.stderr
+        text = table.stdout
+        assert text.splitlines()[0] == "node edge-1"
+        api = next(line for line in text.splitlines() if line.startswith("api/51 "))
+        for field in ("MASTER", "150", "198.18.0.11", "198.18.0.100/24", "2026-11-26T23:00:00Z",
+                      "frontend:api ok(-60)"):
+            assert field in api
+        api6 = next(line for line in text.splitlines() if line.startswith("api6/52 "))
+        for field in ("BACKUP", "100", "40", "2001:db8::100/64", "script:/usr/local/bin/check FAIL(-60)"):
+            assert field in api6
+        assert "FRONTEND api  listen 0.0.0.0:6443  active 3" in text
+        b21 = next(line for line in text.splitlines() if "198.18.0.21:6443" in line)
+        assert b21.split() == ["198.18.0.21:6443", "up", "3/3", "UP", "1", "10", "0"]
+        b22 = next(line for line in text.splitlines() if "198.18.0.22:6443" in line)
+        assert b22.split() == ["198.18.0.22:6443", "down", "0/2", "DOWN", "0", "7", "4"]
+        b23 = next(line for line in text.splitlines() if "[2001:db8::23]:6443" in line)
+        assert b23.split() == ["[2001:db8::23]:6443", "drain", "3/3", "UP", "2", "5", "0"]
+        header = next(line for line in text.splitlines() if line.startswith("VRRP"))
+        # Fixed-width columns: every instance's STATE cell starts under the header's.
+        column = header.index("STATE")
+        assert api[column:].startswith("MASTER") and api6[column:].startswith("BACKUP")
+
+        as_json = await lbctl(str(path), "status", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        assert json.loads(as_json.stdout) == DOCUMENT
+
+    serve(path, node, scenario)
+    assert node.calls == [("status",), ("status",)]
+    assert not path.exists(), "stop() removes the socket file"
+
+
+@pytest.mark.timeout(120)
+def test_drain_enable_reload_call_the_handlers(run_dir: Path) -> None:
+    path = run_dir / "control.sock"
+    node = FakeNode()
+
+    async def scenario() -> None:
+        drained = await lbctl(str(path), "drain", "api", "198.18.0.21:6443")
+        assert drained.returncode == 0, drained.stderr
+        assert "198.18.0.21:6443" in drained.stdout
+        drained6 = await lbctl(str(path), "drain", "api", "[2001:db8::23]:6443")
+        assert drained6.returncode == 0, drained6.stderr
+        enabled = await lbctl(str(path), "enable", "api", "198.18.0.21:6443")
+        assert enabled.returncode == 0, enabled.stderr
+        reloaded = await lbctl(str(path), "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert reloaded.stdout.strip() == "reloaded /etc/vipd/vipd.toml"
+        # The default socket comes from VIPD_SOCKET when --socket is not given.
+        via_env = await lbctl(None, "status", "--json", env={"VIPD_SOCKET": str(path)})
+        assert via_env.returncode == 0, via_env.stderr
+        assert json.loads(via_env.stdout)["frontends"][0]["backends"][0]["state"] == "up"
+
+    serve(path, node, scenario)
+    assert node.calls == [
+        ("drain", "api", "198.18.0.21:6443"),
+        ("drain", "api", "[2001:db8::23]:6443"),
+        ("enable", "api", "198.18.0.21:6443"),
+        ("reload",),
+        ("status",),
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_unknown_frontend_or_backend_is_one_line_and_exit_1(run_dir: Path) -> None:
+    path = run_dir / "control.sock"
+    node = FakeNode()
+
+    async def scenario() -> None:
+        no_frontend = await lbctl(str(path), "drain", "nope", "198.18.0.21:6443")
+        assert_one_line_error(no_frontend, "no frontend 'nope'")
+        no_backend = await lbctl(str(path), "enable", "api", "198.18.0.99:6443")
+        assert_one_line_error(no_backend, "no backend '198.18.0.99:6443' in frontend 'api'")
+
+    serve(path, node, scenario)
+    assert node.calls == []
+
+
+@pytest.mark.timeout(120)
+def test_daemon_errors_stay_one_line(run_dir: Path) -> None:
+    path = run_dir / "control.sock"
+
+    async def scenario() -> None:
+        crashed = await lbctl(str(path), "status")
+        assert_one_line_error(crashed, "internal error", "component exploded")
+        refused = await lbctl(str(path), "reload")
+        assert_one_line_error(refused, "config refused", "vrrp[0].vrid", "frontend[0].listen")
+        status, body = await asyncio.to_thread(request, str(path), "GET", "/v1/nothing-here", 5.0)
+        assert status == 404 and "unknown path" in body["error"]
+        status, body = await asyncio.to_thread(request, str(path), "GET", "/v1/reload", 5.0)
+        assert status == 405 and "error" in body
+
+    serve(path, BrokenNode(), scenario)
+
+
+@pytest.mark.timeout(60)
+def test_missing_socket_is_one_line_and_exit_1(run_dir: Path) -> None:
+    path = run_dir / "absent" / "control.sock"
+    result = asyncio.run(lbctl(str(path), "status"))
+    assert_one_line_error(result, f"cannot reach vipd at {path}: No such file or directory (is vipd running?)")
+
+
+@pytest.mark.timeout(60)
+def test_stale_socket_is_refused_then_replaced(run_dir: Path) -> None:
+    path = run_dir / "control.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+
+    result = asyncio.run(lbctl(str(path), "status"))
+    assert_one_line_error(result, "Connection refused", "(is vipd running?)")
+
+    async def scenario() -> None:
+        alive = await lbctl(str(path), "status", "--json")
+        assert alive.returncode == 0, alive.stderr
+        assert json.loads(alive.stdout)["node"] == "edge-1"
+
+    serve(path, FakeNode(), scenario)
+
+
+@pytest.mark.timeout(60)
+def test_refuses_to_take_over_a_live_socket_or_a_regular_file(run_dir: Path) -> None:
+    live = run_dir / "live.sock"
+    plain = run_dir / "plain.sock"
+    plain.write_text("not a socket")
+
+    async def scenario() -> None:
+        with pytest.raises(OSError, match="another process"):
+            await ControlServer(str(live), FakeNode()).start()
+        with pytest.raises(OSError, match="not a socket"):
+            await ControlServer(str(plain), FakeNode()).start()
+        status, body = await asyncio.to_thread(request, str(live), "GET", "/v1/status", 5.0)
+        assert status == 200 and body["node"] == "edge-1"
+
+    serve(live, FakeNode(), scenario)
+    assert plain.read_text() == "not a socket"
+
+
+@pytest.mark.timeout(60)
+def test_socket_mode_and_group(run_dir: Path) -> None:
+    path = run_dir / "sub" / "control.sock"
+    group = grp.getgrgid(65534).gr_name if _gid_exists(65534) else None
+
+    async def scenario() -> None:
+        st = path.stat()
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_uid == os.geteuid()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+        if group is not None:
+            assert st.st_gid == 65534
+
+    serve(path, FakeNode(), scenario, group=group)
+
+
+@pytest.mark.timeout(60)
+def test_missing_group_leaves_the_socket_owner_only_but_serving(run_dir: Path, caplog) -> None:
+    path = run_dir / "control.sock"
+
+    async def scenario() -> None:
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getegid()
+        status, body = await asyncio.to_thread(request, str(path), "GET", "/v1/status", 5.0)
+        assert status == 200 and body["node"] == "edge-1"
+
+    with caplog.at_level("WARNING", logger="vipd.control"):
+        serve(path, FakeNode(), scenario, group="vipd-no-such-group-xyz")
+    assert "vipd-no-such-group-xyz" in caplog.text and "root-only" in caplog.text
+
+
+def _gid_exists(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return True
+
+
+def _require_nobody() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run lbctl as another user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs `setpriv` (Debian package util-linux)")
+    probe = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-c", "import vipd.lbctl"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run {sys.executable} with vipd importable")
+
+
+@pytest.mark.timeout(120)
+def test_permission_denied_for_others_allowed_for_the_group(run_dir: Path) -> None:
+    _require_nobody()
+    closed = run_dir / "closed.sock"
+    shared = run_dir / "shared.sock"
+
+    async def scenario() -> None:
+        async def with_group() -> None:
+            allowed = await lbctl(str(shared), "status", "--json", as_nobody=True)
+            assert allowed.returncode == 0, allowed.stderr
+            assert json.loads(allowed.stdout) == DOCUMENT
+
+        server = ControlServer(str(shared), FakeNode(), group="nogroup")
+        await server.start()
+        try:
+            await with_group()
+        finally:
+            await server.stop()
+        denied = await lbctl(str(closed), "status", as_nobody=True)
+        assert_one_line_error(
+            denied, f"cannot reach vipd at {closed}: permission denied "
+                    "(run as root or a member of the control group)")
+
+    serve(closed, FakeNode(), scenario)
+
+
+@pytest.mark.timeout(60)
+def test_lbctl_does_not_import_aiohttp() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, vipd.lbctl; print('aiohttp' in sys.modules)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "False"
+
+
+def test_table_tolerates_a_sparse_document() -> None:
+    from vipd.lbctl import render_status
+
+    text = render_status({"node": "edge-2", "vrrp": [{"name": "x", "tracks": "garbage"}],
+                          "frontends": [{"name": "web", "backends": [{"address": "198.18.0.30:80"}],
+                                         "all_down": True}, "junk"]})
+    lines = text.splitlines()
+    assert lines[0] == "node edge-2"
+    assert lines[2].split()[0] == "x" and "-" in lines[2].split()
+    assert "FRONTEND web" in text and "ALL BACKENDS DOWN" in text
+    assert "198.18.0.30:80" in text
+    long_track = {"name": "script:/usr/local/bin/check-something --with --many --flags", "ok": True,
+                  "weight": 0}
+    shown = render_status({"vrrp": [{"name": "y", "tracks": [long_track]}]}).splitlines()[2]
+    assert shown.endswith("script:/usr/local/bin/check-something... ok(fault)")
+    assert render_status({}).splitlines() == ["node -", "VRRP      none on this node"]

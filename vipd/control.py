@@ -1,0 +1,231 @@
+"""The control socket: a small JSON-over-HTTP API on a unix socket, and its stdlib client.
+
+The server side runs inside the daemon's asyncio loop (aiohttp). The client side, `request`,
+uses only the standard library: `lbctl` imports this module and must start fast, so aiohttp is
+imported only when a server starts.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import http.client
+import inspect
+import json
+import logging
+import os
+import socket
+import stat
+from typing import Any
+from urllib.parse import quote
+
+log = logging.getLogger("vipd.control")
+
+SOCKET_MODE = 0o660
+DIRECTORY_MODE = 0o755
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+class ControlError(Exception):
+    """Raised by a handler; becomes `{"error": message}` with this HTTP status."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.message = message
+
+
+def backend_path(frontend: str, backend: str, action: str) -> str:
+    """The URL path of a drain/enable call; names are percent-encoded (IPv6 brackets, colons)."""
+    return f"/v1/frontends/{quote(frontend, safe='')}/backends/{quote(backend, safe='')}/{action}"
+
+
+class ControlServer:
+    """Serves `handlers` (async status(), drain(f, b), enable(f, b), reload()) on a unix socket."""
+
+    def __init__(self, path: str, handlers: Any, group: str | None = None) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.group = group
+        self._runner = None
+        self._inode: tuple[int, int] | None = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        sock = self._bind()
+        app = web.Application(middlewares=[web.middleware(_errors_as_json)])
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/drain", self._drain)
+        app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/enable", self._enable)
+        app.router.add_post("/v1/reload", self._reload)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            self._unlink_own_socket()
+            raise
+        self._runner = runner
+        log.info("control socket listening on %s", self.path)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._unlink_own_socket()
+
+    def _bind(self) -> socket.socket:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise OSError(errno.ENAMETOOLONG,
+                          f"control socket path is longer than {MAX_SOCKET_PATH} bytes", self.path)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
+            os.chmod(directory, DIRECTORY_MODE)
+        self._remove_stale_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            # Permissions are set between bind() and listen(): until listen() every connect is
+            # refused, so nobody can slip in through the umask's default mode.
+            os.chmod(self.path, SOCKET_MODE)
+            self._apply_group()
+            st = os.stat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
+        except BaseException:
+            sock.close()
+            self._unlink_own_socket()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    def _remove_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, "exists and is not a socket; refusing to replace it", self.path)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale control socket %s", self.path)
+            os.unlink(self.path)
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, "another process is serving this control socket", self.path)
+
+    def _apply_group(self) -> None:
+        if not self.group:
+            return
+        try:
+            gid = grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            log.warning("control group %r does not exist; control socket %s is root-only",
+                        self.group, self.path)
+            return
+        try:
+            os.chown(self.path, -1, gid)
+        except OSError as exc:
+            log.warning("cannot give control socket %s to group %r (%s); it is owner-only",
+                        self.path, self.group, exc.strerror or exc)
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file only if it is still the one we bound (not a successor's)."""
+        if self._inode is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._inode = None
+
+    async def _call(self, name: str, *args: str):
+        from aiohttp import web
+
+        result = getattr(self.handlers, name)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return web.json_response(result if result is not None else {})
+
+    async def _status(self, request):
+        return await self._call("status")
+
+    async def _drain(self, request):
+        return await self._call("drain", request.match_info["frontend"], request.match_info["backend"])
+
+    async def _enable(self, request):
+        return await self._call("enable", request.match_info["frontend"], request.match_info["backend"])
+
+    async def _reload(self, request):
+        return await self._call("reload")
+
+
+async def _errors_as_json(request, handler):
+    from aiohttp import web
+
+    try:
+        return await handler(request)
+    except ControlError as exc:
+        return web.json_response({"error": exc.message}, status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {404: "unknown path", 405: "method not allowed"}.get(exc.status, exc.reason)
+        return web.json_response(
+            {"error": f"{reason}: {request.method} {request.path}"}, status=exc.status)
+    except Exception as exc:
+        log.exception("control request %s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": f"internal error: {type(exc).__name__}: {exc}"}, status=500)
+
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request(socket_path: str, method: str, path: str, timeout: float = 10.0) -> tuple[int, dict]:
+    """One call to the control socket -> (HTTP status, JSON body).
+
+    Raises OSError when the socket cannot be reached (FileNotFoundError, PermissionError,
+    ConnectionRefusedError, TimeoutError, ...). A body that is not a JSON object comes back
+    as {"error": text}.
+    """
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request(method, path, headers={"Content-Length": "0"} if method != "GET" else {})
+        response = conn.getresponse()
+        raw = response.read()
+        status = response.status
+    except http.client.HTTPException as exc:
+        raise ConnectionError(errno.EPROTO, f"bad answer from the control socket: {exc!r}") from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else {}
+    except (UnicodeDecodeError, ValueError):
+        body = {"error": raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"}
+    if not isinstance(body, dict):
+        body = {"error": f"unexpected answer: {str(body)[:200]}"}
+    return status, body
