@@ -389,3 +389,24 @@ def test_table_tolerates_a_sparse_document() -> None:
     shown = render_status({"vrrp": [{"name": "y", "tracks": [long_track]}]}).splitlines()[2]
     assert shown.endswith("script:/usr/local/bin/check-something... ok(fault)")
     assert render_status({}).splitlines() == ["node -", "VRRP      none on this node"]
+
+
+@pytest.mark.timeout(60)
+def test_serves_under_uvloop(run_dir: Path) -> None:
+    uvloop = pytest.importorskip("uvloop", reason="needs uvloop (the daemon's event loop)")
+    path = run_dir / "control.sock"
+    node = FakeNode()
+
+    async def main() -> None:
+        server = ControlServer(str(path), node)
+        await server.start()
+        try:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+            drained = await lbctl(str(path), "drain", "api", "198.18.0.22:6443")
+            assert drained.returncode == 0, drained.stderr
+        finally:
+            await server.stop()
+
+    uvloop.run(main())
+    assert node.calls == [("drain", "api", "198.18.0.22:6443")]
+    assert not path.exists()

@@ -214,7 +214,7 @@ def request(socket_path: str, method: str, path: str, timeout: float = 10.0) -> 
     """
     conn = _UnixHTTPConnection(socket_path, timeout)
     try:
-        conn.request(method, path, headers={"Content-Length": "0"} if method != "GET" else {})
+        conn.request(method, path)
         response = conn.getresponse()
         raw = response.read()
         status = response.status

@@ -1,0 +1,206 @@
+"""Prometheus metrics built from the status document at scrape time.
+
+The status document (what `lbctl status --json` shows, plus extra keys) is the one source of
+truth: there is no second set of counters to keep in step. A key missing from the document
+just leaves its metric out. Served by aiohttp inside the daemon's loop, so `status()` runs on
+the loop thread like every other reader of the components' state.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from typing import Any, Callable, Iterator
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from vipd.config import split_host_port
+
+log = logging.getLogger("vipd.metrics")
+
+VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
+BACKEND_STATES = ("up", "down", "drain")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _entries(value: Any) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+class _Families:
+    """Metric families keyed by name, created on first use so absent data makes no family."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, Metric] = {}
+
+    def add(self, kind: type, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+        number = _number(value)
+        if number is None:
+            return
+        family = self.families.get(name)
+        if family is None:
+            family = kind(name, help_text, labels=list(labels))
+            self.families[name] = family
+        family.add_metric([str(v) for v in labels.values()], number)
+
+    def gauge(self, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+        self.add(GaugeMetricFamily, name, help_text, labels, value)
+
+    def counter(self, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+        self.add(CounterMetricFamily, name, help_text, labels, value)
+
+
+def families_from_status(document: Any) -> list[Metric]:
+    out = _Families()
+    if not isinstance(document, dict):
+        return []
+    if isinstance(document.get("node"), str):
+        out.gauge("vipd_node_info", "This node's name.", {"node": document["node"]}, 1)
+    for v in _entries(document.get("vrrp")):
+        _vrrp_metrics(out, v)
+    for f in _entries(document.get("frontends")):
+        _frontend_metrics(out, f)
+    return list(out.families.values())
+
+
+def _vrrp_metrics(out: _Families, v: dict) -> None:
+    if v.get("name") is None:
+        return
+    who = {"instance": str(v["name"])}
+    state = v.get("state")
+    if isinstance(state, str):
+        for known in sorted(set(VRRP_STATES) | {state}):
+            out.gauge("vipd_vrrp_state", "1 for the VRRP instance's current state.",
+                      {**who, "state": known}, known == state)
+    out.gauge("vipd_vrrp_priority", "Configured VRRP priority.", who, v.get("priority"))
+    out.gauge("vipd_vrrp_effective_priority", "Priority after track weights.", who,
+              v.get("effective_priority"))
+    out.counter("vipd_vrrp_transitions", "VRRP state changes.", who, v.get("transitions"))
+    out.counter("vipd_vrrp_adverts_sent", "VRRP advertisements sent.", who, v.get("adverts_sent"))
+    out.counter("vipd_vrrp_adverts_received", "Valid VRRP advertisements received.", who,
+                v.get("adverts_received"))
+    invalid = v.get("invalid")
+    if isinstance(invalid, dict):
+        for reason, count in sorted(invalid.items()):
+            out.counter("vipd_vrrp_invalid_packets", "VRRP packets dropped, by reason.",
+                        {**who, "reason": str(reason)}, count)
+    for track in _entries(v.get("tracks")):
+        if track.get("name") is not None:
+            out.gauge("vipd_vrrp_track_ok", "1 while the track is ok.",
+                      {**who, "track": str(track["name"])}, bool(track.get("ok")))
+
+
+def _frontend_metrics(out: _Families, f: dict) -> None:
+    if f.get("name") is None:
+        return
+    where = {"frontend": str(f["name"])}
+    out.gauge("vipd_frontend_active_connections", "Open client connections.", where,
+              f.get("active_connections"))
+    if "all_down" in f:
+        out.gauge("vipd_frontend_all_down", "1 while no backend is up.", where, bool(f["all_down"]))
+    for b in _entries(f.get("backends")):
+        if b.get("address") is None:
+            continue
+        who = {**where, "backend": str(b["address"])}
+        state = b.get("state")
+        if isinstance(state, str):
+            out.gauge("vipd_backend_up", "1 while the backend takes new connections.", who,
+                      state == "up")
+            for known in sorted(set(BACKEND_STATES) | {state}):
+                out.gauge("vipd_backend_state", "1 for the backend's current state.",
+                          {**who, "state": known}, known == state)
+        out.gauge("vipd_backend_active_connections", "Open connections to the backend.", who,
+                  b.get("active_connections"))
+        out.counter("vipd_backend_connections", "Connections sent to the backend.", who,
+                    b.get("total_connections"))
+        out.counter("vipd_backend_failed_connections", "Failed connects to the backend.", who,
+                    b.get("failed_connections"))
+        out.counter("vipd_backend_bytes_in", "Bytes received from clients for the backend.", who,
+                    b.get("bytes_in"))
+        out.counter("vipd_backend_bytes_out", "Bytes sent to clients from the backend.", who,
+                    b.get("bytes_out"))
+        out.gauge("vipd_backend_check_latency_seconds", "Duration of the last health check.", who,
+                  b.get("check_latency_seconds"))
+
+
+class StatusCollector:
+    """A prometheus_client collector reading the status document on every scrape."""
+
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = families_from_status(self.status())
+            ok = True
+        except Exception:
+            log.exception("cannot build metrics from the status document")
+            families, ok = [], False
+        yield from families
+        yield GaugeMetricFamily("vipd_status_ok", "1 when the status document could be read.",
+                                value=float(ok))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT as in the config; port 0 (an ephemeral port) is allowed here for tests."""
+    if text.endswith(":0"):
+        host, _ = split_host_port(text[:-1] + "1")
+        return host, 0
+    return split_host_port(text)
+
+
+class MetricsServer:
+    """Prometheus text at http://LISTEN/metrics."""
+
+    def __init__(self, listen: str, status: Callable[[], dict]) -> None:
+        self.listen = listen
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatusCollector(status))
+        self.address: tuple[str, int] | None = None
+        self._runner = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        host, port = parse_listen(self.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            raise
+        self._runner = runner
+        self.address = sock.getsockname()[:2]
+        log.info("metrics on http://%s/metrics", self.listen if port else f"{host}:{self.address[1]}")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request):
+        from aiohttp import web
+
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
