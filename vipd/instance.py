@@ -1,0 +1,422 @@
+"""One VRRP instance: drives the pure state machine (`vipd.fsm`) from the clock, received adverts,
+link state and tracks, and carries out its actions on the network (`vipd.netio`).
+
+The state machine's timer is a `loop.call_at`; events are handled as they arrive. Every slow
+thing (VIP changes, scripts, frame building) runs in a thread or a subprocess, so adverts go out
+on time whatever else happens.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import ipaddress
+import logging
+import socket
+import time
+from typing import Callable
+
+from vipd import fsm, packet
+from vipd.config import VrrpConfig
+from vipd.netio import (VRRP_GROUP, AddressWorker, ChannelPool, FrameSender, InterfaceTable, VrrpChannel,
+                        build_gratuitous_frames)
+from vipd.notify import NotifyQueue
+from vipd.tracks import TrackSet
+
+log = logging.getLogger("vipd.vrrp")
+
+NO_ADDRESS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+STOP_SAFETY_MARGIN = 5.0
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
+    """True when `new` is another router, not the same one reconfigured."""
+    return (old.interface, old.vrid, old.version, old.family) != (new.interface, new.vrid, new.version, new.family)
+
+
+class VrrpInstance:
+    def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
+                 addresses: AddressWorker, frontend_ok: Callable[[str], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.interfaces = interfaces
+        self.channels = channels
+        self.addresses = addresses
+        self.clock = clock
+        self.router = fsm.VrrpRouter(self._params(NO_ADDRESS[config.family]))
+        self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, frontend_ok)
+        self.notify = NotifyQueue(config.name)
+        self.rx_errors = packet.RxErrors(f"vrrp {config.name}")
+        self.channel: VrrpChannel | None = None
+        self.frames = FrameSender(config.interface)
+        self.since = _utc_now()
+        self.transitions = 0
+        self.adverts_sent = 0
+        self.adverts_received = 0
+        self.unknown_peer_drops = 0
+        self.fault_reasons: set[str] = set()
+        self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
+        self._holding = False
+        self._vip_change: asyncio.Future | None = None
+        self._frames: asyncio.Future | None = None
+        self._frames_for: tuple | None = None
+        self._garp: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._encoded: dict[tuple, bytes] = {}
+        self._started = False
+        self._stopped = asyncio.Event()
+        self._last_peer_log = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ---------------------------------------------------------------- configuration
+
+    def _params(self, primary: str, handover: bool = True) -> fsm.RouterParams:
+        c = self.config
+        return fsm.RouterParams(
+            vrid=c.vrid, version=c.version, priority=c.priority, advert_interval=c.advert_interval,
+            primary_address=primary, preempt=c.preempt, preempt_delay=c.preempt_delay,
+            handover_timeout=c.effective_handover_timeout if handover else 0.0)
+
+    def _find_primary(self) -> str | None:
+        c = self.config
+        if c.unicast_src:
+            return c.unicast_src
+        link = self.interfaces.by_name(c.interface)
+        if link is None:
+            return None
+        if c.family == socket.AF_INET6:
+            return link.link_local()
+        return link.primary_ipv4(exclude=[str(v.ip) for v in self._managed_vips()])
+
+    def _managed_vips(self) -> list:
+        return [v for v in self.config.virtual_ips if v not in self._unmanaged]
+
+    def _destinations(self) -> list[str]:
+        return list(self.config.unicast_peers) or [VRRP_GROUP[self.config.family]]
+
+    def _encode(self, priority: int, src: str, dst: str) -> bytes:
+        key = (priority, src, dst)
+        payload = self._encoded.get(key)
+        if payload is None:
+            c = self.config
+            advert = packet.Advert(
+                c.version, c.vrid, priority, round(c.advert_interval * 100), tuple(v.ip for v in c.virtual_ips),
+                packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
+                packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
+            payload = packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
+            if len(self._encoded) > 64:
+                self._encoded.clear()
+            self._encoded[key] = payload
+        return payload
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        c = self.config
+        link = self.interfaces.by_name(c.interface)
+        stale = []
+        for vip in c.virtual_ips:
+            present = link.has(str(vip.ip)) if link is not None else None
+            if present is None:
+                continue
+            if present.ours or c.priority != fsm.OWNER_PRIORITY:
+                stale.append(vip)
+            else:
+                self._unmanaged.add(vip)
+                log.info("vrrp %s: %s is an address of %s already; as address owner it is left in place",
+                         self.name, vip, c.interface)
+        if stale:
+            log.warning("vrrp %s: removing VIPs left on %s by an earlier run: %s", self.name, c.interface,
+                        ", ".join(map(str, stale)))
+            await self.addresses.remove(c.interface, stale)
+        self.channel = self.channels.register(c.interface, c.family, c.vrid, self._on_packet)
+        self.interfaces.subscribe(self._on_link)
+        self._rebuild_frames()
+        self.tracks.start()
+        await self.tracks.wait_first_results(self.tracks.first_result_timeout)
+        self._started = True
+        self._evaluate()
+        if not self.fault_reasons:
+            self._dispatch(fsm.Startup())
+        log.info("vrrp %s: started on %s (vrid %d, VRRPv%d, priority %d, %s)", self.name, c.interface, c.vrid,
+                 c.version, c.priority, "unicast to " + ", ".join(c.unicast_peers) if c.unicast_peers else "multicast")
+
+    async def update(self, config: VrrpConfig) -> None:
+        """Apply a changed config to the running router (same interface, VRID, version, family)."""
+        old = self.config
+        self.config = config
+        self._encoded.clear()
+        self.notify.name = config.name
+        for vip in config.virtual_ips:
+            if vip not in old.virtual_ips and config.priority == fsm.OWNER_PRIORITY:
+                link = self.interfaces.by_name(config.interface)
+                present = link.has(str(vip.ip)) if link is not None else None
+                if present is not None and not present.ours:
+                    self._unmanaged.add(vip)
+        self._unmanaged &= set(config.virtual_ips)
+        self._execute(self.router.update_params(self._params(self.router.params.primary_address), self.clock()))
+        if old.virtual_ips != config.virtual_ips:
+            dropped = [v for v in old.virtual_ips if v not in config.virtual_ips and v not in self._unmanaged]
+            if dropped:
+                self._vip_change = self.addresses.remove(config.interface, dropped)
+            if self._holding:
+                self._vip_change = self.addresses.add(config.interface, self._managed_vips())
+            self._rebuild_frames()
+            if self._holding:
+                self._start_garp()
+        await self.tracks.update(config.tracks)
+        self._evaluate()
+        self._schedule()
+        log.info("vrrp %s: configuration updated in place", self.name)
+
+    async def stop(self, handover: bool = True) -> None:
+        """Resign (priority 0) and release the VIPs; with handover, keep them until the new master
+        is heard or the handover timeout passes."""
+        if self._started and not self.router.stopped:
+            if not handover:
+                self._execute(self.router.update_params(
+                    self._params(self.router.params.primary_address, handover=False), self.clock()))
+            self._dispatch(fsm.Shutdown())
+            limit = (self.config.effective_handover_timeout if handover else 0.0) + STOP_SAFETY_MARGIN
+            try:
+                await asyncio.wait_for(self._stopped.wait(), limit)
+            except asyncio.TimeoutError:
+                self._dispatch(fsm.Shutdown())
+        self._started = False
+        self._cancel_timer()
+        self._cancel_garp()
+        if self._holding:
+            self._remove_vips()
+        if self._vip_change is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._vip_change), 10)
+            except Exception as exc:
+                log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
+        self.interfaces.unsubscribe(self._on_link)
+        if self.channel is not None:
+            self.channels.unregister(self.config.interface, self.config.family, self.config.vrid)
+            self.channel = None
+        self.frames.close()
+        await self.tracks.stop()
+        await self.notify.drain(self.notify.timeout + 1)
+        await self.notify.close()
+
+    # ---------------------------------------------------------------- inputs
+
+    def _on_link(self, name: str) -> None:
+        if name == self.config.interface:
+            self._rebuild_frames()
+        self.tracks.links_changed()
+        self._evaluate()
+
+    def frontends_changed(self) -> None:
+        self.tracks.frontends_changed()
+
+    def _evaluate(self) -> None:
+        """Bring the router in line with link state, primary address and tracks."""
+        if not self._started or self.router.stopped:
+            return
+        primary = self._find_primary()
+        if primary is not None and primary != self.router.params.primary_address:
+            if self.router.params.primary_address != NO_ADDRESS[self.config.family]:
+                log.info("vrrp %s: primary address is now %s", self.name, primary)
+            self._encoded.clear()
+            self._execute(self.router.update_params(self._params(primary), self.clock()))
+        reasons = set(self.tracks.fault_reasons())
+        if not self.interfaces.link_up(self.config.interface):
+            reasons.add(f"link:{self.config.interface}")
+        if primary is None:
+            reasons.add("no_address")
+        if reasons != self.fault_reasons:
+            if reasons:
+                log.warning("vrrp %s: fault: %s", self.name, ", ".join(sorted(reasons)))
+            elif self.fault_reasons:
+                log.info("vrrp %s: fault cleared", self.name)
+        self.fault_reasons = reasons
+        priority = self.tracks.effective_priority(self.config.priority)
+        if priority != self.router.effective_priority:
+            log.info("vrrp %s: effective priority %d -> %d", self.name, self.router.effective_priority, priority)
+            self._dispatch(fsm.PriorityChanged(priority))
+        if reasons and self.router.state is not fsm.State.FAULT:
+            self._dispatch(fsm.FaultRaised(sorted(reasons)[0]))
+        elif not reasons and self.router.state is fsm.State.FAULT:
+            self._dispatch(fsm.FaultCleared())
+
+    def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None) -> None:
+        if not self._started:
+            return
+        c = self.config
+        result = packet.decode(payload, src=src, dst=dst, ttl=ttl)
+        if isinstance(result, packet.Invalid):
+            self.rx_errors.record(result, src)
+            return
+        if c.unicast_peers and ipaddress.ip_address(src) not in {ipaddress.ip_address(p) for p in c.unicast_peers}:
+            self.unknown_peer_drops += 1
+            now = self.clock()
+            if now - self._last_peer_log >= 1.0:
+                self._last_peer_log = now
+                log.warning("vrrp %s: dropped VRRP packet from %s: not in unicast_peers", self.name, src)
+            return
+        invalid = packet.accept(
+            result, vrid=c.vrid, version=c.version,
+            auth_type=packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
+            auth_data=packet.password_bytes(c.auth_pass) if c.auth_pass else b"",
+            interval_cs=round(c.advert_interval * 100) if c.version == 2 else None)
+        if invalid is not None:
+            self.rx_errors.record(invalid, src)
+            return
+        if ipaddress.ip_address(src) == ipaddress.ip_address(self.router.params.primary_address):
+            return
+        self.adverts_received += 1
+        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval))
+
+    # ---------------------------------------------------------------- the state machine
+
+    def _dispatch(self, event, now: float | None = None) -> None:
+        if self.router.stopped:
+            return
+        try:
+            actions = self.router.handle(event, self.clock() if now is None else now)
+            self._execute(actions)
+        except Exception:
+            log.exception("vrrp %s: handling %r failed", self.name, event)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._cancel_timer()
+        deadline = self.router.next_deadline()
+        if deadline is None or not self._started:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - self.clock()), self._on_timer, deadline)
+
+    def _on_timer(self, deadline: float) -> None:
+        self._timer = None
+        # The loop's timer may fire a hair before the monotonic clock reaches the deadline.
+        self._dispatch(fsm.Timeout(), max(self.clock(), deadline))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _execute(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, fsm.SendAdvert):
+                self._send_advert(action.priority)
+            elif isinstance(action, fsm.AddVips):
+                self._add_vips()
+            elif isinstance(action, fsm.RemoveVips):
+                self._remove_vips()
+            elif isinstance(action, fsm.SendGratuitous):
+                self._start_garp()
+            elif isinstance(action, fsm.StateChanged):
+                self._on_state_changed(action)
+            elif isinstance(action, fsm.Stopped):
+                self._stopped.set()
+                self.notify.push(self.config.notify.stop, "STOP", self.router.effective_priority, self._vip_change)
+
+    def _send_advert(self, priority: int) -> None:
+        src = self.router.params.primary_address
+        if self.channel is None or src == NO_ADDRESS[self.config.family]:
+            return
+        sent = False
+        for dst in self._destinations():
+            sent |= self.channel.send(self._encode(priority, src, dst), src, dst)
+        if sent:
+            self.adverts_sent += 1
+
+    def _add_vips(self) -> None:
+        self._holding = True
+        self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
+
+    def _remove_vips(self) -> None:
+        self._holding = False
+        self._cancel_garp()
+        self._vip_change = self.addresses.remove(self.config.interface, self._managed_vips())
+
+    def _on_state_changed(self, change: fsm.StateChanged) -> None:
+        self.since = _utc_now()
+        self.transitions += 1
+        level = logging.WARNING if change.new is fsm.State.FAULT else logging.INFO
+        log.log(level, "vrrp %s: %s -> %s (%s), priority %d, master %s", self.name, change.old.value,
+                change.new.value, change.reason, self.router.effective_priority, self.router.master or "unknown")
+        if change.new is not fsm.State.MASTER:
+            self._cancel_garp()
+        self.notify.push(self.config.notify.for_state(change.new.value), change.new.value,
+                         self.router.effective_priority, self._vip_change)
+
+    # ---------------------------------------------------------------- gratuitous ARP / NA
+
+    def _rebuild_frames(self) -> None:
+        link = self.interfaces.by_name(self.config.interface)
+        wanted = (link.mac if link else None, tuple(self.config.virtual_ips))
+        if wanted == self._frames_for or wanted[0] is None:
+            return
+        self._frames_for = wanted
+        self._frames = asyncio.ensure_future(asyncio.to_thread(build_gratuitous_frames, *wanted))
+
+    def _start_garp(self) -> None:
+        self._cancel_garp()
+        if self.config.garp_repeat <= 0 or self._frames is None:
+            return
+        self._garp = asyncio.create_task(self._garp_burst(self._frames, self._vip_change),
+                                         name=f"garp {self.name}")
+
+    async def _garp_burst(self, frames_future: asyncio.Future, after: asyncio.Future | None) -> None:
+        try:
+            if after is not None:
+                await asyncio.shield(after)
+            frames = await asyncio.shield(frames_future)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("vrrp %s: no gratuitous ARP/NA: %s", self.name, exc)
+            return
+        for i in range(self.config.garp_repeat):
+            if self.router.state is not fsm.State.MASTER:
+                return
+            self.frames.send(frames)
+            if self.config.garp_interval > 0 and i + 1 < self.config.garp_repeat:
+                await asyncio.sleep(self.config.garp_interval)
+
+    def _cancel_garp(self) -> None:
+        if self._garp is not None:
+            self._garp.cancel()
+            self._garp = None
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict:
+        c = self.config
+        invalid = {reason: n for reason, n in self.rx_errors.counts.items() if n}
+        if self.unknown_peer_drops:
+            invalid["unknown_peer"] = self.unknown_peer_drops
+        return {
+            "name": c.name,
+            "state": self.router.state.value,
+            "vrid": c.vrid,
+            "interface": c.interface,
+            "version": c.version,
+            "priority": c.priority,
+            "effective_priority": self.router.effective_priority,
+            "virtual_ips": [str(v) for v in c.virtual_ips],
+            "master": self.router.master,
+            "since": self.since,
+            "tracks": self.tracks.status(),
+            "adverts_sent": self.adverts_sent,
+            "adverts_received": self.adverts_received,
+            "invalid": invalid,
+            "transitions": self.transitions,
+            "fault_reasons": sorted(self.fault_reasons),
+            "master_advert_interval": self.router.master_adver_interval,
+            "unicast_peers": list(c.unicast_peers),
+            "handing_over": self.router.handing_over,
+        }

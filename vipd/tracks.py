@@ -1,0 +1,262 @@
+"""What a VRRP instance tracks: check scripts, interfaces and this node's frontends.
+
+Every result goes through `vipd.health.HealthCounter`. A failing track with a weight adds that
+weight to the priority; a failing weight-0 track puts the instance in FAULT.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from typing import Callable, Iterable, Sequence
+
+from vipd.config import Track as TrackConfig
+from vipd.health import HealthCounter
+
+log = logging.getLogger("vipd.vrrp")
+
+OWNER_PRIORITY = 255
+FRONTEND_RECHECK_INTERVAL = 1.0
+
+
+def effective_priority(priority: int, failing_weights: Iterable[int]) -> int:
+    """Configured priority plus the weights of failing tracks, kept in 1..254; an address owner
+    (255) stays 255."""
+    if priority == OWNER_PRIORITY:
+        return OWNER_PRIORITY
+    return max(1, min(254, priority + sum(failing_weights)))
+
+
+def kill_process_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_command(argv: Sequence[str], timeout: float, what: str) -> int | None:
+    """Run argv in a session of its own; return its exit status, or None when it could not start
+    or ran past `timeout` (then its whole process group is killed)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+    except OSError as exc:
+        log.warning("%s: cannot start: %s", what, exc.strerror or exc)
+        return None
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("%s: timed out after %gs; killed its process group", what, timeout)
+        kill_process_group(proc.pid)
+        await proc.wait()
+        return None
+    except asyncio.CancelledError:
+        kill_process_group(proc.pid)
+        raise
+
+
+class Track:
+    """One tracked thing; `ok` is its counter's verdict."""
+
+    def __init__(self, config: TrackConfig, rise: int = 1, fall: int = 1) -> None:
+        self.config = config
+        self.counter = HealthCounter(rise, fall, up=True)
+        self.reported = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def ok(self) -> bool:
+        return self.counter.up
+
+    def record(self, ok: bool) -> bool:
+        """Feed one result; True when ok changed. The first result is taken as it is, later ones
+        need rise/fall in a row."""
+        if not self.reported:
+            self.reported = True
+            was = self.counter.up
+            self.counter.force(ok)
+            changed = was != ok
+        else:
+            changed = self.counter.record(ok)
+        if changed:
+            log.warning("track %s is now %s (%s)", self.name, "OK" if self.ok else "FAILING",
+                        self.counter.describe())
+        return changed
+
+    def status(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "weight": self.weight,
+                "health": self.counter.describe()}
+
+
+class ScriptTrack(Track):
+    """Runs its script every `interval` (never two runs at once), killing it after `timeout`."""
+
+    def __init__(self, config: TrackConfig, on_change: Callable[[], None]) -> None:
+        super().__init__(config, config.rise, config.fall)
+        self._on_change = on_change
+        self._task: asyncio.Task | None = None
+        self.first_result = asyncio.Event()
+        self.runs = 0
+        self.last_status: int | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"track {self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def run_once(self) -> bool:
+        status = await run_command(["/bin/sh", "-c", self.config.target], self.config.timeout,
+                                   f"track {self.name}")
+        self.runs += 1
+        self.last_status = status
+        return status == 0
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            ok = await self.run_once()
+            changed = self.record(ok)
+            self.first_result.set()
+            if changed:
+                self._on_change()
+            await asyncio.sleep(max(0.0, started + self.config.interval - time.monotonic()))
+
+
+class TrackSet:
+    """An instance's tracks; calls `on_change` whenever one of them flips."""
+
+    def __init__(self, configs: Sequence[TrackConfig], on_change: Callable[[], None],
+                 link_up: Callable[[str], bool], frontend_ok: Callable[[str], bool] | None) -> None:
+        self._on_change = on_change
+        self._link_up = link_up
+        self._frontend_ok = frontend_ok
+        self.tracks: list[Track] = []
+        self._frontend_task: asyncio.Task | None = None
+        self._started = False
+        self._set(configs, keep=[])
+
+    def _make(self, config: TrackConfig) -> Track:
+        if config.kind == "script":
+            return ScriptTrack(config, self._on_change)
+        track = Track(config)
+        track.record(self._probe(track))
+        return track
+
+    def _probe(self, track: Track) -> bool:
+        if track.config.kind == "interface":
+            return self._link_up(track.config.target)
+        if self._frontend_ok is None:
+            return False
+        try:
+            return bool(self._frontend_ok(track.config.target))
+        except Exception:
+            log.exception("frontend_ok(%r) failed", track.config.target)
+            return False
+
+    def _set(self, configs: Sequence[TrackConfig], keep: list[Track]) -> list[Track]:
+        """Build the track list for `configs`, reusing tracks from `keep` with identical config."""
+        available = list(keep)
+        tracks = []
+        for config in configs:
+            reused = next((t for t in available if t.config == config), None)
+            if reused is not None:
+                available.remove(reused)
+                tracks.append(reused)
+            else:
+                tracks.append(self._make(config))
+        self.tracks = tracks
+        return available
+
+    def start(self) -> None:
+        self._started = True
+        for track in self.tracks:
+            if isinstance(track, ScriptTrack):
+                track.start()
+        self._ensure_frontend_task()
+
+    def _ensure_frontend_task(self) -> None:
+        wanted = self._started and any(t.config.kind == "frontend" for t in self.tracks)
+        if wanted and self._frontend_task is None:
+            self._frontend_task = asyncio.create_task(self._recheck_frontends(), name="frontend tracks")
+        elif not wanted and self._frontend_task is not None:
+            self._frontend_task.cancel()
+            self._frontend_task = None
+
+    async def _recheck_frontends(self) -> None:
+        while True:
+            await asyncio.sleep(FRONTEND_RECHECK_INTERVAL)
+            self.frontends_changed()
+
+    async def wait_first_results(self, timeout: float) -> None:
+        waits = [t.first_result.wait() for t in self.tracks if isinstance(t, ScriptTrack)]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    @property
+    def first_result_timeout(self) -> float:
+        return max((t.config.timeout for t in self.tracks if t.config.kind == "script"), default=0.0) + 1.0
+
+    async def update(self, configs: Sequence[TrackConfig]) -> None:
+        """Apply reloaded track configs; unchanged tracks keep their state and their schedule."""
+        removed = self._set(configs, keep=self.tracks)
+        for track in removed:
+            if isinstance(track, ScriptTrack):
+                await track.stop()
+        if self._started:
+            for track in self.tracks:
+                if isinstance(track, ScriptTrack):
+                    track.start()
+            self._ensure_frontend_task()
+        self._on_change()
+
+    async def stop(self) -> None:
+        self._started = False
+        self._ensure_frontend_task()
+        for track in self.tracks:
+            if isinstance(track, ScriptTrack):
+                await track.stop()
+
+    def _recheck(self, kind: str) -> None:
+        changed = False
+        for track in self.tracks:
+            if track.config.kind == kind:
+                changed |= track.record(self._probe(track))
+        if changed:
+            self._on_change()
+
+    def frontends_changed(self) -> None:
+        self._recheck("frontend")
+
+    def links_changed(self) -> None:
+        self._recheck("interface")
+
+    def effective_priority(self, priority: int) -> int:
+        return effective_priority(priority, (t.weight for t in self.tracks if not t.ok and t.weight))
+
+    def fault_reasons(self) -> set[str]:
+        return {f"track:{t.name}" for t in self.tracks if not t.ok and t.weight == 0}
+
+    def status(self) -> list[dict]:
+        return [t.status() for t in self.tracks]

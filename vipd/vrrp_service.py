@@ -1,0 +1,102 @@
+"""Every `[[vrrp]]` instance of the config, run in the daemon's asyncio loop.
+
+The service owns what the instances share: the netlink monitor and its interface table, one raw
+VRRP socket per (interface, family), and the worker thread that changes addresses.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from vipd.config import Config
+from vipd.instance import VrrpInstance, needs_recreate
+from vipd.netio import AddressWorker, ChannelPool, InterfaceTable, NetlinkMonitor, VrrpError
+
+__all__ = ["VrrpService", "VrrpError"]
+
+log = logging.getLogger("vipd.vrrp")
+
+
+class VrrpService:
+    def __init__(self, config: Config, frontend_ok: Callable[[str], bool] | None = None) -> None:
+        self.config = config
+        self.frontend_ok = frontend_ok
+        self.instances: dict[str, VrrpInstance] = {}
+        self.interfaces = InterfaceTable()
+        self._monitor: NetlinkMonitor | None = None
+        self._channels: ChannelPool | None = None
+        self._addresses: AddressWorker | None = None
+
+    async def _ensure_running(self) -> None:
+        if self._monitor is not None:
+            return
+        monitor = NetlinkMonitor(self.interfaces)
+        try:
+            await monitor.start()
+        except OSError as exc:
+            raise VrrpError(f"cannot follow link state over netlink: {exc.strerror or exc}") from None
+        self._monitor = monitor
+        self._channels = ChannelPool(self.interfaces)
+        self._addresses = AddressWorker()
+
+    def _new_instance(self, vrrp) -> VrrpInstance:
+        return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
+                            addresses=self._addresses, frontend_ok=self.frontend_ok)
+
+    async def _start_instances(self, configs) -> None:
+        created = [self._new_instance(v) for v in configs]
+        for instance in created:
+            self.instances[instance.name] = instance
+        results = await asyncio.gather(*(i.start() for i in created), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def start(self) -> None:
+        """Sockets open, every instance running (BACKUP, or MASTER for an address owner)."""
+        if not self.config.vrrp:
+            return
+        await self._ensure_running()
+        await self._start_instances(self.config.vrrp)
+
+    async def reload(self, config: Config) -> None:
+        """Unchanged instances are left alone; changed ones are updated in place when they stay the
+        same router (interface, VRID, version, family) and re-created otherwise; removed ones
+        resign and release their VIPs; new ones start."""
+        old = self.instances
+        wanted = {v.name: v for v in config.vrrp}
+        self.config = config
+        if wanted:
+            await self._ensure_running()
+        gone = [i for name, i in old.items() if name not in wanted or needs_recreate(i.config, wanted[name])]
+        for instance in gone:
+            log.info("vrrp %s: %s", instance.name,
+                     "removed from the config" if instance.name not in wanted else "re-created for the new config")
+            del self.instances[instance.name]
+        await asyncio.gather(*(i.stop(handover=False) for i in gone))
+        updates = [self.instances[name].update(v) for name, v in wanted.items()
+                   if name in self.instances and self.instances[name].config != v]
+        await asyncio.gather(*updates)
+        await self._start_instances([v for name, v in wanted.items() if name not in self.instances])
+
+    async def shutdown(self, handover: bool = True) -> None:
+        """Every instance resigns (priority 0); returns once each released its VIPs."""
+        await asyncio.gather(*(i.stop(handover=handover) for i in self.instances.values()))
+        self.instances.clear()
+        if self._channels is not None:
+            self._channels.close()
+            self._channels = None
+        if self._addresses is not None:
+            await asyncio.to_thread(self._addresses.close)
+            self._addresses = None
+        if self._monitor is not None:
+            await self._monitor.stop()
+            self._monitor = None
+
+    def frontends_changed(self) -> None:
+        for instance in self.instances.values():
+            instance.frontends_changed()
+
+    def status(self) -> list[dict]:
+        return [instance.status() for instance in self.instances.values()]
