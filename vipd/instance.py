@@ -70,6 +70,7 @@ class VrrpInstance:
         self._started = False
         self._stopped = asyncio.Event()
         self._last_peer_log = 0.0
+        self._bug_reported: dict[tuple, float] = {}
 
     @property
     def name(self) -> str:
@@ -284,10 +285,19 @@ class VrrpInstance:
             return
         try:
             actions = self.router.handle(event, self.clock() if now is None else now)
-            self._execute(actions)
-        except Exception:
-            log.exception("vrrp %s: handling %r failed", self.name, event)
+        except Exception as exc:
+            self._report_bug(f"handling {event!r}", exc)
+            actions = []
+        self._execute(actions)
         self._schedule()
+
+    def _report_bug(self, what: str, exc: Exception) -> None:
+        # A bug that fires every advert interval must not flood the log: once a minute per kind.
+        key = (what.split("(")[0], type(exc).__name__)
+        now = self.clock()
+        if now - self._bug_reported.get(key, -3600.0) >= 60.0:
+            self._bug_reported[key] = now
+            log.error("vrrp %s: %s failed", self.name, what, exc_info=exc)
 
     def _schedule(self) -> None:
         self._cancel_timer()
@@ -309,19 +319,25 @@ class VrrpInstance:
 
     def _execute(self, actions: list) -> None:
         for action in actions:
-            if isinstance(action, fsm.SendAdvert):
-                self._send_advert(action.priority)
-            elif isinstance(action, fsm.AddVips):
-                self._add_vips()
-            elif isinstance(action, fsm.RemoveVips):
-                self._remove_vips()
-            elif isinstance(action, fsm.SendGratuitous):
-                self._start_garp()
-            elif isinstance(action, fsm.StateChanged):
-                self._on_state_changed(action)
-            elif isinstance(action, fsm.Stopped):
-                self._stopped.set()
-                self.notify.push(self.config.notify.stop, "STOP", self.router.effective_priority, self._vip_change)
+            try:
+                self._execute_one(action)
+            except Exception as exc:
+                self._report_bug(f"executing {action!r}", exc)
+
+    def _execute_one(self, action) -> None:
+        if isinstance(action, fsm.SendAdvert):
+            self._send_advert(action.priority)
+        elif isinstance(action, fsm.AddVips):
+            self._add_vips()
+        elif isinstance(action, fsm.RemoveVips):
+            self._remove_vips()
+        elif isinstance(action, fsm.SendGratuitous):
+            self._start_garp()
+        elif isinstance(action, fsm.StateChanged):
+            self._on_state_changed(action)
+        elif isinstance(action, fsm.Stopped):
+            self._stopped.set()
+            self.notify.push(self.config.notify.stop, "STOP", self.router.effective_priority, self._vip_change)
 
     def _send_advert(self, priority: int) -> None:
         src = self.router.params.primary_address

@@ -518,10 +518,10 @@ class VrrpChannel:
         try:
             if self.family == socket.AF_INET:
                 info = struct.pack("I4s4s", self.index, socket.inet_aton(src), bytes(4))
-                self._sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], (dst, 0))
+                self._sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, (dst, 0))
             else:
                 info = socket.inet_pton(socket.AF_INET6, src) + struct.pack("I", self.index)
-                self._sock.sendmsg([payload], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)],
+                self._sock.sendmsg([payload], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0,
                                    (dst, 0, 0, self.index))
             return True
         except OSError as exc:
