@@ -280,6 +280,9 @@ class RecordingChannel:
         self.sent.append(advert)
         return True
 
+    def poll(self):
+        pass
+
 
 class RecordingChannels:
     def __init__(self):

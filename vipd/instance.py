@@ -71,6 +71,7 @@ class VrrpInstance:
         self._stopped = asyncio.Event()
         self._last_peer_log = 0.0
         self._bug_reported: dict[tuple, float] = {}
+        self._last_now = 0.0
 
     @property
     def name(self) -> str:
@@ -250,7 +251,7 @@ class VrrpInstance:
         elif not reasons and self.router.state is fsm.State.FAULT:
             self._dispatch(fsm.FaultCleared())
 
-    def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None) -> None:
+    def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float | None = None) -> None:
         if not self._started:
             return
         c = self.config
@@ -276,15 +277,17 @@ class VrrpInstance:
         if ipaddress.ip_address(src) == ipaddress.ip_address(self.router.params.primary_address):
             return
         self.adverts_received += 1
-        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval))
+        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
 
     # ---------------------------------------------------------------- the state machine
 
     def _dispatch(self, event, now: float | None = None) -> None:
         if self.router.stopped:
             return
+        # Never hand the router a time before one it has already seen.
+        now = self._last_now = max(self._last_now, self.clock() if now is None else now)
         try:
-            actions = self.router.handle(event, self.clock() if now is None else now)
+            actions = self.router.handle(event, now)
         except Exception as exc:
             self._report_bug(f"handling {event!r}", exc)
             actions = []
@@ -309,6 +312,10 @@ class VrrpInstance:
 
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
+        if self.channel is not None:
+            self.channel.poll()   # adverts that arrived before the deadline count, even if read late
+            if self.router.stopped:
+                return
         # The loop's timer may fire a hair before the monotonic clock reaches the deadline.
         self._dispatch(fsm.Timeout(), max(self.clock(), deadline))
 

@@ -17,6 +17,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -29,6 +30,7 @@ VRRP_GROUP = {socket.AF_INET: "224.0.0.18", socket.AF_INET6: "ff02::12"}
 # IFA_PROTO value marking the addresses vipd added, so a later run can tell them from the host's own.
 VIP_ADDRESS_PROTO = IPPROTO_VRRP
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 IPTOS_PREC_INTERNETCONTROL = 0xC0
 
 _IFF_UP = 0x1
@@ -431,7 +433,8 @@ class FrameSender:
 # VRRP sockets
 
 
-Receiver = Callable[[bytes, str, str, "int | None"], None]
+# payload, source, destination, TTL/hop limit (None: unknown), arrival time on the monotonic clock
+Receiver = Callable[[bytes, str, str, "int | None", float], None]
 
 
 class VrrpChannel:
@@ -472,6 +475,7 @@ class VrrpChannel:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             group = VRRP_GROUP[family]
             if family == socket.AF_INET:
                 mreqn = socket.inet_aton(group) + bytes(4) + struct.pack("i", index)
@@ -500,7 +504,7 @@ class VrrpChannel:
         self._sock = sock
         self.index = index
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._loop.add_reader(sock.fileno(), self.poll)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -528,30 +532,32 @@ class VrrpChannel:
             log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
             return False
 
-    def _on_readable(self) -> None:
+    def poll(self) -> None:
+        """Hand every waiting packet to its instance, stamped with its arrival time, so a loop that
+        was busy for a while does not mistake adverts still in the queue for silence."""
         for _ in range(64):   # bounded per wake-up so one busy segment cannot starve the loop
             if self._sock is None:
                 return
             try:
-                if self.family == socket.AF_INET:
-                    data, _, _, _ = self._sock.recvmsg(65535)
-                    parsed = _split_ipv4(data)
-                else:
-                    data, ancdata, _, address = self._sock.recvmsg(65535, 256)
-                    parsed = _split_ipv6(data, ancdata, address)
+                data, ancdata, _, address = self._sock.recvmsg(65535, 512)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.debug("%s: VRRP receive error: %s", self.ifname, exc)
                 return
+            arrival = _arrival(ancdata)
+            if self.family == socket.AF_INET:
+                parsed = _split_ipv4(data)
+            else:
+                parsed = _split_ipv6(data, ancdata, address)
             if parsed is not None:
-                self._deliver(*parsed)
+                self._deliver(*parsed, arrival)
 
-    def _deliver(self, payload: bytes, src: str, dst: str, ttl: int | None) -> None:
+    def _deliver(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float) -> None:
         receiver = self.receivers.get(payload[1]) if len(payload) >= 2 else None
         if receiver is not None:
             try:
-                receiver(payload, src, dst, ttl)
+                receiver(payload, src, dst, ttl, arrival)
             except Exception:
                 log.exception("%s: VRRP receive handler failed for a packet from %s", self.ifname, src)
             return
@@ -563,6 +569,17 @@ class VrrpChannel:
             self.rx_errors.record(result, src)
         else:
             self.rx_errors.record(packet.Invalid("vrid", f"VRID {result.vrid} is not configured here"), src)
+
+
+def _arrival(ancdata) -> float:
+    """The kernel's receive timestamp (wall clock) moved onto the monotonic clock."""
+    now = time.monotonic()
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            age = time.time() - (seconds + nanoseconds / 1e9)
+            return now - min(max(age, 0.0), 60.0)
+    return now
 
 
 def _split_ipv4(data: bytes) -> tuple[bytes, str, str, int] | None:
