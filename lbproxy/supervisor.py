@@ -1,0 +1,484 @@
+"""The proxy's master side: health checks, worker processes, reloads, drains and status.
+
+Runs inside the daemon's event loop (vipd.daemon). Health is decided here, once, by one
+HealthChecker per frontend, and pushed to every worker; workers push counters back every
+half second and report failed connects as passive health failures.
+
+Workers are spawned (`python -m lbproxy.worker`), never forked from the running loop, one per
+slot of a *generation*. A crashed worker is replaced in its slot, at once after a long life and
+with exponential backoff when it keeps dying young. A reload that only touches backends (or
+timeouts, balance, limits) is pushed to the running workers; one that changes listeners or the
+worker count boots a new generation next to the old one (SO_REUSEPORT) and only then tells the
+old one to stop accepting and drain.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Callable
+
+import lbproxy
+from lbproxy import ipc
+from lbproxy.healthcheck import HealthChecker
+from vipd.config import Config, FrontendConfig
+
+log = logging.getLogger("lbproxy")
+
+BOOT_TIMEOUT = 20.0          # a new generation must listen within this
+STABLE_AFTER = 10.0          # a worker that lived this long is restarted at once when it dies
+RESTART_BACKOFF = (0.5, 30.0)
+ACK_TIMEOUT = 5.0
+EXIT_GRACE = 10.0            # beyond the drain timeout, before a worker is killed
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+class ProxyError(Exception):
+    """The proxy cannot do what was asked (listen, boot workers); one line for the operator."""
+
+
+class _Worker:
+    def __init__(self, generation: "_Generation", slot: int) -> None:
+        self.generation = generation
+        self.slot = slot
+        self.name = f"g{generation.number}w{slot}"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.channel: ipc.Channel | None = None
+        self.started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self.listening: asyncio.Future = loop.create_future()
+        self.stopped_accepting: asyncio.Future = loop.create_future()
+        self.exited: asyncio.Future = loop.create_future()
+        self.accepting = False
+        self.expected_exit = False
+        self.error: str | None = None
+        self.stats: dict = {}
+
+    def send(self, message: dict) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+
+class _Generation:
+    def __init__(self, number: int, config: Config) -> None:
+        self.number = number
+        self.config = config
+        self.workers: dict[int, _Worker] = {}
+        self.failures: dict[int, int] = {}
+        self.respawns: dict[int, asyncio.TimerHandle] = {}
+
+    def cancel_respawns(self) -> None:
+        for handle in self.respawns.values():
+            handle.cancel()
+        self.respawns.clear()
+
+
+class ProxySupervisor:
+    def __init__(self, config: Config, on_change: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.on_change = on_change
+        self.checkers: dict[str, HealthChecker] = {}
+        self.current: _Generation | None = None
+        self.workers: set[_Worker] = set()
+        self.accepting = False           # listening, as far as the operator is concerned
+        self._listeners_closed = False   # stop_accepting() was called: nothing may listen again
+        self._stopping = False
+        self._generations = 0
+        self._retired: dict[str, dict] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- lifecycle
+
+    async def start(self) -> None:
+        """Health checks running, workers spawned and listening; ProxyError if they cannot."""
+        _enable_request_migration()
+        for frontend in self.config.frontends:
+            await self._add_checker(frontend)
+        generation = self._new_generation(self.config)
+        try:
+            await self._boot(generation)
+        except BaseException:
+            await self._stop_checkers(list(self.checkers))
+            raise
+        self.current = generation
+        self.accepting = True
+        log.info("proxy: %d frontend(s) listening in %d worker(s)", len(self.config.frontends),
+                 len(generation.workers))
+        self._changed()
+
+    async def reload(self, config: Config) -> None:
+        old = self.config
+        listeners = lambda c: ({(f.name, f.listen) for f in c.frontends}, c.node.workers)
+        for frontend in config.frontends:
+            if frontend.name in self.checkers:
+                self.checkers[frontend.name].update(frontend)
+            else:
+                await self._add_checker(frontend)
+        removed = [name for name in self.checkers if config.frontend(name) is None]
+        if listeners(old) == listeners(config) and self.current is not None:
+            self.config = config
+            self.current.config = config
+            message = self._configure_message(config)
+            for worker in self.current.workers.values():
+                worker.send(message)
+            log.info("proxy: reloaded in place (backends and settings only)")
+        else:
+            generation = self._new_generation(config)
+            try:
+                await self._boot(generation)
+            except BaseException:
+                for frontend in old.frontends:
+                    if frontend.name in self.checkers:
+                        self.checkers[frontend.name].update(frontend)
+                await self._stop_checkers([n for n in self.checkers if old.frontend(n) is None])
+                raise
+            previous, self.current, self.config = self.current, generation, config
+            log.info("proxy: generation %d listening; generation %d stops accepting and drains",
+                     generation.number, previous.number if previous else 0)
+            if previous is not None:
+                self._spawn_task(self._retire(previous, None))
+        await self._stop_checkers(removed)
+        self._changed()
+
+    async def stop_accepting(self) -> None:
+        """Listeners closed in every worker; open connections keep flowing."""
+        self.accepting = False
+        self._listeners_closed = True
+        for generation in self._generations_alive():
+            generation.cancel_respawns()
+        workers = [w for w in self.workers if w.accepting]
+        for worker in workers:
+            worker.send({"op": "stop_accepting"})
+        await self._wait([w.stopped_accepting for w in workers], ACK_TIMEOUT)
+        self._changed()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Let connections finish (up to `timeout` or each frontend's drain_timeout), then stop
+        the workers and the health checks."""
+        self._stopping = True
+        self.accepting = False
+        self._listeners_closed = True
+        for generation in self._generations_alive():
+            generation.cancel_respawns()
+        workers = list(self.workers)
+        for worker in workers:
+            worker.expected_exit = True
+            worker.send({"op": "drain", "timeout": timeout})
+        await self._wait_exits(workers, timeout)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_checkers(list(self.checkers))
+        self._changed()
+
+    # --- operator actions and status
+
+    def set_drain(self, frontend: str, address: str, drained: bool) -> None:
+        checker = self.checkers.get(frontend)
+        if checker is None:
+            raise KeyError(f"no frontend {frontend!r}")
+        if address not in checker.backends:
+            raise KeyError(f"no backend {address!r} in frontend {frontend!r}")
+        if drained:
+            checker.drain(address)
+        else:
+            checker.enable(address)
+
+    def frontend_serving(self, name: str) -> bool:
+        """Listening in at least one worker and at least one backend up."""
+        checker = self.checkers.get(name)
+        if not self.accepting or checker is None or self.current is None:
+            return False
+        listening = any(w.accepting for w in self.current.workers.values())
+        return listening and not checker.all_down()
+
+    def status(self) -> list[dict]:
+        live = self._live_counters()
+        out = []
+        for frontend in self.config.frontends:
+            counters = live.get(frontend.name, {})
+            retired = self._retired.get(frontend.name, {})
+            checker = self.checkers.get(frontend.name)
+            health = {h["address"]: h for h in (checker.status() if checker else [])}
+            backends = []
+            for backend in frontend.backends:
+                c = _add(counters.get("backends", {}).get(backend.address, {}),
+                         retired.get("backends", {}).get(backend.address, {}))
+                h = health.get(backend.address, {})
+                backends.append({
+                    "address": backend.address,
+                    "state": h.get("state", "up"),
+                    "weight": backend.weight,
+                    "active_connections": c.get("active", 0),
+                    "total_connections": c.get("total", 0),
+                    "failed_connections": c.get("failed", 0),
+                    "bytes_in": c.get("bytes_in", 0),
+                    "bytes_out": c.get("bytes_out", 0),
+                    "health": h.get("health"),
+                    "last_error": h.get("last_error"),
+                    "check_latency_seconds": h.get("check_latency_seconds"),
+                    "checks": h.get("checks", 0),
+                    "check_failures": h.get("check_failures", 0),
+                    "passive_failures": h.get("passive_failures", 0),
+                })
+            totals = _add(counters, retired)
+            out.append({
+                "name": frontend.name,
+                "listen": frontend.listen,
+                "balance": frontend.balance,
+                "active_connections": totals.get("active", 0),
+                "total_connections": totals.get("accepted", 0),
+                "failed_connections": totals.get("failed", 0),
+                "refused": totals.get("refused", 0),
+                "bytes_in": sum(b["bytes_in"] for b in backends),
+                "bytes_out": sum(b["bytes_out"] for b in backends),
+                "all_down": checker.all_down() if checker else True,
+                "serving": self.frontend_serving(frontend.name),
+                "workers": sum(1 for w in self.workers if w.accepting and frontend.name in w.stats),
+                "backends": backends,
+            })
+        return out
+
+    # --- workers
+
+    def _new_generation(self, config: Config) -> _Generation:
+        self._generations += 1
+        return _Generation(self._generations, config)
+
+    def _generations_alive(self) -> set[_Generation]:
+        alive = {w.generation for w in self.workers}
+        if self.current is not None:
+            alive.add(self.current)
+        return alive
+
+    async def _boot(self, generation: _Generation) -> None:
+        workers = [await self._spawn(generation, slot) for slot in range(generation.config.node.workers)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.listening for w in workers)), BOOT_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self._kill(workers)
+            raise ProxyError(f"proxy workers did not start listening within {BOOT_TIMEOUT:g}s") from None
+        except BaseException:
+            await self._kill(workers)
+            raise
+
+    async def _spawn(self, generation: _Generation, slot: int) -> _Worker:
+        worker = _Worker(generation, slot)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        # The worker must import this very lbproxy, also from a source tree that is not installed.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(lbproxy.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "lbproxy.worker", "--ipc-fd", str(child.fileno()),
+                "--name", worker.name, "--log-level", generation.config.node.log_level,
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
+        except OSError as exc:
+            parent.close()
+            raise ProxyError(f"cannot start a proxy worker: {exc.strerror or exc}") from None
+        finally:
+            child.close()
+        worker.channel = await ipc.Channel.open(parent)
+        worker.send(self._configure_message(generation.config))
+        generation.workers[slot] = worker
+        self.workers.add(worker)
+        self._spawn_task(self._read(worker))
+        self._spawn_task(self._watch(worker))
+        log.debug("proxy: started worker %s (pid %d)", worker.name, worker.proc.pid)
+        return worker
+
+    def _configure_message(self, config: Config) -> dict:
+        states = {name: {a: bh.state for a, bh in checker.backends.items()}
+                  for name, checker in self.checkers.items()}
+        return {"op": "configure", "workers": config.node.workers, "states": states,
+                "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
+
+    async def _read(self, worker: _Worker) -> None:
+        while True:
+            message = await worker.channel.receive()
+            if message is None:
+                return
+            op = message["op"]
+            if op == "stats":
+                frontends = message.get("frontends")
+                if isinstance(frontends, dict):
+                    worker.stats = frontends
+            elif op == "connect_failed":
+                checker = self.checkers.get(message.get("frontend"))
+                if checker is not None:
+                    for _ in range(max(1, min(int(message.get("count", 1)), 100))):
+                        checker.report_connect_failure(str(message.get("address")), str(message.get("reason")))
+            elif op == "listening":
+                worker.accepting = not self._listeners_closed
+                if not worker.listening.done():
+                    worker.listening.set_result(True)
+                self._changed()
+            elif op == "stopped_accepting":
+                worker.accepting = False
+                if not worker.stopped_accepting.done():
+                    worker.stopped_accepting.set_result(message.get("taken", 0))
+            elif op == "error":
+                worker.error = str(message.get("message"))
+                if not worker.listening.done():
+                    worker.listening.set_exception(ProxyError(worker.error))
+
+    async def _watch(self, worker: _Worker) -> None:
+        code = await worker.proc.wait()
+        ran = time.monotonic() - worker.started
+        self.workers.discard(worker)
+        worker.accepting = False
+        worker.channel.close()
+        self._retire_counters(worker)
+        how = f"exited with code {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+        if not worker.listening.done():
+            worker.listening.set_exception(ProxyError(worker.error or f"proxy worker {how} while starting"))
+        for future in (worker.stopped_accepting, worker.exited):
+            if not future.done():
+                future.set_result(code)
+        generation = worker.generation
+        if generation.workers.get(worker.slot) is worker:
+            del generation.workers[worker.slot]
+        if worker.expected_exit or self._stopping:
+            log.debug("proxy: worker %s (pid %d) %s", worker.name, worker.proc.pid, how)
+        elif generation is self.current and not self._listeners_closed:
+            failures = 0 if ran >= STABLE_AFTER else generation.failures.get(worker.slot, 0)
+            generation.failures[worker.slot] = failures + 1
+            delay = 0.0 if failures == 0 else min(RESTART_BACKOFF[0] * 2 ** (failures - 1), RESTART_BACKOFF[1])
+            log.error("proxy: worker %s (pid %d) %s after %.1fs; restarting it in %.1fs",
+                      worker.name, worker.proc.pid, how, ran, delay)
+            loop = asyncio.get_running_loop()
+            generation.respawns[worker.slot] = loop.call_later(
+                delay, lambda: self._spawn_task(self._respawn(generation, worker.slot)))
+        self._changed()
+
+    async def _respawn(self, generation: _Generation, slot: int) -> None:
+        generation.respawns.pop(slot, None)
+        if generation is not self.current or self._listeners_closed or slot in generation.workers:
+            return
+        try:
+            await self._spawn(generation, slot)
+        except ProxyError as exc:
+            log.error("proxy: %s", exc)
+
+    async def _retire(self, generation: _Generation, timeout: float | None) -> None:
+        """An old generation: stop accepting (queued connections are served), drain, exit."""
+        generation.cancel_respawns()
+        workers = list(generation.workers.values())
+        for worker in workers:
+            worker.expected_exit = True
+            worker.send({"op": "drain", "timeout": timeout})
+        await self._wait_exits(workers, timeout, generation.config)
+
+    async def _wait_exits(self, workers: list[_Worker], timeout: float | None,
+                          config: Config | None = None) -> None:
+        config = config or self.config
+        longest = timeout if timeout is not None else max([f.drain_timeout for f in config.frontends] or [0.0])
+        if not await self._wait([w.exited for w in workers], longest + EXIT_GRACE):
+            await self._kill([w for w in workers if not w.exited.done()])
+
+    async def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            worker.expected_exit = True
+            if worker.proc is not None and worker.proc.returncode is None:
+                log.warning("proxy: killing worker %s (pid %d)", worker.name, worker.proc.pid)
+                try:
+                    worker.proc.kill()
+                except ProcessLookupError:
+                    pass
+        await self._wait([w.exited for w in workers], ACK_TIMEOUT)
+
+    @staticmethod
+    async def _wait(futures: list[asyncio.Future], timeout: float) -> bool:
+        if not futures:
+            return True
+        done, pending = await asyncio.wait(futures, timeout=timeout)
+        return not pending
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- health
+
+    async def _add_checker(self, frontend: FrontendConfig) -> None:
+        checker = HealthChecker(frontend, self._health_changed)
+        self.checkers[frontend.name] = checker
+        await checker.start()
+
+    async def _stop_checkers(self, names: list[str]) -> None:
+        for name in names:
+            checker = self.checkers.pop(name, None)
+            if checker is not None:
+                await checker.stop()
+
+    def _health_changed(self, frontend: str, address: str, state: str) -> None:
+        message = {"op": "state", "frontend": frontend, "address": address, "state": state}
+        for worker in self.workers:
+            worker.send(message)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("proxy: on_change callback failed")
+
+    # --- counters
+
+    def _live_counters(self) -> dict[str, dict]:
+        totals: dict[str, dict] = {}
+        for worker in self.workers:
+            for name, stats in worker.stats.items():
+                totals[name] = _add(totals.get(name, {}), stats)
+        return totals
+
+    def _retire_counters(self, worker: _Worker) -> None:
+        """A worker is gone: its counters stay in the totals (its open connections do not)."""
+        for name, stats in worker.stats.items():
+            kept = {k: v for k, v in stats.items() if k != "active"}
+            kept["backends"] = {a: {k: v for k, v in b.items() if k != "active"}
+                                for a, b in stats.get("backends", {}).items()}
+            self._retired[name] = _add(self._retired.get(name, {}), kept)
+        worker.stats = {}
+
+
+def _add(a: dict, b: dict) -> dict:
+    """Sum two counter documents (numbers add, nested dicts merge, flags or)."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        if isinstance(value, dict):
+            out[key] = _add(mine if isinstance(mine, dict) else {}, value)
+        elif isinstance(value, bool):
+            out[key] = bool(mine) or value
+        elif isinstance(value, (int, float)):
+            out[key] = (mine if isinstance(mine, (int, float)) and not isinstance(mine, bool) else 0) + value
+    return out
+
+
+def _enable_request_migration() -> None:
+    """net.ipv4.tcp_migrate_req=1 (this network namespace): a connection still queued on a
+    closing SO_REUSEPORT listener moves to a sibling instead of being reset."""
+    try:
+        with open(MIGRATE_REQ) as f:
+            if f.read().strip() == "1":
+                return
+    except OSError:
+        log.info("proxy: this kernel has no tcp_migrate_req (Linux >= 5.14); on reload, old "
+                 "workers serve their queued connections before closing their listeners")
+        return
+    try:
+        with open(MIGRATE_REQ, "w") as f:
+            f.write("1")
+        log.info("proxy: set net.ipv4.tcp_migrate_req=1 so a closing listener hands its queued "
+                 "connections to the remaining ones")
+    except OSError as exc:
+        log.warning("proxy: cannot set net.ipv4.tcp_migrate_req=1 (%s); on reload, old workers "
+                    "serve their queued connections before closing their listeners", exc.strerror or exc)
