@@ -248,14 +248,20 @@ def test_ipv6_instance(lab, tmp_path):
     for node, priority in zip(nodes, (150, 100)):
         node.write([{"name": "api6", "vrid": 61, "priority": priority, "virtual_ips": [f"{VIP6}/64"]}])
     lab.wait_link_local()
+    client = lab.add_host("client", ["2001:db8::50/64"])
     start_in_order(nodes, VIP6)
     status = b.instance("api6")
     assert status["master"] == a.host.link_local(), "IPv6 adverts come from the link-local address"
     assert a.instance("api6")["invalid"] == {} and b.instance("api6")["adverts_received"] > 0
     flags = a.host.run(["ip", "-o", "-6", "addr", "show", "dev", "eth0", "to", VIP6]).stdout
     assert "nodad" in flags and "tentative" not in flags
+    client.run(["ping", "-6", "-c", "1", "-W", "2", VIP6])
+    mac = lambda n: n.host.run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+    neighbour = lambda: client.run(["ip", "-6", "neigh", "show", VIP6, "dev", "eth0"]).stdout
+    assert mac(a) in neighbour()
     a.stop(signal.SIGKILL)
     assert wait_for(lambda: b.has(VIP6)), b.log
+    assert wait_for(lambda: mac(b) in neighbour(), 5), "the client did not learn the new master from the NA"
     no_tracebacks(nodes)
 
 
@@ -308,24 +314,48 @@ def test_reload_updates_in_place_and_adds_and_removes_instances(lab, tmp_path):
     no_tracebacks(nodes)
 
 
+KEEPALIVED_CASES = {
+    "v3-ipv4": dict(version=3, interval=0.1, vip=f"{VIP}/24", auth_pass=None),
+    "v3-ipv6": dict(version=3, interval=0.1, vip=f"{VIP6}/64", auth_pass=None),
+    "v2-auth": dict(version=2, interval=1.0, vip=f"{VIP}/24", auth_pass="s3cret"),
+}
+
+
 @pytest.mark.timeout(90)
-def test_mixed_cluster_with_keepalived(lab, tmp_path):
+@pytest.mark.parametrize("case", KEEPALIVED_CASES)
+def test_mixed_cluster_with_keepalived(lab, tmp_path, case):
+    """Migration one host at a time: vipd and keepalived 2.2.7 elect one master between them."""
     require_binary("keepalived")
-    vipd_node = Node(lab, tmp_path, "a", ["198.18.0.11/24"])
-    keepalived_host = lab.add_host("k", ["198.18.0.12/24"])
-    conf = edgelab.keepalived_config(router_id="k", vrid=51, priority=100, advert_interval=INTERVAL * 2,
-                                     virtual_ips=[f"{VIP}/24"])
-    vipd_node.write([api(150, advert_interval=INTERVAL * 2)])
+    spec = KEEPALIVED_CASES[case]
+    vip = spec["vip"].split("/")[0]
+    vipd_node = Node(lab, tmp_path, "a", ["198.18.0.11/24", "2001:db8::11/64"])
+    keepalived_host = lab.add_host("k", ["198.18.0.12/24", "2001:db8::12/64"])
+    lab.wait_link_local()
+    conf = edgelab.keepalived_config(router_id="k", vrid=51, priority=100, advert_interval=spec["interval"],
+                                     virtual_ips=[spec["vip"]], version=spec["version"], auth_pass=spec["auth_pass"])
+    vrrp = api(150, advert_interval=spec["interval"], version=spec["version"], virtual_ips=[spec["vip"]])
+    if spec["auth_pass"]:
+        vrrp["auth_pass"] = spec["auth_pass"]
+    vipd_node.write([vrrp])
     keepalived = edgelab.start_keepalived(keepalived_host, tmp_path, "k", conf)
-    assert wait_for(lambda: keepalived_host.has_address(VIP), 20), (tmp_path / "k.keepalived.log").read_text()
-    vipd_node.start()
-    assert wait_for(lambda: vipd_node.has(VIP) and not keepalived_host.has_address(VIP)), vipd_node.log
-    status = vipd_node.instance()
-    assert status["state"] == "MASTER" and status["invalid"] == {}
-    time.sleep(1)
-    assert not keepalived_host.has_address(VIP)
-    assert vipd_node.stop(signal.SIGTERM) == 0
-    assert keepalived_host.has_address(VIP), "keepalived took over on vipd's priority-0 advert"
-    assert vipd_node.transitions("INIT") == ["shutdown:handover_complete"], vipd_node.log
-    os.killpg(keepalived.pid, signal.SIGTERM)
-    keepalived.wait(10)
+    keepalived_log = lambda: (tmp_path / "k.keepalived.log").read_text(errors="replace")
+    try:
+        assert wait_for(lambda: keepalived_host.has_address(vip), 20), keepalived_log()
+        vipd_node.start()
+        assert wait_for(lambda: vipd_node.has(vip) and not keepalived_host.has_address(vip), 20), vipd_node.log
+        status = vipd_node.instance()
+        assert status["state"] == "MASTER" and status["invalid"] == {}, status
+        assert status["adverts_received"] > 0, "vipd heard keepalived's adverts"
+        time.sleep(3 * spec["interval"])
+        assert not keepalived_host.has_address(vip), keepalived_log()
+        assert vipd_node.stop(signal.SIGTERM) == 0
+        assert keepalived_host.has_address(vip), "keepalived took over on vipd's priority-0 advert"
+        assert vipd_node.transitions("INIT") == ["shutdown:handover_complete"], vipd_node.log
+        assert not vipd_node.has(vip)
+        no_tracebacks([vipd_node])
+        complaints = [line for line in keepalived_log().splitlines()
+                      if any(word in line.lower() for word in ("invalid", "mismatch", "not present", "bad ", "checksum"))]
+        assert not complaints, "keepalived found fault with vipd's adverts"
+    finally:
+        os.killpg(keepalived.pid, signal.SIGTERM)
+        keepalived.wait(10)
