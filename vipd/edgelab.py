@@ -195,7 +195,7 @@ def start_keepalived(host: Host, workdir: Path, name: str, config_text: str) -> 
     conf = workdir / f"{name}.keepalived.conf"
     conf.write_text(config_text)
     log = open(workdir / f"{name}.keepalived.log", "ab")
-    proc = host.popen(["keepalived", "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
+    proc = host.popen(["keepalived", "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
                        "--use-file", str(conf), "--pid", str(workdir / f"{name}.keepalived.pid"),
                        "--vrrp_pid", str(workdir / f"{name}.keepalived.vrrp.pid")],
                       stdout=log, stderr=subprocess.STDOUT)
