@@ -41,13 +41,13 @@ def missing(impls: tuple[str, ...] = IMPLEMENTATIONS, extra: tuple[str, ...] = (
     return None
 
 
-def nginx_config(workdir: Path, name: str, backends: list[str], port: int) -> str:
+def nginx_config(workdir: Path, name: str, backends: list[str], port: int, workers: int = 1) -> str:
     """nginx as the L4 proxy beside keepalived: the same listen port, backends and timeouts as the
     vipd frontend of `EdgeLab.config_text`. Open-source nginx has passive health checks only."""
     servers = "\n".join(f"    server {b} max_fails=1 fail_timeout=2s;" for b in backends)
     return f"""load_module {NGINX_STREAM_MODULE};
 daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {workdir}/{name}.nginx.pid;
 error_log {workdir}/{name}.nginx.log warn;
 events {{ worker_connections 4096; }}
@@ -67,9 +67,10 @@ stream {{
 """
 
 
-def start_nginx(host: Host, workdir: Path, name: str, backends: list[str], port: int) -> subprocess.Popen:
+def start_nginx(host: Host, workdir: Path, name: str, backends: list[str], port: int,
+                workers: int = 1) -> subprocess.Popen:
     conf = workdir / f"{name}.nginx.conf"
-    conf.write_text(nginx_config(workdir, name, backends, port))
+    conf.write_text(nginx_config(workdir, name, backends, port, workers))
     return host.popen(["nginx", "-p", str(workdir), "-e", str(workdir / f"{name}.nginx.log"), "-c", str(conf)],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -145,16 +146,69 @@ class AddressWatch:
         self._reader.join(3)
 
 
+class AdvertTap:
+    """tcpdump on one host's interface, read as it runs: every VRRP advert with its kernel receive
+    time (epoch, from tcpdump -tt), the monotonic time we read it, its source and priority."""
+
+    LINE = re.compile(r"^(\d+\.\d+) IP6? (\S+) > \S+: VRRPv\d, Advertisement, vrid \d+, prio (\d+)")
+
+    def __init__(self, host: Host, timeout: float = 5.0) -> None:
+        self.adverts: list[tuple[float, float, str, int]] = []
+        self._changed = threading.Condition()
+        self._host = host
+        self._proc = host.popen(["tcpdump", "-i", host.ifname, "-n", "-tt", "-l", "-p", "ip proto 112"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if self.wait_next(None, time.monotonic(), timeout) is None:
+            self.close()
+            raise RuntimeError(f"{host.name}: tcpdump saw no VRRP advert within {timeout:g} s")
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            match = self.LINE.match(line)
+            if match:
+                with self._changed:
+                    self.adverts.append((float(match.group(1)), time.monotonic(), match.group(2),
+                                         int(match.group(3))))
+                    self._changed.notify_all()
+
+    def wait_next(self, source: str | None, after: float, timeout: float) -> float | None:
+        """Monotonic time we read the first advert (from `source`, or anyone) after `after`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                hit = next((seen for _, seen, src, _ in self.adverts
+                            if seen > after and source in (None, src)), None)
+                if hit is not None:
+                    return hit
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, 0.1))
+
+    def stamps(self, source: str, since: float, until: float) -> list[float]:
+        """Kernel receive times (epoch) of adverts from `source` with since <= time < until."""
+        with self._changed:
+            return [stamp for stamp, _, src, _ in self.adverts if src == source and since <= stamp < until]
+
+    def close(self) -> None:
+        self._host.lab.stop(self._proc, signal.SIGTERM, timeout=3)
+        self._reader.join(3)
+
+
 class Cluster:
     """The two edges of an `EdgeLab` running one implementation: `vipd run` (VRRP + its proxy), or
     keepalived for VRRP with nginx (stream) as the proxy, configured alike (VRID, priorities 150/100,
     advert interval, VIP, listen port, backends)."""
 
-    def __init__(self, edge_lab: edgelab.EdgeLab, impl: str) -> None:
+    def __init__(self, edge_lab: edgelab.EdgeLab, impl: str, workers: int = 1) -> None:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {impl!r}")
         self.edge_lab = edge_lab
         self.impl = impl
+        self.workers = workers
         self.daemons: dict[int, subprocess.Popen] = {}
         self.proxies: dict[int, subprocess.Popen] = {}
 
@@ -165,7 +219,11 @@ class Cluster:
     def configure(self, advert_interval: float) -> None:
         self.edge_lab.advert_interval = advert_interval
         for i in range(len(self.hosts)):
-            self.edge_lab.write_config(i)
+            path = self.edge_lab.write_config(i)
+            text = path.read_text()
+            if "\nworkers = 1\n" not in text:
+                raise RuntimeError(f"{path}: no `workers = 1` line to set {self.workers} workers")
+            path.write_text(text.replace("\nworkers = 1\n", f"\nworkers = {self.workers}\n"))
 
     def _keepalived_text(self, i: int) -> str:
         e = self.edge_lab
@@ -180,7 +238,8 @@ class Cluster:
             return
         (e.workdir / f"edge{i + 1}.keepalived.log").unlink(missing_ok=True)
         backends = [f"{b.ipv4}:{edgelab.BACKEND_PORT}" for b in e.backends]
-        self.proxies[i] = start_nginx(self.hosts[i], e.workdir, f"edge{i + 1}", backends, edgelab.PORT)
+        self.proxies[i] = start_nginx(self.hosts[i], e.workdir, f"edge{i + 1}", backends, edgelab.PORT,
+                                      self.workers)
         self.daemons[i] = edgelab.start_keepalived(self.hosts[i], e.workdir, f"edge{i + 1}", self._keepalived_text(i))
 
     def state(self, i: int) -> str | None:
