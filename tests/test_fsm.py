@@ -100,7 +100,7 @@ def test_unknown_event_is_a_type_error():
 def test_owner_becomes_master_at_once():
     router = make_router(priority=255)
     assert router.handle(Startup(), 5.0) == [
-        SendAdvert(255), AddVips(), SendGratuitous(), StateChanged(State.INIT, State.MASTER, "startup"),
+        AddVips(), SendGratuitous(), SendAdvert(255), StateChanged(State.INIT, State.MASTER, "startup"),
     ]
     assert router.master == OWN
     assert router.next_deadline() == pytest.approx(6.0)
@@ -122,7 +122,7 @@ def test_backup_takes_over_when_the_master_down_timer_expires():
     deadline = router.next_deadline()
     assert router.handle(Timeout(), deadline - 0.001) == []
     assert router.handle(Timeout(), deadline) == [
-        SendAdvert(100), AddVips(), SendGratuitous(),
+        AddVips(), SendGratuitous(), SendAdvert(100),
         StateChanged(State.BACKUP, State.MASTER, "master_down_timer"),
     ]
     assert router.master == OWN
@@ -386,10 +386,23 @@ def test_handover_keeps_the_vips_until_the_new_master_is_heard():
     assert router.handle(Timeout(), router.next_deadline()) == [SendAdvert(0)]
     assert router.handle(PriorityChanged(50), start + 1.7) == []
     assert router.handle(advert(0, src=PEER), start + 1.8) == []
-    assert router.handle(advert(150, src=PEER), start + 2.0) == [
+    assert router.handle(advert(150, src=PEER), start + 2.0) == []
+    assert router.state is State.MASTER and router.new_master_heard
+    assert router.next_deadline() == pytest.approx(start + 2.0 + router.params.handover_linger)
+    assert router.handle(advert(150, src=PEER), start + 2.1) == []
+    assert router.handle(Timeout(), router.next_deadline()) == [
         RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete"), Stopped(),
     ]
     assert_inert(router, start + 3.0)
+
+
+def test_handover_without_linger_releases_on_the_first_advert():
+    router = started_master(handover_timeout=10.0, advert_interval=1.0, handover_linger=0.0)
+    start = router.next_deadline() - 1.0
+    router.handle(Shutdown(), start + 0.5)
+    assert router.handle(advert(150, src=PEER), start + 0.8) == [
+        RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete"), Stopped(),
+    ]
 
 
 def test_handover_gives_up_after_the_timeout():
@@ -685,7 +698,7 @@ def test_sim_graceful_handover_never_leaves_the_vips_unowned(version, interval):
     assert took_over == pytest.approx(shutdown_at + segment.delay + segment.routers[B].skew_time)
     [(released_at, _, change)] = [x for x in segment.transitions if x[1] == A and x[2].new is State.INIT]
     assert change.reason == "shutdown:handover_complete"
-    assert released_at == pytest.approx(took_over + segment.delay)
+    assert released_at == pytest.approx(took_over + segment.delay + segment.routers[A].params.handover_linger)
     assert segment.masters() == [B] and segment.became_master(C) == []
 
 

@@ -44,6 +44,10 @@ class RouterParams:
     preempt: bool = True
     preempt_delay: float = 0.0
     handover_timeout: float = 0.0
+    # After the new master is heard, hold the VIPs this much longer: its gratuitous ARP / NA may
+    # trail its first advert, and a client that still resolves the VIP to us must not hit a host
+    # that has just dropped the address (a lost SYN costs the client a 1 s retransmit).
+    handover_linger: float = 0.25
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +63,8 @@ class RouterParams:
             problems.append(f"preempt_delay {self.preempt_delay} must be >= 0")
         if self.handover_timeout < 0:
             problems.append(f"handover_timeout {self.handover_timeout} must be >= 0")
+        if self.handover_linger < 0:
+            problems.append(f"handover_linger {self.handover_linger} must be >= 0")
         try:
             ipaddress.ip_address(self.primary_address)
         except ValueError:
@@ -156,6 +162,7 @@ class VrrpRouter:
         self.master: str | None = None
         self.stopped = False
         self.handover_deadline: float | None = None
+        self.new_master_heard = False
         self._down_timer: float | None = None
         self._adver_timer: float | None = None
         self._takeover_reason = "master_down_timer"
@@ -230,7 +237,8 @@ class VrrpRouter:
         actions: list[Action] = []
         while not self.stopped:
             if self.handover_deadline is not None and self.handover_deadline <= now:
-                actions += self._finish_shutdown("shutdown:handover_timeout")
+                actions += self._finish_shutdown(
+                    "shutdown:handover_complete" if self.new_master_heard else "shutdown:handover_timeout")
             elif self._adver_timer is not None and self._adver_timer <= now:
                 priority = RESIGN_PRIORITY if self.handing_over else self.effective_priority
                 actions.append(SendAdvert(priority))
@@ -259,8 +267,12 @@ class VrrpRouter:
         if self.state not in (State.BACKUP, State.MASTER) or address_rank(event.src) == self._own_rank:
             return []
         if self.handing_over:
-            if event.priority != RESIGN_PRIORITY:
-                return self._finish_shutdown("shutdown:handover_complete")
+            if event.priority != RESIGN_PRIORITY and not self.new_master_heard:
+                self.new_master_heard = True
+                if self.params.handover_linger <= 0:
+                    return self._finish_shutdown("shutdown:handover_complete")
+                assert self.handover_deadline is not None
+                self.handover_deadline = min(self.handover_deadline, now + self.params.handover_linger)
             return []
         if self.state is State.BACKUP:
             self._on_advert_as_backup(event, now)
@@ -367,8 +379,10 @@ class VrrpRouter:
         self._enter(State.MASTER, master=self.params.primary_address)
         self.master_adver_interval = self.params.advert_interval
         self._adver_timer = now + self.params.advert_interval
+        # VIPs and gratuitous ARP before the advert: a resigning master releases the VIPs when it
+        # hears our advert, and by then clients must already be sent here.
         return [
-            SendAdvert(self.effective_priority), AddVips(), SendGratuitous(),
+            AddVips(), SendGratuitous(), SendAdvert(self.effective_priority),
             StateChanged(old, State.MASTER, reason),
         ]
 
