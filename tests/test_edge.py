@@ -12,9 +12,8 @@ import pytest
 from vipd import edgelab, labclient
 
 
-@pytest.fixture
-def edges(lab, tmp_path):
-    built = edgelab.build(lab, tmp_path / "lab", advert_interval=0.1, preempt=False)
+def start_pair(lab, tmp_path, preempt=False):
+    built = edgelab.build(lab, tmp_path / "lab", advert_interval=0.1, preempt=preempt)
     built.start_edge(0)
     try:
         assert edgelab.wait_for(lambda: built.holders() == [0] and built.state(0) == "MASTER", 20), built.log(0)
@@ -24,6 +23,16 @@ def edges(lab, tmp_path):
     finally:
         for i in list(built.procs):
             built.stop_edge(i, signal.SIGKILL, timeout=5)
+
+
+@pytest.fixture
+def edges(lab, tmp_path):
+    yield from start_pair(lab, tmp_path, preempt=False)
+
+
+@pytest.fixture
+def preempting_edges(lab, tmp_path):
+    yield from start_pair(lab, tmp_path, preempt=True)
 
 
 def backend_counts(attempts):
@@ -56,7 +65,8 @@ def test_planned_failover_loses_nothing(edges):
 
 
 @pytest.mark.timeout(120)
-def test_frontend_track_moves_vip_when_master_loses_all_backends(edges):
+def test_frontend_track_moves_vip_when_master_loses_all_backends(preempting_edges):
+    edges = preempting_edges
     edges.lab.partition(["edge1"], ["be1", "be2", "be3"], vrrp_only=False)
     assert edgelab.wait_for(lambda: edges.holders() == [1], 15), edges.log(0)
     status = edges.status(0)
@@ -69,7 +79,7 @@ def test_frontend_track_moves_vip_when_master_loses_all_backends(edges):
     assert attempts and labclient.summarize(attempts)["failed"] == 0
     edges.lab.heal()
     assert edgelab.wait_for(lambda: edges.status(0)["vrrp"][0]["tracks"][0]["ok"], 15)
-    assert edges.holders() == [1], "preempt = false: the VIP stays where it went"
+    assert edgelab.wait_for(lambda: edges.holders() == [0], 15), "preempt: the VIP comes back"
 
 
 @pytest.mark.timeout(120)
