@@ -110,6 +110,44 @@ def describe_connect_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _AcceptedSocket:
+    """The part of a socket object uvloop's connect_accepted_socket uses. Building a real
+    socket.socket around the accepted descriptor costs a getsockname() and two enum
+    conversions per connection; libuv takes the descriptor over and closes it itself."""
+
+    __slots__ = ("family", "_fd")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, family: int, fd: int) -> None:
+        self.family = family
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass
+
+
+def _set_keepalive(transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.fileno())
+    except OSError:
+        return                                   # already closed under us
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
 class BackendSlot:
     """One backend as this worker sees it: the balancer's candidate plus traffic counters."""
 
@@ -218,7 +256,7 @@ class Connection:
 
     __slots__ = ("frontend", "fd", "family", "client_ip", "slot", "attempts", "tried",
                  "deadline", "pending", "client", "backend", "half_closed_at", "quiet_since",
-                 "aborting")
+                 "aborting", "keepalive")
 
     def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str) -> None:
         self.frontend = frontend
@@ -235,6 +273,7 @@ class Connection:
         self.quiet_since = 0.0
         self.deadline = 0.0
         self.aborting = False
+        self.keepalive = False
 
     # --- connecting: the client is a bare descriptor until a backend answers
 
@@ -304,22 +343,13 @@ class Connection:
         """The backend answered: wrap the client descriptor in a transport of its own."""
         fe = self.frontend
         fe.connecting.pop(self, None)
-        sock = transport.get_extra_info("socket")
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-        except OSError:
-            pass                                # the backend already reset us; the read will say so
         client = ClientLeg(self, leg.slot)
         client.peer = leg
         leg.peer = client
         self.client = client
         client.forward = transport.write
         fd, self.fd = self.fd, -1
-        raw = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
-        _drive(fe.loop.connect_accepted_socket(client, raw), self._client_done)
+        _drive(fe.loop.connect_accepted_socket(client, _AcceptedSocket(self.family, fd)), self._client_done)
 
     def _client_done(self, exc: BaseException | None) -> None:
         client = self.client
@@ -536,6 +566,13 @@ class Frontend:
             client, backend = conn.client, conn.backend
             if client is None or client.transport is None:
                 continue
+            if not conn.keepalive:
+                # The client leg inherits keepalive from the listener. The backend leg gets it
+                # here, on its first sweep: probes start after KEEPALIVE_IDLE anyway, and the
+                # short-lived majority never pays the five system calls.
+                conn.keepalive = True
+                if not backend.lost:
+                    _set_keepalive(backend.transport)
             if client.moved or backend.moved:
                 client.moved = backend.moved = False
                 conn.quiet_since = now
