@@ -256,7 +256,7 @@ class Connection:
 
     __slots__ = ("frontend", "fd", "family", "client_ip", "slot", "attempts", "tried",
                  "deadline", "pending", "client", "backend", "half_closed_at", "quiet_since",
-                 "aborting", "keepalive")
+                 "aborting", "keepalive", "retry", "local_deadline")
 
     def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str) -> None:
         self.frontend = frontend
@@ -274,10 +274,13 @@ class Connection:
         self.deadline = 0.0
         self.aborting = False
         self.keepalive = False
+        self.retry: asyncio.TimerHandle | None = None
+        self.local_deadline = 0.0
 
     # --- connecting: the client is a bare descriptor until a backend answers
 
     def connect(self) -> None:
+        self.retry = None
         fe = self.frontend
         candidate = fe.balancer.pick(fe.pool, self.tried, self.client_ip)
         if fe.balancer.all_down != fe.all_down:
@@ -310,12 +313,22 @@ class Connection:
             self._close_fd()
             self._finish()
             return
-        slot.failed += 1
         reason = describe_connect_error(exc)
         if isinstance(exc, OSError) and exc.errno in LOCAL_ERRORS:
+            # Out of descriptors or ports here, not a backend fault: keep the client waiting
+            # (it has sent nothing we could lose) and try again once the accept backoff ends.
+            slot.total -= 1
+            self.attempts -= 1
+            now = time.monotonic()
+            if not self.local_deadline:
+                self.local_deadline = now + fe.config.connect_timeout
             fe.local_resource_error("connect", exc)
-            self.give_up(f"connect to {slot.address}: {reason}")
+            if now < self.local_deadline:
+                self.retry = fe.loop.call_later(max(fe.backoff, 0.02), self.connect)
+            else:
+                self.give_up(f"connect to {slot.address}: {reason}")
             return
+        slot.failed += 1
         fe.report_failure(fe.name, slot.address, reason)
         if self.attempts > fe.config.retries:
             self.give_up(f"connect to {slot.address}: {reason} (after {self.attempts} attempts)")
@@ -391,7 +404,12 @@ class Connection:
         if self.client is None:
             self.aborting = True
             if self.pending is not None and not self.pending.done():
-                self.pending.cancel()
+                self.pending.cancel()                # _connect_done finishes it
+            elif self.retry is not None:
+                self.retry.cancel()
+                self.retry = None
+                self._close_fd()
+                self._finish()
             return
         for leg in (self.client, self.backend):
             if leg.transport is not None and not leg.lost:
@@ -440,7 +458,7 @@ class Frontend:
         self.listener: socket.socket | None = None
         self.accepting = False
         self._slots: dict[str, BackendSlot] = {}
-        self._backoff = 0.0
+        self.backoff = 0.0
         self._resume_handle: asyncio.TimerHandle | None = None
         self._log_times: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -499,8 +517,10 @@ class Frontend:
                 self._rate_limited("accept", "%s: accept failed: %s", self.name, exc)
                 self._pause_accepting()
                 return
-            self._backoff = 0.0
+            self.backoff = 0.0
             self.take(fd, address[0])
+            if self._resume_handle is not None:
+                return                               # out of descriptors: backing off
 
     def take(self, fd: int, client_ip: str) -> None:
         self.accepted += 1
@@ -523,8 +543,8 @@ class Frontend:
         if self._resume_handle is not None or self.listener is None:
             return
         self.loop.remove_reader(self.listener.fileno())
-        self._backoff = min(max(self._backoff * 2, 0.02), 1.0)
-        self._resume_handle = self.loop.call_later(self._backoff, self._start_accepting)
+        self.backoff = min(max(self.backoff * 2, 0.02), 1.0)
+        self._resume_handle = self.loop.call_later(self.backoff, self._start_accepting)
 
     def stop_accepting(self) -> int:
         """Close the listener after taking whatever is already queued on it; how many were."""
