@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from vipd.tracks import run_command
+from vipd.tracks import cancel_and_wait, run_command
 
 log = logging.getLogger("vipd.vrrp")
 
@@ -71,9 +71,5 @@ class NotifyQueue:
 
     async def close(self) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._runner)
             self._runner = None

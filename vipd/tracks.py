@@ -48,8 +48,11 @@ async def run_command(argv: Sequence[str], timeout: float, what: str) -> int | N
         log.warning("%s: cannot start: %s", what, exc.strerror or exc)
         return None
     try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation that arrives
+        # just as the process ends, and then a stopping track would run on.
+        async with asyncio.timeout(timeout):
+            return await proc.wait()
+    except TimeoutError:
         log.warning("%s: timed out after %gs; killed its process group", what, timeout)
         kill_process_group(proc.pid)
         await proc.wait()
@@ -57,6 +60,17 @@ async def run_command(argv: Sequence[str], timeout: float, what: str) -> int | N
     except asyncio.CancelledError:
         kill_process_group(proc.pid)
         raise
+
+
+async def cancel_and_wait(task: asyncio.Task, timeout: float = 5.0) -> None:
+    """Cancel `task` and wait until it has ended, without swallowing a cancellation of the caller."""
+    for _ in range(10):
+        if task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=timeout / 10)
+    if not task.done():
+        log.error("%s did not stop within %gs", task.get_name(), timeout)
 
 
 class Track:
@@ -116,11 +130,7 @@ class ScriptTrack(Track):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def run_once(self) -> bool:
