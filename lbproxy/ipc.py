@@ -55,7 +55,9 @@ class Channel:
         while True:
             try:
                 line = await self._reader.readline()
-            except (ValueError, asyncio.LimitOverrunError, ConnectionError) as exc:
+            except ConnectionError:
+                return None                      # the other side died; its exit says why
+            except (ValueError, asyncio.LimitOverrunError) as exc:
                 log.warning("dropping the IPC channel: %s", exc)
                 return None
             if not line:

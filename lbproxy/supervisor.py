@@ -51,6 +51,8 @@ class _Worker:
         self.started = time.monotonic()
         loop = asyncio.get_running_loop()
         self.listening: asyncio.Future = loop.create_future()
+        # Only a booting generation awaits this; a replacement's failure is logged by _watch.
+        self.listening.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.stopped_accepting: asyncio.Future = loop.create_future()
         self.exited: asyncio.Future = loop.create_future()
         self.accepting = False
@@ -262,7 +264,7 @@ class ProxySupervisor:
             await self._kill(workers)
             raise ProxyError(f"proxy workers did not start listening within {BOOT_TIMEOUT:g}s") from None
         except BaseException:
-            await self._kill(workers)
+            await self._kill(workers, grace=ACK_TIMEOUT)      # a worker that cannot listen exits by itself
             raise
 
     async def _spawn(self, generation: _Generation, slot: int) -> _Worker:
@@ -380,9 +382,12 @@ class ProxySupervisor:
         if not await self._wait([w.exited for w in workers], longest + EXIT_GRACE):
             await self._kill([w for w in workers if not w.exited.done()])
 
-    async def _kill(self, workers: list[_Worker]) -> None:
+    async def _kill(self, workers: list[_Worker], grace: float = 0.0) -> None:
         for worker in workers:
             worker.expected_exit = True
+        if grace:
+            await self._wait([w.exited for w in workers], grace)
+        for worker in workers:
             if worker.proc is not None and worker.proc.returncode is None:
                 log.warning("proxy: killing worker %s (pid %d)", worker.name, worker.proc.pid)
                 try:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -406,3 +407,46 @@ def test_a_port_taken_by_another_program_is_a_clear_start_error(edge):
     assert "cannot listen on 127.0.0.1:6443: Address already in use" in log
     assert "Traceback" not in log
     edge.lab.stop(blocker)
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_dying_young_again_and_again_is_restarted_with_backoff(edge):
+    http_backends(edge, 1)
+    edge.proxy.write_config([frontend("api", "127.0.0.1:6443", addresses(1))])
+    edge.proxy.start()
+    killed = []
+    for _ in range(4):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pids = [p for p in edge.proxy.worker_pids() if p not in killed]
+            if pids:
+                break
+            time.sleep(0.01)
+        assert pids, edge.proxy.log()
+        subprocess.run(["kill", "-KILL", str(pids[0])], check=True)
+        killed.append(pids[0])
+    restarts = lambda: [line.rsplit(" in ", 1)[1] for line in edge.proxy.log().splitlines()
+                        if "was killed by SIGKILL" in line]
+    assert edge.proxy.wait(lambda s: len(restarts()) >= 4, 10)
+    assert restarts() == ["0.0s", "0.5s", "1.0s", "2.0s"], edge.proxy.log()
+    assert edge.proxy.wait(lambda s: s["frontends"][0]["workers"] == 1, 20)
+    assert http_get(edge.net, API) == (200, "be1")
+
+
+@pytest.mark.timeout(60)
+def test_workers_of_a_dead_master_drain_and_exit(edge):
+    http_backends(edge, 1)
+    edge.proxy.write_config([frontend("api", "127.0.0.1:6443", addresses(1), drain_timeout=10.0)], workers=2)
+    edge.proxy.start()
+    workers = edge.proxy.worker_pids()
+    held = KeepAlive(edge.net, API)
+    assert held.get() == (200, "be1")
+    edge.lab.stop(edge.proxy.proc, signal.SIGKILL)
+    alive = lambda: [p for p in workers if Path(f"/proc/{p}").exists() and
+                     Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert held.get() == (200, "be1")                # orphaned workers finish what they carry
+    held.close()
+    deadline = time.monotonic() + 15
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == []

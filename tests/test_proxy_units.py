@@ -1,0 +1,79 @@
+"""The proxy's small parts on their own: IPC framing, config round trip, counters, listeners."""
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+
+import pytest
+
+from lbproxy import ipc
+from lbproxy.splice import make_listener
+from lbproxy.supervisor import _add
+from vipd.config import parse
+
+
+def test_a_frontend_config_survives_the_trip_to_a_worker():
+    config = parse({"frontend": [{
+        "name": "api", "listen": "[::]:6443", "balance": "least_conn", "idle_timeout": 30.0,
+        "health": {"type": "https", "path": "/readyz", "expect": [200, 204], "tls_verify": True},
+        "backend": [{"address": "198.18.0.21:6443", "weight": 3, "max_connections": 7},
+                    {"address": "[2001:db8::22]:6443"}]}]})
+    original = config.frontends[0]
+    assert ipc.frontend_from_dict(json.loads(json.dumps(ipc.frontend_to_dict(original)))) == original
+
+
+def test_the_channel_skips_and_counts_garbage():
+    async def scenario():
+        left, right = socket.socketpair()
+        channel = await ipc.Channel.open(left)
+        right.sendall(b"not json\n[1, 2]\n{\"no\": \"op\"}\n\xff\xfe\n{\"op\": \"stats\", \"n\": 1}\n")
+        message = await channel.receive()
+        right.close()
+        end = await channel.receive()
+        channel.close()
+        return message, end, channel.garbage
+
+    message, end, garbage = asyncio.run(scenario())
+    assert message == {"op": "stats", "n": 1}
+    assert end is None
+    assert garbage == 4
+
+
+def test_counter_documents_add_up_per_backend():
+    a = {"active": 2, "accepted": 10, "all_down": False,
+         "backends": {"b1": {"total": 4, "bytes_in": 100}}}
+    b = {"active": 1, "accepted": 5, "all_down": True,
+         "backends": {"b1": {"total": 1, "bytes_in": 1}, "b2": {"total": 3}}}
+    assert _add(a, b) == {"active": 3, "accepted": 15, "all_down": True,
+                          "backends": {"b1": {"total": 5, "bytes_in": 101}, "b2": {"total": 3}}}
+    assert _add({}, a) == a
+
+
+@pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
+def test_listeners_share_the_port_and_pass_on_tcp_options(host, family):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("needs IPv6 on loopback")
+    first = make_listener(host, 0)
+    port = first.getsockname()[1]
+    second = make_listener(host, port)           # SO_REUSEPORT: a second worker joins the port
+    try:
+        assert first.family == family and first.getblocking() is False
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        if family == socket.AF_INET6:
+            assert first.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        client = socket.create_connection((host, port), timeout=5)
+        ready = [s for s in (first, second) if _accept_ready(s)]
+        accepted, _ = ready[0].accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    finally:
+        first.close()
+        second.close()
+
+
+def _accept_ready(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0.5)[0])
