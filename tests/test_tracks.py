@@ -2,12 +2,9 @@
 (real state machine and scripts; the network side replaced by recorders)."""
 import asyncio
 import ipaddress
-import os
 import socket
 import time
 from pathlib import Path
-
-import pytest
 
 from vipd import fsm, packet
 from vipd.config import Notify, Track, VrrpConfig

@@ -153,7 +153,7 @@ def test_three_nodes_elect_the_highest_and_kill9_moves_the_vip(lab, tmp_path):
     assert c.instance()["master"] == "198.18.0.11" and c.instance()["adverts_received"] > 0
 
     client.run(["ping", "-c", "1", "-W", "2", VIP])
-    mac = lambda n: n.host.run(["cat", f"/sys/class/net/eth0/address"]).stdout.strip()
+    mac = lambda n: n.host.run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
     neighbour = lambda: client.run(["ip", "neigh", "show", VIP, "dev", "eth0"]).stdout
     assert mac(a) in neighbour()
 

@@ -8,7 +8,6 @@ on time whatever else happens.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import ipaddress
 import logging
@@ -143,12 +142,12 @@ class VrrpInstance:
         self._rebuild_frames()
         self.tracks.start()
         await self.tracks.wait_first_results(self.tracks.first_result_timeout)
+        log.info("vrrp %s: starting on %s (vrid %d, VRRPv%d, priority %d, %s)", self.name, c.interface, c.vrid,
+                 c.version, c.priority, "unicast to " + ", ".join(c.unicast_peers) if c.unicast_peers else "multicast")
         self._started = True
         self._evaluate()
         if not self.fault_reasons:
             self._dispatch(fsm.Startup())
-        log.info("vrrp %s: started on %s (vrid %d, VRRPv%d, priority %d, %s)", self.name, c.interface, c.vrid,
-                 c.version, c.priority, "unicast to " + ", ".join(c.unicast_peers) if c.unicast_peers else "multicast")
 
     async def update(self, config: VrrpConfig) -> None:
         """Apply a changed config to the running router (same interface, VRID, version, family)."""
