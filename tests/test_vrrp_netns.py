@@ -138,6 +138,7 @@ def no_tracebacks(nodes: list[Node]) -> None:
 
 @pytest.mark.timeout(90)
 def test_three_nodes_elect_the_highest_and_kill9_moves_the_vip(lab, tmp_path):
+    require_binary("ping", "iputils-ping")
     a, b, c = nodes = build(lab, tmp_path, [150, 100, 50])
     client = lab.add_host("client", ["198.18.0.50/24"])
     client.sysctl("net.ipv4.neigh.eth0.locktime", 0)
@@ -230,6 +231,7 @@ def test_failing_track_script_moves_the_vip(lab, tmp_path, preempt):
 
 @pytest.mark.timeout(60)
 def test_partition_makes_two_masters_and_healing_leaves_one(lab, tmp_path):
+    require_binary("nft", "nftables")
     a, b = nodes = build(lab, tmp_path, [150, 100])
     start_in_order(nodes)
     lab.partition(["a"], ["b"])
@@ -244,6 +246,7 @@ def test_partition_makes_two_masters_and_healing_leaves_one(lab, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_ipv6_instance(lab, tmp_path):
+    require_binary("ping", "iputils-ping")
     a, b = nodes = build(lab, tmp_path, [150, 100])
     for node, priority in zip(nodes, (150, 100)):
         node.write([{"name": "api6", "vrid": 61, "priority": priority, "virtual_ips": [f"{VIP6}/64"]}])
