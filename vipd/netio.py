@@ -328,7 +328,10 @@ class AddressWorker:
         ipr = getattr(self._local, "ipr", None)
         if ipr is None:
             from pyroute2 import IPRoute
-            ipr = self._local.ipr = IPRoute(groups=0)
+            # A plain selector loop of its own: under uvloop's policy pyroute2 would get a uvloop
+            # loop, whose datagram transports refuse netlink sockets.
+            self._local.loop = asyncio.SelectorEventLoop()
+            ipr = self._local.ipr = IPRoute(groups=0, use_event_loop=self._local.loop)
         return ipr
 
     def _change(self, command: str, ifname: str, vips: tuple) -> list[str]:
@@ -366,6 +369,7 @@ class AddressWorker:
             ipr = getattr(self._local, "ipr", None)
             if ipr is not None:
                 ipr.close()
+                self._local.loop.close()
         self._executor.submit(close_ipr)
         self._executor.shutdown(wait=True)
 
