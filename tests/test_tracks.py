@@ -91,6 +91,22 @@ def test_trackset_priority_and_fault_from_weights():
     run(main())
 
 
+def test_positive_weights_apply_while_ok_as_in_keepalived():
+    async def main():
+        up = {"eth1": True}
+        tracks = TrackSet([Track("interface", "eth1", weight=20)], on_change=lambda: None,
+                          link_up=up.get, frontend_ok=lambda name: True)
+        tracks.start()
+        try:
+            assert tracks.effective_priority(100) == 120
+            up["eth1"] = False
+            tracks.links_changed()
+            assert tracks.effective_priority(100) == 100 and tracks.fault_reasons() == set()
+        finally:
+            await tracks.stop()
+    run(main())
+
+
 def test_frontend_track_without_a_proxy_fails():
     tracks = TrackSet([Track("frontend", "api", weight=-10)], lambda: None, lambda name: True, None)
     assert tracks.effective_priority(100) == 90

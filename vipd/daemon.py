@@ -131,15 +131,15 @@ class Daemon:
 
     async def start(self, cfg: configmod.Config) -> None:
         self.config = cfg
-        # The proxy comes first: listeners are open and backend health is known before this
-        # node can become master, so a frontend track never starts out wrong.
+        # VRRP comes last: listeners are open and backend health is known before this node can
+        # become master, and nothing slow (socket set-up) runs between its first timers.
         steps = []
         if cfg.frontends:
             steps.append(("proxy", self._start_proxy(cfg)))
-        if cfg.vrrp:
-            steps.append(("vrrp", self._start_vrrp(cfg)))
         steps.append(("control socket", self._start_control(cfg.node)))
         steps.append(("metrics", self._start_metrics(cfg.node)))
+        if cfg.vrrp:
+            steps.append(("vrrp", self._start_vrrp(cfg)))
         for what, step in steps:
             try:
                 await step

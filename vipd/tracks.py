@@ -1,7 +1,8 @@
 """What a VRRP instance tracks: check scripts, interfaces and this node's frontends.
 
-Every result goes through `vipd.health.HealthCounter`. A failing track with a weight adds that
-weight to the priority; a failing weight-0 track puts the instance in FAULT.
+Every result goes through `vipd.health.HealthCounter`. Weights apply as in keepalived, so
+migrated configs keep their meaning: a negative weight is added while the track fails, a
+positive one while it succeeds; a failing weight-0 track puts the instance in FAULT.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ OWNER_PRIORITY = 255
 FRONTEND_RECHECK_INTERVAL = 1.0
 
 
-def effective_priority(priority: int, failing_weights: Iterable[int]) -> int:
-    """Configured priority plus the weights of failing tracks, kept in 1..254; an address owner
-    (255) stays 255."""
+def effective_priority(priority: int, applied_weights: Iterable[int]) -> int:
+    """Configured priority plus the weights that currently apply, kept in 1..254; an address
+    owner (255) stays 255."""
     if priority == OWNER_PRIORITY:
         return OWNER_PRIORITY
-    return max(1, min(254, priority + sum(failing_weights)))
+    return max(1, min(254, priority + sum(applied_weights)))
 
 
 def kill_process_group(pid: int) -> None:
@@ -263,7 +264,8 @@ class TrackSet:
         self._recheck("interface")
 
     def effective_priority(self, priority: int) -> int:
-        return effective_priority(priority, (t.weight for t in self.tracks if not t.ok and t.weight))
+        return effective_priority(priority, (t.weight for t in self.tracks
+                                             if (t.weight < 0 and not t.ok) or (t.weight > 0 and t.ok)))
 
     def fault_reasons(self) -> set[str]:
         return {f"track:{t.name}" for t in self.tracks if not t.ok and t.weight == 0}
