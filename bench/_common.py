@@ -309,6 +309,14 @@ class Cluster:
         return "\n".join(out)
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, ignored in background jobs) unwind like Ctrl-C, so `finally` tears the lab down."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
 def median(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
