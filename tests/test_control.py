@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -123,10 +124,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    # Traversable by everyone, so a refusal seen by `nobody` can only come from the socket's mode.
-    tmp_path.chmod(0o755)
-    return tmp_path
+def run_dir():
+    # Traversable by everyone (pytest's own tmp_path sits under a 0700 directory), so a refusal
+    # seen by `nobody` can only come from the socket's mode.
+    path = Path(tempfile.mkdtemp(prefix="vipd-control-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(path: Path, handlers, scenario, group: str | None = None) -> None:

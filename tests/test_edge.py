@@ -1,6 +1,7 @@
 """The edge daemon as an operator runs it: real `vipd run` on two lab edges with the proxy, real
 backends, a real client, `lbctl` against the live control socket, metrics scraped."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,7 @@ def test_vipd_demo_runs_and_reports(lab):
         assert needle in out, out
     graceful = next(line for line in out.splitlines() if "graceful stop of the master" in line and "requests" in line)
     assert " 0 failed" in graceful, graceful
-    assert "lab torn down" in done.stderr
+    torn_down = re.search(r"lab torn down \(network namespaces (\S+)-\*\)", done.stderr)
+    assert torn_down, done.stderr
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "-edge1" not in leftovers
+    assert f"{torn_down.group(1)}-" not in leftovers

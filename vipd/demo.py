@@ -141,7 +141,7 @@ def run_demo(verbose: bool = False) -> int:
         lab.close()
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
-        print("\nlab torn down", file=sys.stderr)
+        print(f"\nlab torn down (network namespaces {lab.prefix}-*)", file=sys.stderr)
 
 
 def _fail(edge: edgelab.EdgeLab, what: str) -> int:
