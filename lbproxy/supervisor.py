@@ -169,6 +169,7 @@ class ProxySupervisor:
         workers = list(self.workers)
         for worker in workers:
             worker.expected_exit = True
+            worker.accepting = False
             worker.send({"op": "drain", "timeout": timeout})
         await self._wait_exits(workers, timeout)
         if self._tasks:
@@ -372,6 +373,7 @@ class ProxySupervisor:
         workers = list(generation.workers.values())
         for worker in workers:
             worker.expected_exit = True
+            worker.accepting = False
             worker.send({"op": "drain", "timeout": timeout})
         await self._wait_exits(workers, timeout, generation.config)
 

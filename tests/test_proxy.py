@@ -273,6 +273,23 @@ def test_idle_timeout_closes_idle_connections_only(edge):
 
 
 @pytest.mark.timeout(60)
+def test_half_close_timeout_ends_a_connection_left_half_open(edge):
+    start_sink(edge.host, "127.0.0.1:9000")
+    wait_listening(edge.host, 9000)
+    edge.proxy.write_config([frontend("api", "127.0.0.1:6443", ["127.0.0.1:9000"],
+                                      idle_timeout=300.0, half_close_timeout=0.5)])
+    edge.proxy.start()
+    with edge.net.connect(API, timeout=10) as sock:
+        sock.sendall(b"HOLD\nbye")
+        sock.shutdown(socket.SHUT_WR)                # the backend never answers nor closes
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    assert edge.proxy.wait(lambda s: s["frontends"][0]["active_connections"] == 0)
+
+
+@pytest.mark.timeout(60)
 def test_max_connections_closes_the_excess_at_once_and_counts_it(edge):
     start_sink(edge.host, "127.0.0.1:9000")
     wait_listening(edge.host, 9000)

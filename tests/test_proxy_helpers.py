@@ -333,7 +333,7 @@ def wait_listening(host: Host, port: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-# --- the raw TCP backend: ECHO, UP (hash what arrives) and DOWN (send a known stream)
+# --- the raw TCP backend: ECHO, UP (hash what arrives), DOWN (send a known stream), HOLD
 
 def pattern_block(seed: int) -> bytes:
     return random.Random(seed).randbytes(PATTERN_BLOCK)
@@ -362,6 +362,10 @@ async def _sink_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 digest.update(data)
                 size += len(data)
             writer.write(f"{digest.hexdigest()} {size}\n".encode())
+        elif command[0] == b"HOLD":              # read to the end, then never answer nor close
+            while await reader.read(1 << 16):
+                pass
+            await asyncio.sleep(60)
         elif command[0] == b"DOWN":
             size, seed = int(command[1]), int(command[2])
             block = pattern_block(seed)
