@@ -91,6 +91,7 @@ class ProxySupervisor:
         self._stopping = False
         self._generations = 0
         self._retired: dict[str, dict] = {}
+        self._all_down: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle
@@ -428,6 +429,16 @@ class ProxySupervisor:
         message = {"op": "state", "frontend": frontend, "address": address, "state": state}
         for worker in self.workers:
             worker.send(message)
+        checker = self.checkers.get(frontend)
+        all_down = checker is not None and checker.all_down()
+        if all_down != (frontend in self._all_down):
+            if all_down:
+                self._all_down.add(frontend)
+                log.warning("proxy: frontend %s: every backend is down or drained; new "
+                            "connections still try the down ones", frontend)
+            else:
+                self._all_down.discard(frontend)
+                log.info("proxy: frontend %s: a backend is up again", frontend)
         self._changed()
 
     def _changed(self) -> None:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from vipd.control import request
 from test_proxy_helpers import (REPO, KeepAlive, Load, NetnsSockets, Proxy, failures, frontend,
                                 http_get, pattern_block, pattern_sha256, read_all, start_http_backend,
                                 start_sink, wait_listening)
@@ -204,6 +205,34 @@ def test_five_reloads_during_connection_churn_refuse_and_reset_nothing(edge):
         assert not set(old) & set(new)
     assert in_place == generations[-1]
     assert "tcp_migrate_req" in edge.proxy.log()
+
+
+@pytest.mark.timeout(60)
+def test_reload_adds_and_removes_frontends_and_a_failed_one_keeps_the_old(edge):
+    http_backends(edge, 2)
+    one = frontend("api", "127.0.0.1:6443", addresses(1))
+    two = frontend("admin", "127.0.0.1:7443", addresses(2)[1:])
+    edge.proxy.write_config([one])
+    edge.proxy.start()
+    edge.proxy.write_config([one, two])
+    edge.proxy.reload()
+    assert http_get(edge.net, ("127.0.0.1", 7443)) == (200, "be2")
+    assert http_get(edge.net, API) == (200, "be1")
+    edge.proxy.write_config([one])
+    edge.proxy.reload()
+    assert edge.proxy.wait(lambda s: [f["name"] for f in s["frontends"]] == ["api"])
+    with pytest.raises(ConnectionRefusedError):
+        edge.net.connect(("127.0.0.1", 7443)).close()
+
+    blocker = edge.host.python(["-c", "import socket, time; s = socket.socket(); "
+                                "s.bind(('127.0.0.1', 8443)); s.listen(); time.sleep(60)"])
+    wait_listening(edge.host, 8443)
+    edge.proxy.write_config([one, frontend("taken", "127.0.0.1:8443", addresses(1))])
+    code, body = request(edge.proxy.socket, "POST", "/v1/reload", timeout=30)
+    assert code == 400 and "cannot listen on 127.0.0.1:8443" in body["error"], body
+    assert http_get(edge.net, API) == (200, "be1")
+    assert [f["name"] for f in edge.proxy.status()["frontends"]] == ["api"]
+    edge.lab.stop(blocker)
 
 
 @pytest.mark.timeout(60)
