@@ -170,7 +170,7 @@ class Proxies:
         for name, proc in self.procs.items():
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM if name != "lbproxy" else signal.SIGTERM)
+                    os.killpg(proc.pid, signal.SIGTERM)      # the proxy's own process group
                 except ProcessLookupError:
                     continue
                 try:
