@@ -245,6 +245,22 @@ def test_partition_makes_two_masters_and_healing_leaves_one(lab, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_ten_millisecond_adverts_hold_steady_and_fail_over(lab, tmp_path):
+    """The shortest v3 interval: 100 adverts/s, no flapping, failover in tens of milliseconds."""
+    a, b = nodes = build(lab, tmp_path, [150, 100], advert_interval=0.01)
+    start_in_order(nodes)
+    before = b.instance()
+    time.sleep(3)
+    after = b.instance()
+    assert after["state"] == "BACKUP" and after["transitions"] == before["transitions"], b.log
+    assert after["adverts_received"] - before["adverts_received"] > 150, "about 100 adverts/s expected"
+    assert holders(nodes) == ["a"]
+    a.stop(signal.SIGKILL)
+    assert wait_for(lambda: b.has(VIP), 5), b.log
+    no_tracebacks(nodes)
+
+
+@pytest.mark.timeout(60)
 def test_ipv6_instance(lab, tmp_path):
     require_binary("ping", "iputils-ping")
     a, b = nodes = build(lab, tmp_path, [150, 100])
