@@ -40,6 +40,21 @@ def backend_path(frontend: str, backend: str, action: str) -> str:
     return f"/v1/frontends/{quote(frontend, safe='')}/backends/{quote(backend, safe='')}/{action}"
 
 
+async def serve_app(app, sock: socket.socket):
+    """Serve an aiohttp app on a bound socket; the runner, or nothing left open on failure."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        sock.close()
+        raise
+    return runner
+
+
 class ControlServer:
     """Serves `handlers` (async status(), drain(f, b), enable(f, b), reload()) on a unix socket."""
 
@@ -59,16 +74,11 @@ class ControlServer:
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/drain", self._drain)
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/enable", self._enable)
         app.router.add_post("/v1/reload", self._reload)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         try:
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
+            self._runner = await serve_app(app, sock)
         except BaseException:
-            await runner.cleanup()
-            sock.close()
             self._unlink_own_socket()
             raise
-        self._runner = runner
         log.info("control socket listening on %s", self.path)
 
     async def stop(self) -> None:

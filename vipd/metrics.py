@@ -16,6 +16,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import choose_encoder
 
 from vipd.config import split_host_port
+from vipd.control import serve_app
 
 log = logging.getLogger("vipd.metrics")
 
@@ -182,15 +183,7 @@ class MetricsServer:
             raise
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        try:
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-        except BaseException:
-            await runner.cleanup()
-            sock.close()
-            raise
-        self._runner = runner
+        self._runner = await serve_app(app, sock)
         self.address = sock.getsockname()[:2]
         log.info("metrics on http://%s/metrics", self.listen if port else f"{host}:{self.address[1]}")
 
