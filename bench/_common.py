@@ -156,7 +156,8 @@ class AdvertTap:
         self.adverts: list[tuple[float, float, str, int]] = []
         self._changed = threading.Condition()
         self._host = host
-        self._proc = host.popen(["tcpdump", "-i", host.ifname, "-n", "-tt", "-l", "-p", "ip proto 112"],
+        # --immediate-mode: without it libpcap hands packets over in batches, late by up to a block timeout.
+        self._proc = host.popen(["tcpdump", "--immediate-mode", "-i", host.ifname, "-n", "-tt", "-l", "-p", "ip proto 112"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
