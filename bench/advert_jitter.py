@@ -114,6 +114,7 @@ def main() -> int:
         print(f"advert jitter bench: {reason}", file=sys.stderr)
         return 2
 
+    _common.interrupt_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="vipd-bench-jitter-"))
     rows: list[tuple[str, str, float, dict]] = []
     lab = Lab()
