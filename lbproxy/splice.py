@@ -36,7 +36,7 @@ LISTEN_BACKLOG = 4096
 # not reported as passive health failures and make the accept loop back off instead.
 LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 _NOTHING_TRIED: frozenset[int] = frozenset()
-BULK_CHUNK = 256 * 1024    # one read of a bulk flow
+BULK_CHUNK = 512 * 1024    # one read of a bulk flow
 BULK_SWITCH = 64 * 1024    # a read at least this large marks a bulk flow
 # The worker-wide read buffer of bulk flows. Reads never interleave (one loop, one thread), so
 # one buffer serves every connection; it is replaced when a peer transport keeps a reference.

@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    # The same format as the master's (vipd.daemon): no timestamps when journald adds them.
+    stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{args.name}]: %(message)s")
+                        format=f"{stamp}%(levelname)s %(name)s[{args.name}]: %(message)s")
     try:
         os.nice(NICE)
     except OSError as exc:
