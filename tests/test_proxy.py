@@ -426,6 +426,25 @@ def test_sigterm_stops_accepting_drains_and_exits(edge):
     assert edge.proxy.worker_pids() == []
 
 
+@pytest.mark.timeout(60)
+def test_drain_timeout_ends_connections_that_do_not_finish(edge):
+    start_sink(edge.host, "127.0.0.1:9000")
+    wait_listening(edge.host, 9000)
+    edge.proxy.write_config([frontend("api", "127.0.0.1:6443", ["localhost:9000"], drain_timeout=0.5)])
+    edge.proxy.start()
+    held = edge.net.connect(API, timeout=10)
+    held.sendall(b"ECHO\nhi")                        # a backend given by name works too
+    assert held.recv(10) == b"hi"
+    edge.proxy.proc.send_signal(signal.SIGTERM)
+    assert edge.proxy.proc.wait(15) == 0             # did not wait for the open connection
+    try:
+        assert held.recv(10) == b""
+    except ConnectionResetError:
+        pass
+    held.close()
+    assert "drain timeout: closing 1 connection(s)" in edge.proxy.log()
+
+
 def test_lbproxy_run_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[frontend]]\nname = "api"\nlisten = "nowhere"\n')
