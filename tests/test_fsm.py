@@ -258,7 +258,7 @@ def test_master_yields_to_a_higher_priority():
     router = started_master(priority=100, advert_interval=1.0)
     now = between_adverts(router)
     assert router.handle(advert(200, interval=2.0), now) == [
-        RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert"),
+        SendAdvert(100), RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert"),
     ]
     assert router.master == PEER
     assert router.master_adver_interval == 2.0
@@ -272,13 +272,24 @@ def test_master_yields_to_a_higher_priority():
 def test_equal_priority_masters_compare_addresses_as_integers(own, higher):
     lower_master = started_master(primary_address=own)
     assert lower_master.handle(advert(100, src=higher), between_adverts(lower_master)) == [
-        RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "equal_priority_higher_address"),
+        SendAdvert(100), RemoveVips(), StateChanged(State.MASTER, State.BACKUP, "equal_priority_higher_address"),
     ]
     higher_master = started_master(primary_address=higher)
     assert higher_master.handle(advert(100, src=own), between_adverts(higher_master)) == [
         SendAdvert(100), SendGratuitous(),
     ]
     assert higher_master.state is State.MASTER
+
+
+def test_heal_where_the_loser_hears_first_still_makes_the_winner_reannounce():
+    """Split brain, healed so that the lower master hears the higher one first: its parting
+    advert is the only thing that tells the winner to send gratuitous ARP again."""
+    winner = started_master(priority=200, primary_address="198.18.0.12")
+    loser = started_master(priority=100, primary_address="198.18.0.11")
+    now = max(between_adverts(winner), between_adverts(loser))
+    parting = loser.handle(advert(200, src="198.18.0.12"), now)
+    assert parting[0] == SendAdvert(100) and loser.state is State.BACKUP
+    assert winner.handle(advert(100, src="198.18.0.11"), now + 0.001) == [SendAdvert(200), SendGratuitous()]
 
 
 def test_master_reasserts_itself_against_a_lower_master():

@@ -312,12 +312,15 @@ class VrrpRouter:
         if event.priority == RESIGN_PRIORITY:
             self._adver_timer = now + self.params.advert_interval
             return [SendAdvert(self.effective_priority)]
-        if event.priority > self.effective_priority:
+        outranked = event.priority > self.effective_priority or (
+            event.priority == self.effective_priority and address_rank(event.src) > self._own_rank)
+        if outranked:
             self._learn_interval(event.interval)
-            return self._become_backup(now, "higher_priority_advert", master=event.src)
-        if event.priority == self.effective_priority and address_rank(event.src) > self._own_rank:
-            self._learn_interval(event.interval)
-            return self._become_backup(now, "equal_priority_higher_address", master=event.src)
+            reason = "higher_priority_advert" if event.priority > self.effective_priority else "equal_priority_higher_address"
+            # One last advert of ours before stepping down: after a split brain heals, the winner
+            # may never have heard us, and only our advert makes it re-announce the VIPs to the
+            # clients that followed us (its lower-priority rule below).
+            return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src)
         self._adver_timer = now + self.params.advert_interval
         return [SendAdvert(self.effective_priority), SendGratuitous()]
 
