@@ -292,6 +292,19 @@ def test_heal_where_the_loser_hears_first_still_makes_the_winner_reannounce():
     assert winner.handle(advert(100, src="198.18.0.11"), now + 0.001) == [SendAdvert(200), SendGratuitous()]
 
 
+def test_late_wakeups_do_not_drift_the_advert_schedule():
+    router = started_master(advert_interval=0.1)
+    first = router.next_deadline()
+    sent = 0
+    for n in range(100):
+        deadline = router.next_deadline()
+        assert deadline == pytest.approx(first + n * 0.1)
+        sent += len(router.handle(Timeout(), deadline + 0.004))
+    assert sent == 100
+    router.handle(Timeout(), router.next_deadline() + 1.0)
+    assert router.next_deadline() > first + 100 * 0.1 + 1.0, "far behind: no burst of catch-up adverts"
+
+
 def test_master_reasserts_itself_against_a_lower_master():
     router = started_master(priority=200)
     now = between_adverts(router)

@@ -242,7 +242,10 @@ class VrrpRouter:
             elif self._adver_timer is not None and self._adver_timer <= now:
                 priority = RESIGN_PRIORITY if self.handing_over else self.effective_priority
                 actions.append(SendAdvert(priority))
-                self._adver_timer = now + self.params.advert_interval
+                # Keep the advert grid: lateness of one wake-up must not push every later
+                # advert back (600 per minute at 0.1 s, not 590). Far behind, start afresh.
+                following = self._adver_timer + self.params.advert_interval
+                self._adver_timer = following if following > now else now + self.params.advert_interval
             elif self._down_timer is not None and self._down_timer <= now:
                 actions += self._become_master(now, self._takeover_reason)
             else:
