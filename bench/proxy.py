@@ -224,9 +224,10 @@ def run_wrk(host: Host, test: str, port: int, duration: float, connections: int)
     return parse_wrk(done.stdout)
 
 
-def measure(host: Host, proxies: Proxies, targets: list[str], rounds: int, duration: float,
-            connections: int) -> dict:
-    """results[test][target] = list over rounds of {value, p99, cpu, errors}."""
+def measure(host: Host, proxies: Proxies, backend: subprocess.Popen, targets: list[str], rounds: int,
+            duration: float, connections: int) -> dict:
+    """results[test][target] = list over rounds of {value, p99, cpu, errors}. A cell with wrk
+    errors has no value: it counts in the error total, not in the medians."""
     results: dict = {t: {name: [] for name in targets} for t in TESTS}
     for r in range(rounds):
         for test in TESTS:
@@ -234,14 +235,20 @@ def measure(host: Host, proxies: Proxies, targets: list[str], rounds: int, durat
             for name in order:
                 if name == "nginx-256k" and test != "bulk":
                     continue
+                for what, proc in (("the nginx backend", backend), (name, proxies.procs.get(name))):
+                    if proc is not None and proc.poll() is not None:
+                        raise SystemExit(f"{what} exited ({proc.returncode}) in the middle of the bench "
+                                         "(another program's `pkill nginx`?); no table")
                 before = proxies.cpu_seconds(name)
                 got = run_wrk(host, test, PORTS[name], duration, connections)
                 cpu = proxies.cpu_seconds(name) - before
                 value = got.get("mbps") if test == "bulk" else got.get("rps")
+                if got.get("errors"):
+                    value = None
                 units = (got.get("bytes", 0) / 1024 ** 2) if test == "bulk" else got.get("requests", 0)
                 results[test][name].append({
-                    "value": value, "p99": got.get("p99"), "errors": got.get("errors", 0),
-                    "cpu_per_unit": (cpu / units * 1e6) if units and name != "direct" else None})
+                    "value": value, "p99": got.get("p99") if value else None, "errors": got.get("errors", 0),
+                    "cpu_per_unit": (cpu / units * 1e6) if value and units and name != "direct" else None})
                 print(f"  round {r + 1} {test:9} {name:10} {fmt(value, digits=0):>8}"
                       f"{'' if test != 'keepalive' else ' p99 ' + fmt((got.get('p99') or 0) * 1e3, 'ms')}"
                       f"  errors {got.get('errors', 0)}", file=sys.stderr, flush=True)
@@ -337,7 +344,8 @@ def main() -> int:
             proxies = Proxies(host, workdir, workers)
             try:
                 proxies.start(targets)
-                all_results[workers] = measure(host, proxies, targets, args.rounds, args.duration, args.connections)
+                all_results[workers] = measure(host, proxies, backend, targets, args.rounds, args.duration,
+                                               args.connections)
             finally:
                 proxies.stop()
         lab.stop(backend)
