@@ -5,6 +5,7 @@ Run the benches from the repository root as root: `python bench/failover.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vipd import edgelab  # noqa: E402
-from vipd.lab import Host, unavailable_reason  # noqa: E402
+from vipd.lab import Host, Lab, unavailable_reason  # noqa: E402
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 IMPLEMENTATIONS = ("vipd", "keepalived")
@@ -353,3 +355,21 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
     if not values or any(v <= 0 for v in values):
         raise SystemExit(f"--{what}: expected comma-separated positive numbers, got {text!r}")
     return values
+
+
+@contextlib.contextmanager
+def lab_session(prefix: str, keep: bool):
+    """A lab and a work directory, torn down at the end, on Ctrl-C and on SIGTERM."""
+    interrupt_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    lab = Lab()
+    try:
+        yield lab, workdir
+    except KeyboardInterrupt:
+        print("interrupted; tearing the lab down", file=sys.stderr)
+    finally:
+        lab.close()
+        if keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import _common
 from _common import Cluster, edgelab
-from vipd.lab import Lab
 
 BACKUP_PRIORITY = 100
 
@@ -114,11 +111,8 @@ def main() -> int:
         print(f"advert jitter bench: {reason}", file=sys.stderr)
         return 2
 
-    _common.interrupt_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="vipd-bench-jitter-"))
     rows: list[tuple[str, str, float, dict]] = []
-    lab = Lab()
-    try:
+    with _common.lab_session("vipd-bench-jitter-", args.keep) as (lab, workdir):
         edge_lab = edgelab.build(lab, workdir / "lab", advert_interval=args.interval, preempt=True)
         for impl in impls:
             cluster = Cluster(edge_lab, impl, workers=args.workers)
@@ -144,14 +138,6 @@ def main() -> int:
                 if capture is not None:
                     capture.close()
                 cluster.reset()
-    except KeyboardInterrupt:
-        print("interrupted; tearing the lab down", file=sys.stderr)
-    finally:
-        lab.close()
-        if args.keep:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     limit = master_down_interval(args.interval)
     header = ["edges run", "load", "seconds", "adverts seen", "interval p50", "p99", "worst",

@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import _common
 from _common import Cluster, edgelab
 from vipd import labclient
-from vipd.lab import Lab
 
 SCENARIOS = ("kill", "term", "link", "partition")
 # keepalived 2.2.7, measured earlier on this lab: VIP on the backup after the fault (s), by advert interval.
@@ -139,11 +136,8 @@ def main() -> int:
         print(f"failover bench: {reason}", file=sys.stderr)
         return 2
 
-    _common.interrupt_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="vipd-bench-failover-"))
     runs: dict[tuple, list[dict]] = {}
-    lab = Lab()
-    try:
+    with _common.lab_session("vipd-bench-failover-", args.keep) as (lab, workdir):
         edge_lab = edgelab.build(lab, workdir / "lab", advert_interval=intervals[0], preempt=True)
         for impl in impls:
             cluster = Cluster(edge_lab, impl)
@@ -159,14 +153,6 @@ def main() -> int:
                                   + (f" ({', '.join(result['errors'])})" if result["errors"] else ""), flush=True)
             finally:
                 cluster.reset()
-    except KeyboardInterrupt:
-        print("interrupted; tearing the lab down", file=sys.stderr)
-    finally:
-        lab.close()
-        if args.keep:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps([{"scenario": s, "interval": i, "impl": m, "runs": r}
                                                for (s, i, m), r in runs.items()], indent=1))
