@@ -187,3 +187,14 @@ def test_vipd_demo_runs_and_reports(lab):
     assert torn_down, done.stderr
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{torn_down.group(1)}-" not in leftovers
+
+
+@pytest.mark.timeout(60)
+def test_vipd_demo_refuses_clearly_without_iproute2():
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the demo checks root before iproute2)")
+    done = subprocess.run([sys.executable, "-m", "vipd", "demo"], capture_output=True, text=True, timeout=50,
+                          env={**os.environ, "PATH": "/nonexistent"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == "vipd demo: needs iproute2 (the `ip` command); run it as root on Linux with iproute2"
