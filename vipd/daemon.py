@@ -202,10 +202,12 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping: resigning VRRP, then draining connections")
         if self.vrrp is not None:
-            await self.vrrp.shutdown(handover=True)
+            await self.vrrp.shutdown(handover=True, keep_vips=self.proxy is not None)
         if self.proxy is not None:
             await self.proxy.stop_accepting()
             await self.proxy.drain()
+        if self.vrrp is not None:
+            await self.vrrp.release()
         if self.control is not None:
             await self.control.stop()
         if self.metrics is not None:

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Callable
 
-from vipd import fsm, packet
+from vipd import fsm, handover, packet
 from vipd.config import VrrpConfig
 from vipd.netio import (VRRP_GROUP, AddressWorker, ChannelPool, FrameSender, InterfaceTable, VrrpChannel,
                         build_gratuitous_frames)
@@ -40,8 +40,11 @@ def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
 class VrrpInstance:
     def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
                  addresses: AddressWorker, frontend_ok: Callable[[str], bool] | None = None,
+                 bridge_ports: tuple[int, ...] = (), bridge_seconds: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.bridge_ports = bridge_ports
+        self.bridge_seconds = bridge_seconds
         self.interfaces = interfaces
         self.channels = channels
         self.addresses = addresses
@@ -71,6 +74,11 @@ class VrrpInstance:
         self._last_peer_log = 0.0
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
+        self._resigned_from: str | None = None
+        self._bridge: asyncio.Task | None = None
+        self._keep_vips = False
+        self.kept_vips: list = []
+        self._quiet: asyncio.Future | None = None
 
     @property
     def name(self) -> str:
@@ -177,9 +185,11 @@ class VrrpInstance:
         self._schedule()
         log.info("vrrp %s: configuration updated in place", self.name)
 
-    async def stop(self, handover: bool = True) -> None:
+    async def stop(self, handover: bool = True, keep_vips: bool = False) -> None:
         """Resign (priority 0) and release the VIPs; with handover, keep them until the new master
-        is heard or the handover timeout passes."""
+        is heard or the handover timeout passes. With keep_vips, a completed hand-over keeps them,
+        silent on ARP, for `release()` (the proxy drains meanwhile)."""
+        self._keep_vips = keep_vips and handover and self.config.family == socket.AF_INET
         if self._started and not self.router.stopped:
             if not handover:
                 self._execute(self.router.update_params(
@@ -193,6 +203,7 @@ class VrrpInstance:
         self._started = False
         self._cancel_timer()
         self._cancel_garp()
+        await self._end_bridge()
         if self._holding:
             self._remove_vips()
         if self._vip_change is not None:
@@ -276,6 +287,9 @@ class VrrpInstance:
         if ipaddress.ip_address(src) == ipaddress.ip_address(self.router.params.primary_address):
             return
         self.adverts_received += 1
+        if result.priority == 0 and self.router.master is not None and \
+                ipaddress.ip_address(src) == ipaddress.ip_address(self.router.master):
+            self._resigned_from = src
         self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
 
     # ---------------------------------------------------------------- the state machine
@@ -336,7 +350,10 @@ class VrrpInstance:
         elif isinstance(action, fsm.AddVips):
             self._add_vips()
         elif isinstance(action, fsm.RemoveVips):
-            self._remove_vips()
+            if self._keep_vips and self.router.stopped:
+                self._hold_quietly()
+            else:
+                self._remove_vips()
         elif isinstance(action, fsm.SendGratuitous):
             self._start_garp()
         elif isinstance(action, fsm.StateChanged):
@@ -364,6 +381,42 @@ class VrrpInstance:
         self._cancel_garp()
         self._vip_change = self.addresses.remove(self.config.interface, self._managed_vips())
 
+    def _hold_quietly(self) -> None:
+        self._holding = False
+        self._cancel_garp()
+        self.kept_vips = self._managed_vips()
+        self._quiet = asyncio.ensure_future(handover.quiet([v.ip for v in self.kept_vips], self.config.vrid))
+
+    async def release(self) -> None:
+        """Drop the VIPs a completed hand-over kept (see stop)."""
+        if not self.kept_vips:
+            return
+        if self._quiet is not None:
+            await self._quiet
+        try:
+            await asyncio.wait_for(self.addresses.remove(self.config.interface, self.kept_vips), 10)
+        except Exception as exc:
+            log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
+        self.kept_vips = []
+        await handover.remove("arp", handover.quiet_table(self.config.vrid))
+
+    async def _run_bridge(self, predecessor: str) -> None:
+        try:
+            if await handover.bridge_to(predecessor, [v.ip for v in self._managed_vips()], self.bridge_ports,
+                                        self.config.interface, self.config.vrid):
+                await asyncio.sleep(self.bridge_seconds)
+        finally:
+            await handover.remove("ip", handover.bridge_table(self.config.vrid))
+
+    async def _end_bridge(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None and not bridge.done():
+            bridge.cancel()
+            try:
+                await bridge
+            except asyncio.CancelledError:
+                pass
+
     def _on_state_changed(self, change: fsm.StateChanged) -> None:
         self.since = _utc_now()
         self.transitions += 1
@@ -372,6 +425,11 @@ class VrrpInstance:
                 change.new.value, change.reason, self.router.effective_priority, self.router.master or "unknown")
         if change.new is not fsm.State.MASTER:
             self._cancel_garp()
+            if self._bridge is not None:
+                asyncio.ensure_future(self._end_bridge())
+        elif (change.reason == "master_resigned" and self._resigned_from and self.bridge_ports
+              and self.config.family == socket.AF_INET):
+            self._bridge = asyncio.ensure_future(self._run_bridge(self._resigned_from))
         self.notify.push(self.config.notify.for_state(change.new.value), change.new.value,
                          self.router.effective_priority, self._vip_change)
 

@@ -27,6 +27,7 @@ class VrrpService:
         self._monitor: NetlinkMonitor | None = None
         self._channels: ChannelPool | None = None
         self._addresses: AddressWorker | None = None
+        self._kept: list[VrrpInstance] = []
 
     async def _ensure_running(self) -> None:
         if self._monitor is not None:
@@ -41,8 +42,12 @@ class VrrpService:
         self._addresses = AddressWorker()
 
     def _new_instance(self, vrrp) -> VrrpInstance:
+        # A planned failover hands connections in flight back to the old master while it drains.
+        frontends = self.config.frontends
         return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, frontend_ok=self.frontend_ok)
+                            addresses=self._addresses, frontend_ok=self.frontend_ok,
+                            bridge_ports=tuple(sorted({f.listen_port for f in frontends})),
+                            bridge_seconds=max((f.drain_timeout for f in frontends), default=0.0) + 1.0)
 
     async def _start_instances(self, configs) -> None:
         created = [self._new_instance(v) for v in configs]
@@ -80,19 +85,31 @@ class VrrpService:
         await asyncio.gather(*updates)
         await self._start_instances([v for name, v in wanted.items() if name not in self.instances])
 
-    async def shutdown(self, handover: bool = True) -> None:
-        """Every instance resigns (priority 0); returns once each released its VIPs."""
-        await asyncio.gather(*(i.stop(handover=handover) for i in self.instances.values()))
+    async def shutdown(self, handover: bool = True, keep_vips: bool = False) -> None:
+        """Every instance resigns (priority 0); returns once each released its VIPs, or, with
+        keep_vips, once each completed hand-over holds them quietly until `release()`."""
+        await asyncio.gather(*(i.stop(handover=handover, keep_vips=keep_vips) for i in self.instances.values()))
+        self._kept = [i for i in self.instances.values() if i.kept_vips]
         self.instances.clear()
         if self._channels is not None:
             self._channels.close()
             self._channels = None
-        if self._addresses is not None:
-            await asyncio.to_thread(self._addresses.close)
-            self._addresses = None
         if self._monitor is not None:
             await self._monitor.stop()
             self._monitor = None
+        if not self._kept:
+            await self._close_addresses()
+
+    async def release(self) -> None:
+        """Drop the VIPs that `shutdown(keep_vips=True)` kept."""
+        kept, self._kept = self._kept, []
+        await asyncio.gather(*(i.release() for i in kept))
+        await self._close_addresses()
+
+    async def _close_addresses(self) -> None:
+        if self._addresses is not None:
+            await asyncio.to_thread(self._addresses.close)
+            self._addresses = None
 
     def frontends_changed(self) -> None:
         for instance in self.instances.values():
