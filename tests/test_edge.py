@@ -237,3 +237,22 @@ def test_planned_failover_carries_connections_in_flight(edges):
     assert edges.procs[0].wait(30) == 0, edges.log(0)
     assert "bridging connections in flight to 198.18.0.11" in edges.log(1)
     assert not edges.edges[0].has_address(edgelab.VIP), "the old master released the VIP after draining"
+
+
+@pytest.mark.timeout(60)
+def test_stale_handover_tables_are_removed_at_start(lab, tmp_path):
+    """A run killed mid-hand-over must not leave this node silent on ARP for its VIPs."""
+    require_nft = subprocess.run(["which", "nft"], capture_output=True).returncode == 0
+    if not require_nft:
+        pytest.skip("needs `nft` (Debian package nftables)")
+    built = edgelab.build(lab, tmp_path / "lab", edges=1, backends=1, advert_interval=0.1)
+    edge = built.edges[0]
+    edge.run(["nft", "-f", "-"], input="table arp vipd_quiet_51 { chain input { type filter hook input priority 0; "
+             "arp operation request arp daddr ip 198.18.0.100 drop; }\n}\n")
+    built.start_edge(0)
+    try:
+        assert edgelab.wait_for(lambda: built.state(0) == "MASTER", 20), built.log(0)
+        assert "vipd_quiet_51" not in edge.run(["nft", "list", "tables"]).stdout
+        built.client.run(["ping", "-c", "1", "-W", "2", edgelab.VIP])
+    finally:
+        built.stop_edge(0, signal.SIGTERM)

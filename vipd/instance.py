@@ -145,6 +145,11 @@ class VrrpInstance:
             log.warning("vrrp %s: removing VIPs left on %s by an earlier run: %s", self.name, c.interface,
                         ", ".join(map(str, stale)))
             await self.addresses.remove(c.interface, stale)
+        if c.family == socket.AF_INET:
+            # A run killed mid-hand-over leaves its nft tables behind; a stale ARP silence would
+            # hide this node's VIPs the next time it is master.
+            await handover.remove("arp", handover.quiet_table(c.vrid))
+            await handover.remove("ip", handover.bridge_table(c.vrid))
         self.channel = self.channels.register(c.interface, c.family, c.vrid, self._on_packet)
         self.interfaces.subscribe(self._on_link)
         self._rebuild_frames()
