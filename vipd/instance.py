@@ -74,7 +74,6 @@ class VrrpInstance:
         self._last_peer_log = 0.0
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
-        self._resigned_from: str | None = None
         self._bridge: asyncio.Task | None = None
         self._keep_vips = False
         self.kept_vips: list = []
@@ -294,7 +293,7 @@ class VrrpInstance:
         self.adverts_received += 1
         if result.priority == 0 and self.router.master is not None and \
                 ipaddress.ip_address(src) == ipaddress.ip_address(self.router.master):
-            self._resigned_from = src
+            self._prepare_bridge(src)
         self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
 
     # ---------------------------------------------------------------- the state machine
@@ -405,6 +404,14 @@ class VrrpInstance:
         self.kept_vips = []
         await handover.remove("arp", handover.quiet_table(self.config.vrid))
 
+    def _prepare_bridge(self, predecessor: str) -> None:
+        """The master resigned: set up the bridge back to it now, so it is in place before our
+        gratuitous ARP turns clients around (harmless if another backup wins: no VIP, no match)."""
+        if not self.bridge_ports or self.config.family != socket.AF_INET:
+            return
+        if self._bridge is None or self._bridge.done():
+            self._bridge = asyncio.ensure_future(self._run_bridge(predecessor))
+
     async def _run_bridge(self, predecessor: str) -> None:
         try:
             if await handover.bridge_to(predecessor, [v.ip for v in self._managed_vips()], self.bridge_ports,
@@ -430,11 +437,9 @@ class VrrpInstance:
                 change.new.value, change.reason, self.router.effective_priority, self.router.master or "unknown")
         if change.new is not fsm.State.MASTER:
             self._cancel_garp()
-            if self._bridge is not None:
+            if self._bridge is not None and change.old is fsm.State.MASTER:
                 asyncio.ensure_future(self._end_bridge())
-        elif (change.reason == "master_resigned" and self._resigned_from and self.bridge_ports
-              and self.config.family == socket.AF_INET):
-            self._bridge = asyncio.ensure_future(self._run_bridge(self._resigned_from))
+
         self.notify.push(self.config.notify.for_state(change.new.value), change.new.value,
                          self.router.effective_priority, self._vip_change)
 
