@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import ctypes
 import hashlib
-import json
 import os
 import random
 import signal
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vipd.control import backend_path, request  # noqa: E402
+from vipd.edgelab import toml_value  # noqa: E402
 from vipd.lab import Host  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
@@ -191,16 +191,6 @@ def failures(attempts: list[Attempt], after: float | None = None) -> list[Attemp
 
 
 # --- the proxy under test
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
 
 def frontend(name: str, listen: str, backends: list[str], health: dict | None = None, **settings) -> dict:
     return {"name": name, "listen": listen, "backends": backends,

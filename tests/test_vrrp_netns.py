@@ -18,6 +18,7 @@ import pytest
 
 from conftest import require_binary
 from vipd import edgelab
+from vipd.edgelab import toml_value
 from vipd.lab import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -28,22 +29,7 @@ INTERVAL = 0.05
 
 
 def wait_for(predicate, timeout: float = 15.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
-def toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml(v) for v in value) + "]"
-    return repr(value)
+    return edgelab.wait_for(predicate, timeout, step)
 
 
 class Node:
@@ -62,9 +48,9 @@ class Node:
         lines = ["[node]", f'name = "{self.name}"', f'control_socket = "{self.socket}"', ""]
         for vrrp in instances:
             vrrp = {"interface": "eth0", "advert_interval": INTERVAL, "garp_repeat": 2, **vrrp}
-            lines += ["[[vrrp]]", *(f"{k} = {toml(v)}" for k, v in vrrp.items()), ""]
+            lines += ["[[vrrp]]", *(f"{k} = {toml_value(v)}" for k, v in vrrp.items()), ""]
             for track in (tracks or {}).get(vrrp["name"], []):
-                lines += ["  [[vrrp.track]]", *(f"  {k} = {toml(v)}" for k, v in track.items()), ""]
+                lines += ["  [[vrrp.track]]", *(f"  {k} = {toml_value(v)}" for k, v in track.items()), ""]
         self.config.write_text("\n".join(lines))
 
     def start(self) -> None:

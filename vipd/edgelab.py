@@ -52,7 +52,7 @@ class EdgeLab:
         vrrp.update(vrrp_overrides)
         lines = [
             "[node]", f'name = "edge-{i + 1}"', f'control_socket = "{self.socket(i)}"', "workers = 1", "",
-            "[[vrrp]]", *(f"{k} = {_toml(v)}" for k, v in vrrp.items()), "",
+            "[[vrrp]]", *(f"{k} = {toml_value(v)}" for k, v in vrrp.items()), "",
         ]
         if self.frontend_track_weight is not None:
             lines += ["  [[vrrp.track]]", '  frontend = "api"', f"  weight = {self.frontend_track_weight}", ""]
@@ -122,13 +122,14 @@ class EdgeLab:
         return labclient.load(str(self.workdir / "client.json"))
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
+    """A Python value as a TOML value, for the lab's generated configs."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
 
 
