@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vipd import edgelab  # noqa: E402
-from vipd.lab import Host, Lab, unavailable_reason  # noqa: E402
+from vipd.lab import edges  # noqa: E402
+from vipd.lab.keepalived import keepalived_config, start_keepalived  # noqa: E402
+from vipd.lab.netns import Host, Lab, unavailable_reason  # noqa: E402
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 IMPLEMENTATIONS = ("vipd", "keepalived")
@@ -206,7 +207,7 @@ class Cluster:
     keepalived for VRRP with nginx (stream) as the proxy, configured alike (VRID, priorities 150/100,
     advert interval, VIP, listen port, backends)."""
 
-    def __init__(self, edge_lab: edgelab.EdgeLab, impl: str, workers: int = 1) -> None:
+    def __init__(self, edge_lab: edges.EdgeLab, impl: str, workers: int = 1) -> None:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {impl!r}")
         self.edge_lab = edge_lab
@@ -230,8 +231,8 @@ class Cluster:
 
     def _keepalived_text(self, i: int) -> str:
         e = self.edge_lab
-        return edgelab.keepalived_config(router_id=f"edge-{i + 1}", vrid=e.vrid, priority=e.priorities[i],
-                                         advert_interval=e.advert_interval, virtual_ips=[f"{edgelab.VIP}/24"],
+        return keepalived_config(router_id=f"edge-{i + 1}", vrid=e.vrid, priority=e.priorities[i],
+                                         advert_interval=e.advert_interval, virtual_ips=[f"{edges.VIP}/24"],
                                          preempt=e.preempt)
 
     def start(self, i: int) -> None:
@@ -240,10 +241,10 @@ class Cluster:
             self.daemons[i] = e.start_edge(i)
             return
         (e.workdir / f"edge{i + 1}.keepalived.log").unlink(missing_ok=True)
-        backends = [f"{b.ipv4}:{edgelab.BACKEND_PORT}" for b in e.backends]
-        self.proxies[i] = start_nginx(self.hosts[i], e.workdir, f"edge{i + 1}", backends, edgelab.PORT,
+        backends = [f"{b.ipv4}:{edges.BACKEND_PORT}" for b in e.backends]
+        self.proxies[i] = start_nginx(self.hosts[i], e.workdir, f"edge{i + 1}", backends, edges.PORT,
                                       self.workers)
-        self.daemons[i] = edgelab.start_keepalived(self.hosts[i], e.workdir, f"edge{i + 1}", self._keepalived_text(i))
+        self.daemons[i] = start_keepalived(self.hosts[i], e.workdir, f"edge{i + 1}", self._keepalived_text(i))
 
     def state(self, i: int) -> str | None:
         if self.impl == "vipd":
@@ -257,7 +258,7 @@ class Cluster:
     def serving(self, i: int) -> bool:
         """The edge's proxy listens and has a healthy backend (vipd: per its health checks)."""
         if self.impl == "keepalived":
-            return listening(self.hosts[i], edgelab.PORT)
+            return listening(self.hosts[i], edges.PORT)
         status = self.edge_lab.status(i)
         return bool(status and status.get("frontends") and
                     any(b["state"] == "up" for b in status["frontends"][0]["backends"]))
@@ -272,12 +273,12 @@ class Cluster:
     def bring_up(self, timeout: float) -> None:
         """edge-1 MASTER holding the VIP, then edge-2 BACKUP, both proxies serving; RuntimeError if not."""
         self.start(0)
-        if not edgelab.wait_for(lambda: self._exited() or (self.edge_lab.holders() == [0] and
+        if not edges.wait_for(lambda: self._exited() or (self.edge_lab.holders() == [0] and
                                 self.state(0) == "MASTER" and self.serving(0)), timeout) or self._exited():
             raise RuntimeError(f"{self.impl}: edge-1 did not become master ({self._exited() or 'timeout'})\n"
                                f"{self.logs()}")
         self.start(1)
-        if not edgelab.wait_for(lambda: self._exited() or (self.state(1) == "BACKUP" and self.serving(1)),
+        if not edges.wait_for(lambda: self._exited() or (self.state(1) == "BACKUP" and self.serving(1)),
                                 timeout) or self._exited():
             raise RuntimeError(f"{self.impl}: edge-2 did not come up as backup ({self._exited() or 'timeout'})\n"
                                f"{self.logs()}")
@@ -300,7 +301,7 @@ class Cluster:
         self.edge_lab.lab.heal()
         for host in self.hosts:
             host.set_link(True)
-            host.run(["ip", "addr", "del", f"{edgelab.VIP}/24", "dev", host.ifname], check=False)
+            host.run(["ip", "addr", "del", f"{edges.VIP}/24", "dev", host.ifname], check=False)
 
     def logs(self, tail: int = 2000) -> str:
         out = []

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import Cluster, edgelab
+from _common import Cluster, edges
 
 BACKUP_PRIORITY = 100
 
@@ -41,7 +41,7 @@ def wrk(cluster: Cluster, duration: float, connections: int, threads: int) -> tu
     with open(out, "wb") as f:
         proc = cluster.edge_lab.client.popen(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "2s",
-             f"http://{edgelab.VIP}:{edgelab.PORT}/"], stdout=f, stderr=subprocess.STDOUT)
+             f"http://{edges.VIP}:{edges.PORT}/"], stdout=f, stderr=subprocess.STDOUT)
     return proc, out
 
 
@@ -113,7 +113,7 @@ def main() -> int:
 
     rows: list[tuple[str, str, float, dict]] = []
     with _common.lab_session("vipd-bench-jitter-", args.keep) as (lab, workdir):
-        edge_lab = edgelab.build(lab, workdir / "lab", advert_interval=args.interval, preempt=True)
+        edge_lab = edges.build(lab, workdir / "lab", advert_interval=args.interval, preempt=True)
         for impl in impls:
             cluster = Cluster(edge_lab, impl, workers=args.workers)
             capture = watch = None
@@ -122,7 +122,7 @@ def main() -> int:
                 cluster.configure(args.interval)
                 cluster.bring_up(timeout=10 * args.interval + 15)
                 capture = _common.AdvertTap(cluster.hosts[1])
-                watch = _common.AddressWatch(cluster.hosts[1], edgelab.VIP)
+                watch = _common.AddressWatch(cluster.hosts[1], edges.VIP)
                 if args.idle:
                     rows.append((impl, "idle", args.idle, phase(cluster, capture, watch, args.idle, None)))
                     print(f"{impl}: idle done", flush=True)

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 import _common
-from _common import Cluster, edgelab
-from vipd import labclient
+from _common import Cluster, edges
+
+from vipd.lab import connclient
 
 SCENARIOS = ("kill", "term", "link", "partition")
 # keepalived 2.2.7, measured earlier on this lab: VIP on the backup after the fault (s), by advert interval.
@@ -54,7 +55,7 @@ def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds
     cluster.configure(interval)
     cluster.bring_up(timeout=10 * interval + 15)
     t_master = time.monotonic()
-    watch = _common.AddressWatch(e.edges[1], edgelab.VIP)
+    watch = _common.AddressWatch(e.edges[1], edges.VIP)
     tap = _common.AdvertTap(e.edges[1])
     client = e.start_client(interval=0.01, duration=120, timeout=3)
     try:
@@ -95,17 +96,17 @@ def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds
         attempts = e.finish_client(client)
         watch.close()
         tap.close()
-    steady = labclient.summarize(attempts, None, t_fault)
+    steady = connclient.summarize(attempts, None, t_fault)
     # From half a second before the fault, so the longest gap spans the last reply before it.
-    during = labclient.summarize(attempts, t_fault - 0.5, t_end)
+    during = connclient.summarize(attempts, t_fault - 0.5, t_end)
     return {"took": took, "since_advert": None if heard is None else t_fault - heard,
             "steady_failed": steady["failed"], "longest_gap": longest_gap(attempts, t_fault - 0.5, t_end),
             **{k: during[k] for k in ("failed", "slow", "requests", "errors")}}
 
 
-def longest_gap(attempts: list[labclient.Attempt], since: float, until: float) -> float:
+def longest_gap(attempts: list[connclient.Attempt], since: float, until: float) -> float:
     """The longest time without a successful reply in [since, until]; an outage still going on at
-    `until` counts up to there (labclient.summarize only sees gaps between two replies)."""
+    `until` counts up to there (connclient.summarize only sees gaps between two replies)."""
     ends = sorted(a.start + a.duration for a in attempts if a.ok and since <= a.start < until)
     if not ends:
         return until - since
@@ -138,7 +139,7 @@ def main() -> int:
 
     runs: dict[tuple, list[dict]] = {}
     with _common.lab_session("vipd-bench-failover-", args.keep) as (lab, workdir):
-        edge_lab = edgelab.build(lab, workdir / "lab", advert_interval=intervals[0], preempt=True)
+        edge_lab = edges.build(lab, workdir / "lab", advert_interval=intervals[0], preempt=True)
         for impl in impls:
             cluster = Cluster(edge_lab, impl)
             try:

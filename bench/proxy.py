@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import NGINX_STREAM_MODULE, fmt, markdown_table, median  # noqa: E402
-from vipd.lab import Host, Lab, unavailable_reason  # noqa: E402
+from vipd.lab.netns import Host, Lab, unavailable_reason  # noqa: E402
 
 BACKEND_PORT = 18080
 PORTS = {"direct": BACKEND_PORT, "nginx": 18081, "nginx-256k": 18082, "haproxy": 18083, "lbproxy": 18084}

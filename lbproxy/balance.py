@@ -9,9 +9,9 @@ whenever the backend list changes.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 import random
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import AbstractSet, Sequence
 

@@ -19,8 +19,8 @@ from typing import Callable
 
 import aiohttp
 
-from vipd.config import BackendConfig, FrontendConfig, HealthConfig
-from vipd.health import HealthCounter
+from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig
+from lbproxy.health import HealthCounter
 
 log = logging.getLogger("lbproxy.health")
 

@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 
-from vipd.config import BackendConfig, FrontendConfig, HealthConfig
+from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig
 
 log = logging.getLogger("lbproxy.ipc")
 

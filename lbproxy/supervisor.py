@@ -24,8 +24,8 @@ from typing import Callable
 
 import lbproxy
 from lbproxy import ipc
+from lbproxy.config import FrontendConfig, ProxyConfig
 from lbproxy.healthcheck import HealthChecker
-from vipd.config import Config, FrontendConfig
 
 log = logging.getLogger("lbproxy")
 
@@ -66,7 +66,7 @@ class _Worker:
 
 
 class _Generation:
-    def __init__(self, number: int, config: Config) -> None:
+    def __init__(self, number: int, config: ProxyConfig) -> None:
         self.number = number
         self.config = config
         self.workers: dict[int, _Worker] = {}
@@ -80,7 +80,7 @@ class _Generation:
 
 
 class ProxySupervisor:
-    def __init__(self, config: Config, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: ProxyConfig, on_change: Callable[[], None] | None = None) -> None:
         self.config = config
         self.on_change = on_change
         self.checkers: dict[str, HealthChecker] = {}
@@ -113,9 +113,9 @@ class ProxySupervisor:
                  len(generation.workers))
         self._changed()
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: ProxyConfig) -> None:
         old = self.config
-        listeners = lambda c: ({(f.name, f.listen) for f in c.frontends}, c.node.workers)
+        listeners = lambda c: ({(f.name, f.listen) for f in c.frontends}, c.workers)
         for frontend in config.frontends:
             if frontend.name in self.checkers:
                 self.checkers[frontend.name].update(frontend)
@@ -248,7 +248,7 @@ class ProxySupervisor:
 
     # --- workers
 
-    def _new_generation(self, config: Config) -> _Generation:
+    def _new_generation(self, config: ProxyConfig) -> _Generation:
         self._generations += 1
         return _Generation(self._generations, config)
 
@@ -259,7 +259,7 @@ class ProxySupervisor:
         return alive
 
     async def _boot(self, generation: _Generation) -> None:
-        workers = [await self._spawn(generation, slot) for slot in range(generation.config.node.workers)]
+        workers = [await self._spawn(generation, slot) for slot in range(generation.config.workers)]
         try:
             await asyncio.wait_for(asyncio.gather(*(w.listening for w in workers)), BOOT_TIMEOUT)
         except asyncio.TimeoutError:
@@ -279,7 +279,7 @@ class ProxySupervisor:
         try:
             worker.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "lbproxy.worker", "--ipc-fd", str(child.fileno()),
-                "--name", worker.name, "--log-level", generation.config.node.log_level,
+                "--name", worker.name, "--log-level", generation.config.log_level,
                 pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
         except OSError as exc:
             parent.close()
@@ -295,10 +295,10 @@ class ProxySupervisor:
         log.debug("proxy: started worker %s (pid %d)", worker.name, worker.proc.pid)
         return worker
 
-    def _configure_message(self, config: Config) -> dict:
+    def _configure_message(self, config: ProxyConfig) -> dict:
         states = {name: {a: bh.state for a, bh in checker.backends.items()}
                   for name, checker in self.checkers.items()}
-        return {"op": "configure", "workers": config.node.workers, "states": states,
+        return {"op": "configure", "workers": config.workers, "states": states,
                 "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
 
     async def _read(self, worker: _Worker) -> None:
@@ -379,7 +379,7 @@ class ProxySupervisor:
         await self._wait_exits(workers, timeout, generation.config)
 
     async def _wait_exits(self, workers: list[_Worker], timeout: float | None,
-                          config: Config | None = None) -> None:
+                          config: ProxyConfig | None = None) -> None:
         config = config or self.config
         longest = timeout if timeout is not None else max([f.drain_timeout for f in config.frontends] or [0.0])
         if not await self._wait([w.exited for w in workers], longest + EXIT_GRACE):

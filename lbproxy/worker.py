@@ -20,7 +20,7 @@ import time
 import uvloop
 
 from lbproxy import ipc
-from lbproxy.splice import Frontend
+from lbproxy.frontend import Frontend
 
 log = logging.getLogger("lbproxy.worker")
 

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from vipd.lab import Lab, unavailable_reason
+from vipd.lab.netns import Lab, unavailable_reason
 
 
 def require_binary(name: str, package: str | None = None) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vipd.config import ConfigError, load, parse, split_host_port
+from lbproxy.configreader import split_host_port
+from vipd.config import ConfigError, load, parse
 
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
 

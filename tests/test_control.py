@@ -10,13 +10,14 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from vipd.control import ControlError, ControlServer, request
+from vipd.control.client import request
+from vipd.control.server import ControlError, ControlServer
 
 REPO = Path(__file__).resolve().parent.parent
 LBCTL_TIMEOUT = 30.0
@@ -94,7 +95,7 @@ class BrokenNode(FakeNode):
 
 async def lbctl(socket_path: str | None, *args: str, as_nobody: bool = False,
                 env: dict | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "vipd.lbctl"]
+    argv = [sys.executable, "-m", "vipd.control.lbctl"]
     if socket_path is not None:
         argv += ["--socket", socket_path]
     argv += list(args)
@@ -338,7 +339,7 @@ def _require_nobody() -> None:
         pytest.skip("needs `setpriv` (Debian package util-linux)")
     probe = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         sys.executable, "-c", "import vipd.lbctl"],
+         sys.executable, "-c", "import vipd.control.lbctl"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"user nobody cannot run {sys.executable} with vipd importable")
@@ -373,14 +374,14 @@ def test_permission_denied_for_others_allowed_for_the_group(run_dir: Path) -> No
 @pytest.mark.timeout(60)
 def test_lbctl_does_not_import_aiohttp() -> None:
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, vipd.lbctl; print('aiohttp' in sys.modules)"],
+        [sys.executable, "-c", "import sys, vipd.control.lbctl; print('aiohttp' in sys.modules)"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "False"
 
 
 def test_table_tolerates_a_sparse_document() -> None:
-    from vipd.lbctl import render_status
+    from vipd.control.lbctl import render_status
 
     text = render_status({"node": "edge-2", "vrrp": [{"name": "x", "tracks": "garbage"}],
                           "frontends": [{"name": "web", "backends": [{"address": "198.18.0.30:80"}],

@@ -6,20 +6,20 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
-from vipd import edgelab, labclient
+from vipd.lab import connclient
+from vipd.lab.edges import VIP, build, wait_for
 
 
 def start_pair(lab, tmp_path, preempt=False):
-    built = edgelab.build(lab, tmp_path / "lab", advert_interval=0.1, preempt=preempt)
+    built = build(lab, tmp_path / "lab", advert_interval=0.1, preempt=preempt)
     built.start_edge(0)
     try:
-        assert edgelab.wait_for(lambda: built.holders() == [0] and built.state(0) == "MASTER", 20), built.log(0)
+        assert wait_for(lambda: built.holders() == [0] and built.state(0) == "MASTER", 20), built.log(0)
         built.start_edge(1)
-        assert edgelab.wait_for(lambda: built.state(1) == "BACKUP", 20), built.log(1)
+        assert wait_for(lambda: built.state(1) == "BACKUP", 20), built.log(1)
         yield built
     finally:
         for i in list(built.procs):
@@ -51,12 +51,12 @@ def test_planned_failover_loses_nothing(edges):
     time.sleep(1.5)
     t_term = time.monotonic()
     edges.procs[0].send_signal(signal.SIGTERM)
-    assert edgelab.wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
+    assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
     assert edges.procs[0].wait(30) == 0, edges.log(0)
     time.sleep(1.5)
     attempts = edges.finish_client(client)
-    during = labclient.summarize(attempts, since=t_term - 0.5)
-    whole = labclient.summarize(attempts)
+    during = connclient.summarize(attempts, since=t_term - 0.5)
+    whole = connclient.summarize(attempts)
     print("planned failover:", during)
     assert whole["requests"] > 200
     assert during["failed"] == 0, during
@@ -69,7 +69,7 @@ def test_planned_failover_loses_nothing(edges):
 def test_frontend_track_moves_vip_when_master_loses_all_backends(preempting_edges):
     edges = preempting_edges
     edges.lab.partition(["edge1"], ["be1", "be2", "be3"], vrrp_only=False)
-    assert edgelab.wait_for(lambda: edges.holders() == [1], 15), edges.log(0)
+    assert wait_for(lambda: edges.holders() == [1], 15), edges.log(0)
     status = edges.status(0)
     track = status["vrrp"][0]["tracks"][0]
     assert track["name"] == "frontend:api" and track["ok"] is False and track["weight"] == -60
@@ -77,10 +77,10 @@ def test_frontend_track_moves_vip_when_master_loses_all_backends(preempting_edge
     assert all(b["state"] == "down" for b in status["frontends"][0]["backends"])
     client = edges.start_client(interval=0.02, duration=2, timeout=2)
     attempts = edges.finish_client(client) if client.wait(10) is not None else []
-    assert attempts and labclient.summarize(attempts)["failed"] == 0
+    assert attempts and connclient.summarize(attempts)["failed"] == 0
     edges.lab.heal()
-    assert edgelab.wait_for(lambda: edges.status(0)["vrrp"][0]["tracks"][0]["ok"], 15)
-    assert edgelab.wait_for(lambda: edges.holders() == [0], 15), "preempt: the VIP comes back"
+    assert wait_for(lambda: edges.status(0)["vrrp"][0]["tracks"][0]["ok"], 15)
+    assert wait_for(lambda: edges.holders() == [0], 15), "preempt: the VIP comes back"
 
 
 @pytest.mark.timeout(120)
@@ -127,10 +127,10 @@ def test_lbctl_against_live_daemon(edges, tmp_path):
     config.write_text(good.replace("priority = 150", "priority = 140"))
     applied = edges.lbctl(0, "reload")
     assert applied.returncode == 0, applied.stderr
-    assert edgelab.wait_for(lambda: edges.status(0)["vrrp"][0]["priority"] == 140, 5)
+    assert wait_for(lambda: edges.status(0)["vrrp"][0]["priority"] == 140, 5)
     assert edges.state(0) == "MASTER", "a priority change in place does not flap the master"
 
-    missing = subprocess.run([sys.executable, "-m", "vipd.lbctl", "--socket", str(tmp_path / "none.sock"), "status"],
+    missing = subprocess.run([sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "none.sock"), "status"],
                              capture_output=True, text=True, timeout=10)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
@@ -138,12 +138,12 @@ def test_lbctl_against_live_daemon(edges, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_metrics_scraped(lab, tmp_path):
-    built = edgelab.build(lab, tmp_path / "lab", edges=1, backends=2, advert_interval=0.1)
+    built = build(lab, tmp_path / "lab", edges=1, backends=2, advert_interval=0.1)
     config = built.workdir / "edge1.toml"
     config.write_text(config.read_text().replace('workers = 1', 'workers = 1\nmetrics_listen = "127.0.0.1:9477"'))
     built.start_edge(0)
     try:
-        assert edgelab.wait_for(lambda: built.state(0) == "MASTER", 20), built.log(0)
+        assert wait_for(lambda: built.state(0) == "MASTER", 20), built.log(0)
         client = built.start_client(interval=0.01, duration=1, timeout=2)
         client.wait(10)
         built.finish_client(client)
@@ -225,9 +225,9 @@ def test_planned_failover_carries_connections_in_flight(edges):
     assert client.stdout.readline().strip() == "ready"
     new_mac = edges.edges[1].run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
     edges.procs[0].send_signal(signal.SIGTERM)
-    assert edgelab.wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
-    neighbour = lambda: edges.client.run(["ip", "neigh", "show", edgelab.VIP, "dev", "eth0"]).stdout
-    assert edgelab.wait_for(lambda: new_mac in neighbour(), 5), "the client did not follow the new master"
+    assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
+    neighbour = lambda: edges.client.run(["ip", "neigh", "show", VIP, "dev", "eth0"]).stdout
+    assert wait_for(lambda: new_mac in neighbour(), 5), "the client did not follow the new master"
     client.stdin.write("go\n")
     client.stdin.flush()
     results = json.loads(client.stdout.readline())
@@ -236,7 +236,7 @@ def test_planned_failover_carries_connections_in_flight(edges):
     assert all(r.startswith("HTTP/1.1 200 OK be-") for r in results), results
     assert edges.procs[0].wait(30) == 0, edges.log(0)
     assert "bridging connections in flight to 198.18.0.11" in edges.log(1)
-    assert not edges.edges[0].has_address(edgelab.VIP), "the old master released the VIP after draining"
+    assert not edges.edges[0].has_address(VIP), "the old master released the VIP after draining"
 
 
 @pytest.mark.timeout(60)
@@ -245,14 +245,14 @@ def test_stale_handover_tables_are_removed_at_start(lab, tmp_path):
     require_nft = subprocess.run(["which", "nft"], capture_output=True).returncode == 0
     if not require_nft:
         pytest.skip("needs `nft` (Debian package nftables)")
-    built = edgelab.build(lab, tmp_path / "lab", edges=1, backends=1, advert_interval=0.1)
+    built = build(lab, tmp_path / "lab", edges=1, backends=1, advert_interval=0.1)
     edge = built.edges[0]
     edge.run(["nft", "-f", "-"], input="table arp vipd_quiet_51 { chain input { type filter hook input priority 0; "
              "arp operation request arp daddr ip 198.18.0.100 drop; }\n}\n")
     built.start_edge(0)
     try:
-        assert edgelab.wait_for(lambda: built.state(0) == "MASTER", 20), built.log(0)
+        assert wait_for(lambda: built.state(0) == "MASTER", 20), built.log(0)
         assert "vipd_quiet_51" not in edge.run(["nft", "list", "tables"]).stdout
-        built.client.run(["ping", "-c", "1", "-W", "2", edgelab.VIP])
+        built.client.run(["ping", "-c", "1", "-W", "2", VIP])
     finally:
         built.stop_edge(0, signal.SIGTERM)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vipd.fsm import (
+from vipd.vrrp.fsm import (
     AddVips,
     AdvertReceived,
     FaultCleared,

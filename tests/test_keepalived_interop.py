@@ -16,15 +16,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import require_binary
-from vipd import edgelab
-from vipd.lab import Host, Lab
+
+from vipd.lab import edges
+from vipd.lab.keepalived import keepalived_config, start_keepalived
+from vipd.lab.netns import Host, Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ class MixedCluster:
 
     def keepalived_text(self) -> str:
         c = self.case
-        return edgelab.keepalived_config(
+        return keepalived_config(
             router_id="ka", vrid=51, priority=self.priority[KEEPALIVED], advert_interval=c.interval,
             virtual_ips=[f"{c.vip}/{64 if c.family == 6 else 24}"], version=c.version, auth_pass=c.auth_pass,
             unicast_src=self.source(KEEPALIVED) if c.transport == "unicast" else None,
@@ -128,7 +128,7 @@ class MixedCluster:
 
     def start(self, who: str) -> None:
         if who == KEEPALIVED:
-            self.procs[who] = edgelab.start_keepalived(self.hosts[who], self.workdir, "ka", self.keepalived_text())
+            self.procs[who] = start_keepalived(self.hosts[who], self.workdir, "ka", self.keepalived_text())
         else:
             self.write(VIPD)
             with open(self.vipd_log, "ab") as log:
@@ -144,7 +144,7 @@ class MixedCluster:
         self.procs[who].send_signal(signal.SIGHUP)
         reloaded = (lambda: "Reload complete" in self.log_since(who, mark)) if who == KEEPALIVED else \
                    (lambda: (s := self.vipd_status()) is not None and s["vrrp"][0]["priority"] == priority)
-        assert edgelab.wait_for(reloaded, 15), f"{who} did not reload\n{self.logs()}"
+        assert edges.wait_for(reloaded, 15), f"{who} did not reload\n{self.logs()}"
 
     def stop(self, who: str, sig: int) -> None:
         """SIGTERM: the daemon resigns and exits, waited for. SIGKILL: the daemon and its children die
@@ -157,7 +157,7 @@ class MixedCluster:
             proc.wait(10)
             # keepalived's orphaned VRRP child is reaped a moment later; a restart before that
             # would find it through the pid file and refuse to start.
-            edgelab.wait_for(lambda: not _signal_group(proc.pid, 0), 5, step=0.01)
+            edges.wait_for(lambda: not _signal_group(proc.pid, 0), 5, step=0.01)
         else:
             assert self.lab.stop(proc, sig, timeout=20) == 0, f"{who} exit status after SIGTERM\n{self.logs()}"
 
@@ -170,7 +170,7 @@ class MixedCluster:
     # ------------------------------------------------------------ observation
 
     def vipd_status(self) -> dict | None:
-        done = subprocess.run([sys.executable, "-m", "vipd.lbctl", "--socket", str(self.socket),
+        done = subprocess.run([sys.executable, "-m", "vipd.control.lbctl", "--socket", str(self.socket),
                                "status", "--json"], capture_output=True, text=True, timeout=10)
         if done.returncode != 0:
             return None
@@ -227,7 +227,7 @@ class MixedCluster:
                 return self.state(other) == "BACKUP" and not self.holds_vip(other)
             return True
         limit = timeout if timeout is not None else 10 * self.case.interval + 10
-        assert edgelab.wait_for(settled, limit), (
+        assert edges.wait_for(settled, limit), (
             f"expected {who} MASTER with the VIP, {other} {'BACKUP' if other_running else 'stopped'}; "
             f"states {who}={self.state(who)} {other}={self.state(other)}, VIP on "
             f"{[w for w in (KEEPALIVED, VIPD) if self.holds_vip(w)]}\n{self.logs()}")

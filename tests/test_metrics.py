@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vipd.metrics import MetricsServer
+from vipd.control.metrics import MetricsServer
 
 FULL = {
     "node": "edge-1",

@@ -5,10 +5,18 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vipd.packet import (
-    REASONS, Advert, Invalid, RxErrors, accept, decode, encode, password_bytes,
+from vipd.vrrp.packet import (
+    REASONS,
+    Advert,
+    Invalid,
+    RxErrors,
+    accept,
+    decode,
+    encode,
+    password_bytes,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared/vectors/keepalived"
@@ -388,7 +396,7 @@ def test_encode_refuses(advert, src, dst, match):
 
 
 def test_encode_refuses_unknown_checksum_mode():
-    with pytest.raises(ValueError, match="checksum_mode"):
+    with pytest.raises(ValueError, match="ChecksumMode"):
         encode(V3_ADVERT, src=V4_SRC, dst=V4_GROUP, checksum_mode="none")
 
 

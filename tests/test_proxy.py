@@ -11,11 +11,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_proxy_helpers import (
+    REPO,
+    KeepAlive,
+    Load,
+    NetnsSockets,
+    Proxy,
+    failures,
+    frontend,
+    http_get,
+    pattern_block,
+    pattern_sha256,
+    read_all,
+    start_http_backend,
+    start_sink,
+    wait_listening,
+)
 
-from vipd.control import request
-from test_proxy_helpers import (REPO, KeepAlive, Load, NetnsSockets, Proxy, failures, frontend,
-                                http_get, pattern_block, pattern_sha256, read_all, start_http_backend,
-                                start_sink, wait_listening)
+from vipd.control.client import request
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -448,12 +461,12 @@ def test_drain_timeout_ends_connections_that_do_not_finish(edge):
 def test_lbproxy_run_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[frontend]]\nname = "api"\nlisten = "nowhere"\n')
-    done = subprocess.run([sys.executable, "-m", "lbproxy", "run", "-c", str(bad)], cwd=str(REPO),
+    done = subprocess.run([sys.executable, "-m", "vipd.proxycli", "run", "-c", str(bad)], cwd=str(REPO),
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "frontend[0].listen" in done.stderr
-    missing = subprocess.run([sys.executable, "-m", "lbproxy", "run", "-c", str(tmp_path / "nope.toml")],
+    missing = subprocess.run([sys.executable, "-m", "vipd.proxycli", "run", "-c", str(tmp_path / "nope.toml")],
                              cwd=str(REPO), capture_output=True, text=True, timeout=30)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vipd.control import backend_path, request  # noqa: E402
-from vipd.edgelab import toml_value  # noqa: E402
-from vipd.lab import Host  # noqa: E402
+from vipd.control.client import backend_path, request  # noqa: E402
+from vipd.lab.edges import toml_value  # noqa: E402
+from vipd.lab.netns import Host  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 PATTERN_BLOCK = 1 << 20
@@ -225,7 +225,7 @@ class Proxy:
         self.config.write_text("\n".join(lines))
 
     def start(self, nofile: int | None = None, timeout: float = 20.0) -> None:
-        argv = ["-m", "lbproxy", "run", "-c", str(self.config)]
+        argv = ["-m", "vipd.proxycli", "run", "-c", str(self.config)]
         if nofile is not None:
             # Exec'd with the limit already in place, so the master and its workers inherit it.
             argv = ["-c", "import os, resource, sys; "
@@ -304,7 +304,7 @@ class Proxy:
 
 
 def start_http_backend(host: Host, listen: str, name: str, unhealthy_flag: Path | None = None) -> subprocess.Popen:
-    argv = ["-m", "vipd.labserver", "--listen", listen, "--name", name]
+    argv = ["-m", "vipd.lab.httpbackend", "--listen", listen, "--name", name]
     if unhealthy_flag is not None:
         argv += ["--unhealthy-if", str(unhealthy_flag)]
     return host.python(argv, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

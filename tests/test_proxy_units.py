@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from lbproxy import ipc
-from lbproxy.splice import make_listener
+from lbproxy.listener import make_listener
 from lbproxy.supervisor import _add
 from vipd.config import parse
 

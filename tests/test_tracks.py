@@ -6,12 +6,12 @@ import socket
 import time
 from pathlib import Path
 
-from vipd import fsm, packet
-from vipd.config import Notify, Track, VrrpConfig
-from vipd.instance import VrrpInstance
-from vipd.netio import Address, InterfaceTable
-from vipd.notify import NotifyQueue
-from vipd.tracks import ScriptTrack, TrackSet, effective_priority
+from vipd.vrrp import fsm, packet
+from vipd.vrrp.config import Notify, Track, VrrpConfig
+from vipd.vrrp.instance import VrrpInstance
+from vipd.vrrp.links import Address, InterfaceTable
+from vipd.vrrp.notify import NotifyQueue
+from vipd.vrrp.tracks import ScriptTrack, TrackSet, effective_priority
 
 
 def run(coro, timeout: float = 30):

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require_binary
-from vipd import edgelab
-from vipd.edgelab import toml_value
-from vipd.lab import Lab
+
+from vipd.lab import edges
+from vipd.lab.edges import toml_value
+from vipd.lab.keepalived import keepalived_config, start_keepalived
+from vipd.lab.netns import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -29,7 +30,7 @@ INTERVAL = 0.05
 
 
 def wait_for(predicate, timeout: float = 15.0, step: float = 0.05):
-    return edgelab.wait_for(predicate, timeout, step)
+    return edges.wait_for(predicate, timeout, step)
 
 
 class Node:
@@ -69,7 +70,7 @@ class Node:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> dict | None:
-        done = subprocess.run([sys.executable, "-m", "vipd.lbctl", "--socket", str(self.socket), "status", "--json"],
+        done = subprocess.run([sys.executable, "-m", "vipd.control.lbctl", "--socket", str(self.socket), "status", "--json"],
                               capture_output=True, text=True, timeout=20)
         if done.returncode != 0:
             return None
@@ -336,13 +337,13 @@ def test_mixed_cluster_with_keepalived(lab, tmp_path, case):
     vipd_node = Node(lab, tmp_path, "a", ["198.18.0.11/24", "2001:db8::11/64"])
     keepalived_host = lab.add_host("k", ["198.18.0.12/24", "2001:db8::12/64"])
     lab.wait_link_local()
-    conf = edgelab.keepalived_config(router_id="k", vrid=51, priority=100, advert_interval=spec["interval"],
+    conf = keepalived_config(router_id="k", vrid=51, priority=100, advert_interval=spec["interval"],
                                      virtual_ips=[spec["vip"]], version=spec["version"], auth_pass=spec["auth_pass"])
     vrrp = api(150, advert_interval=spec["interval"], version=spec["version"], virtual_ips=[spec["vip"]])
     if spec["auth_pass"]:
         vrrp["auth_pass"] = spec["auth_pass"]
     vipd_node.write([vrrp])
-    keepalived = edgelab.start_keepalived(keepalived_host, tmp_path, "k", conf)
+    keepalived = start_keepalived(keepalived_host, tmp_path, "k", conf)
     keepalived_log = lambda: (tmp_path / "k.keepalived.log").read_text(errors="replace")
     try:
         assert wait_for(lambda: keepalived_host.has_address(vip), 20), keepalived_log()

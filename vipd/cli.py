@@ -40,7 +40,7 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the daemons' logs."),
 ) -> None:
     """Build a namespace lab (2 edges, 3 backends, 1 client), fail the master over, report."""
-    from vipd.demo import run_demo
+    from vipd.lab.demo import run_demo
     raise typer.Exit(run_demo(verbose=verbose))
 
 

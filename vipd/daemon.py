@@ -48,10 +48,8 @@ class Daemon:
         self.commands: asyncio.Queue | None = None
 
     def load(self) -> configmod.Config:
-        loaded = configmod.load(self.path, require_vrrp=True)
+        loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
         if not self.with_vrrp:
-            if not loaded.frontends:
-                raise configmod.ConfigError([f"{self.path}: frontend: lbproxy needs at least one [[frontend]]"])
             loaded = dataclasses.replace(loaded, vrrp=())
         return loaded
 
@@ -77,7 +75,7 @@ class Daemon:
         return self._set_drain(frontend, backend, False)
 
     def _set_drain(self, frontend: str, backend: str, drained: bool) -> dict:
-        from vipd.control import ControlError
+        from vipd.control.server import ControlError
         if self.proxy is None:
             raise ControlError(404, f"no frontend {frontend!r}: this node runs no [[frontend]]")
         try:
@@ -90,7 +88,7 @@ class Daemon:
 
     async def reload(self) -> dict:
         """Control-socket reload: queued like SIGHUP so it never races another command."""
-        from vipd.control import ControlError
+        from vipd.control.server import ControlError
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         assert self.commands is not None
         self.commands.put_nowait(("reload", done))
@@ -110,22 +108,22 @@ class Daemon:
 
     async def _start_proxy(self, cfg: configmod.Config) -> None:
         from lbproxy.supervisor import ProxySupervisor
-        self.proxy = ProxySupervisor(cfg, on_change=self._frontends_changed)
+        self.proxy = ProxySupervisor(cfg.proxy, on_change=self._frontends_changed)
         await self.proxy.start()
 
     async def _start_vrrp(self, cfg: configmod.Config) -> None:
-        from vipd.vrrp_service import VrrpService
+        from vipd.vrrp.service import VrrpService
         self.vrrp = VrrpService(cfg, frontend_ok=self._frontend_ok)
         await self.vrrp.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
-        from vipd.control import ControlServer
+        from vipd.control.server import ControlServer
         self.control = ControlServer(node.control_socket, self, group=node.control_group)
         await self.control.start()
 
     async def _start_metrics(self, node: configmod.NodeConfig) -> None:
         if node.metrics_listen:
-            from vipd.metrics import MetricsServer
+            from vipd.control.metrics import MetricsServer
             self.metrics = MetricsServer(node.metrics_listen, self.status_document)
             await self.metrics.start()
 
@@ -153,7 +151,7 @@ class Daemon:
         old = self.config
         assert old is not None
         if self.proxy is not None and new.frontends:
-            await self.proxy.reload(new)
+            await self.proxy.reload(new.proxy)
         elif self.proxy is not None:
             await self.proxy.stop_accepting()
             await self.proxy.drain()

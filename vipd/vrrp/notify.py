@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from vipd.tracks import cancel_and_wait, run_command
+from vipd.vrrp.tracks import cancel_and_wait, run_command
 
 log = logging.getLogger("vipd.vrrp")
 

@@ -10,8 +10,10 @@ import logging
 from typing import Callable
 
 from vipd.config import Config
-from vipd.instance import VrrpInstance, needs_recreate
-from vipd.netio import AddressWorker, ChannelPool, InterfaceTable, NetlinkMonitor, VrrpError
+from vipd.vrrp.addresses import AddressWorker
+from vipd.vrrp.instance import VrrpInstance, needs_recreate
+from vipd.vrrp.links import InterfaceTable, NetlinkMonitor, VrrpError
+from vipd.vrrp.sockets import ChannelPool
 
 __all__ = ["VrrpService", "VrrpError"]
 

@@ -6,6 +6,7 @@ over the IP source, destination and TTL/hop limit it got from the socket.
 """
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import struct
@@ -16,7 +17,6 @@ from typing import Callable
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REASONS = ("ttl", "version", "type", "length", "checksum", "vrid", "auth", "interval", "family")
-CHECKSUM_MODES = ("pseudo_header", "message_only")
 
 IPPROTO_VRRP = 112
 VRRP_TTL = 255
@@ -29,6 +29,13 @@ MAX_ADVER_INT_MASK = 0x0FFF  # the top 4 bits of the v3 interval word are "rsvd"
 _V3_HEADER = struct.Struct("!BBBBHH")   # version|type, VRID, priority, count, rsvd|max adver int, checksum
 _V2_HEADER = struct.Struct("!BBBBBBH")  # version|type, VRID, priority, count, auth type, adver int, checksum
 _CHECKSUM_OFFSET = 6
+
+
+
+class ChecksumMode(enum.StrEnum):
+    """The v3 IPv4 checksum sent: keepalived's (with the IPv4 pseudo-header) or RFC 5798's text."""
+    PSEUDO_HEADER = "pseudo_header"
+    MESSAGE_ONLY = "message_only"
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ def _with_checksum(message: bytes, checksum: int) -> bytes:
     return message[:_CHECKSUM_OFFSET] + struct.pack("!H", checksum) + message[_CHECKSUM_OFFSET + 2:]
 
 
-def encode(advert: Advert, *, src: str, dst: str, checksum_mode: str = "pseudo_header") -> bytes:
+def encode(advert: Advert, *, src: str, dst: str, checksum_mode: ChecksumMode = ChecksumMode.PSEUDO_HEADER) -> bytes:
     """The VRRP message for `advert` sent from src to dst. Raises ValueError for an advert that
     cannot go on the wire.
 
@@ -96,8 +103,7 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: str = "pseudo_h
     the IPv4 pseudo-header as for IPv6) and "message_only". v2 always sums the message alone, v3 over
     IPv6 always includes the IPv6 pseudo-header; checksum_mode does not change those.
     """
-    if checksum_mode not in CHECKSUM_MODES:
-        raise ValueError(f"checksum_mode {checksum_mode!r}; expected one of {CHECKSUM_MODES}")
+    checksum_mode = ChecksumMode(checksum_mode)
     src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     families = {a.version for a in advert.addresses} or {src_ip.version}
     if len(families) > 1:
@@ -120,7 +126,7 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: str = "pseudo_h
             raise ValueError(f"v3 interval {advert.interval_cs} cs outside 1..{MAX_ADVER_INT_MASK}")
         message = _V3_HEADER.pack(0x30 | ADVERTISEMENT, advert.vrid, advert.priority, len(advert.addresses),
                                   advert.interval_cs, 0) + addresses
-        if family == 6 or checksum_mode == "pseudo_header":
+        if family == 6 or checksum_mode is ChecksumMode.PSEUDO_HEADER:
             return _with_checksum(message, _checksum(_pseudo_header(src_ip, dst_ip, len(message)) + message))
         return _with_checksum(message, _checksum(message))
 

@@ -1,15 +1,10 @@
-"""The worker's data path: accept, pick a backend, connect, then splice the two sockets.
+"""One proxied connection: a client leg and a backend leg, two asyncio Protocols on uvloop
+transports tied like Twisted's portforward. What one leg reads is written to the other, and when
+a transport's write buffer passes its high-water mark the other leg stops reading until it
+drains, so a connection never holds more than one read chunk plus one write buffer per direction.
 
-A proxied connection is two asyncio Protocols on uvloop transports, tied like Twisted's
-portforward: what one leg reads is written to the other, and when a transport's write buffer
-passes its high-water mark the other leg stops reading until it drains, so a connection never
-holds more than one read chunk plus one write buffer per direction.
-
-The client socket is accepted by hand (not by uvloop's server, which closes its listener on
-EMFILE) and stays a bare file descriptor until its backend connection is up: nothing is read
-from the client before then, so a failed connect can be retried on another backend without
-losing a byte. Timeouts (connect, idle, half-close) are swept by one periodic tick per worker
-instead of a timer per connection.
+Nothing is read from the client before its backend connection is up, so a failed connect can be
+retried on another backend without losing a byte.
 """
 from __future__ import annotations
 
@@ -18,20 +13,18 @@ import errno
 import functools
 import logging
 import os
-import socket
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from lbproxy.balance import Candidate, make_balancer
-from vipd.config import BackendConfig, FrontendConfig
+from lbproxy.balance import Candidate
+from lbproxy.config import BackendConfig
+from lbproxy.listener import AcceptedSocket
+
+if TYPE_CHECKING:
+    from lbproxy.frontend import Frontend
 
 log = logging.getLogger("lbproxy.worker")
 
-KEEPALIVE_IDLE = 60        # seconds before the first TCP keepalive probe
-KEEPALIVE_INTERVAL = 10
-KEEPALIVE_PROBES = 6
-ACCEPT_BATCH = 64          # accepts per readiness callback, so one busy listener cannot starve the rest
-LISTEN_BACKLOG = 4096
 # Errors that say "this machine is out of something", not "that backend is broken": they are
 # not reported as passive health failures and make the accept loop back off instead.
 LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
@@ -43,38 +36,6 @@ BULK_SWITCH = 64 * 1024    # a read at least this large marks a bulk flow
 _bulk_buffer = [memoryview(bytearray(BULK_CHUNK))]
 
 ReportFailure = Callable[[str, str, str], None]   # (frontend, backend address, reason)
-
-
-def make_listener(host: str, port: int) -> socket.socket:
-    """A non-blocking SO_REUSEPORT listener; accepted sockets inherit NODELAY and keepalive."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            # One listen address, one family, as nginx does: "[::]:443" does not take IPv4.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_FREEBIND", 78), 1)
-        else:
-            # Lets a backup node listen on a virtual IP it does not hold yet.
-            sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", 15), 1)
-        _set_tcp_options(sock)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _set_tcp_options(sock) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def _drive(coro, done: Callable[[BaseException | None], None]) -> asyncio.Future | None:
@@ -113,44 +74,6 @@ def describe_connect_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
-
-
-class _AcceptedSocket:
-    """The part of a socket object uvloop's connect_accepted_socket uses. Building a real
-    socket.socket around the accepted descriptor costs a getsockname() and two enum
-    conversions per connection; libuv takes the descriptor over and closes it itself."""
-
-    __slots__ = ("family", "_fd")
-    type = socket.SOCK_STREAM
-
-    def __init__(self, family: int, fd: int) -> None:
-        self.family = family
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        pass
-
-
-def _set_keepalive(transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.fileno())
-    except OSError:
-        return                                   # already closed under us
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
 
 
 class BackendSlot:
@@ -417,7 +340,7 @@ class Connection:
         self.client = client
         client.forward = transport.write
         fd, self.fd = self.fd, -1
-        _drive(fe.loop.connect_accepted_socket(client, _AcceptedSocket(self.family, fd)), self._client_done)
+        _drive(fe.loop.connect_accepted_socket(client, AcceptedSocket(self.family, fd)), self._client_done)
 
     def _client_done(self, exc: BaseException | None) -> None:
         client = self.client
@@ -496,215 +419,3 @@ class Connection:
             self.slot = None
         if not fe.connections:
             fe.idle_event()
-
-
-class Frontend:
-    """One [[frontend]] inside one worker: its listener, backends, balancer and connections."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, config: FrontendConfig, workers: int,
-                 states: dict[str, str], report_failure: ReportFailure) -> None:
-        self.loop = loop
-        self.name = config.name
-        self.report_failure = report_failure
-        self.connections: set[Connection] = set()
-        self.connecting: dict[Connection, None] = {}
-        self.accepted = self.refused = self.failed = 0
-        self.all_down = False
-        self.listener: socket.socket | None = None
-        self.accepting = False
-        self._slots: dict[str, BackendSlot] = {}
-        self.backoff = 0.0
-        self._resume_handle: asyncio.TimerHandle | None = None
-        self._log_times: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._idle_waiters: list[asyncio.Future] = []
-        self.configure(config, workers, states)
-
-    def configure(self, config: FrontendConfig, workers: int, states: dict[str, str]) -> None:
-        """Apply a (re)loaded frontend: backends keep their counters by address."""
-        self.config = config
-        self.max_connections = -(-config.max_connections // max(workers, 1))
-        slots = []
-        for index, backend in enumerate(config.backends):
-            slot = self._slots.get(backend.address)
-            if slot is None:
-                slot = self._slots[backend.address] = BackendSlot(backend, index, states.get(backend.address, "up"))
-            else:
-                slot.configure(backend, index)
-            if backend.address in states:
-                slot.candidate.state = states[backend.address]
-            slots.append(slot)
-        self.slots = slots
-        self.pool = [s.candidate for s in slots]
-        self.balancer = make_balancer(config.balance, self.pool)
-
-    def set_state(self, address: str, state: str) -> None:
-        slot = self._slots.get(address)
-        if slot is not None:
-            slot.candidate.state = state
-
-    # --- accepting
-
-    def listen(self) -> None:
-        self.listener = make_listener(self.config.listen_host, self.config.listen_port)
-        self.family = self.listener.family
-        self._start_accepting()
-
-    def _start_accepting(self) -> None:
-        self._resume_handle = None
-        if self.listener is not None:
-            self.loop.add_reader(self.listener.fileno(), self._on_acceptable)
-            self.accepting = True
-
-    def _on_acceptable(self) -> None:
-        accept = self.listener._accept
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, address = accept()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in LOCAL_ERRORS:
-                    self.local_resource_error("accept", exc)
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
-                    continue
-                self._rate_limited("accept", "%s: accept failed: %s", self.name, exc)
-                self._pause_accepting()
-                return
-            self.backoff = 0.0
-            self.take(fd, address[0])
-            if self._resume_handle is not None:
-                return                               # out of descriptors: backing off
-
-    def take(self, fd: int, client_ip: str) -> None:
-        self.accepted += 1
-        if len(self.connections) >= self.max_connections:
-            os.close(fd)
-            self.refused += 1
-            self._rate_limited("max_connections", "%s: max_connections (%d in this worker) reached; "
-                               "closing new connections", self.name, self.max_connections)
-            return
-        conn = Connection(self, fd, self.family, client_ip)
-        self.connections.add(conn)
-        conn.connect()
-
-    def local_resource_error(self, what: str, exc: OSError) -> None:
-        self._rate_limited("resources", "%s: %s: %s; pausing accepts, existing connections carry on",
-                           self.name, what, exc.strerror or exc)
-        self._pause_accepting()
-
-    def _pause_accepting(self) -> None:
-        if self._resume_handle is not None or self.listener is None:
-            return
-        self.loop.remove_reader(self.listener.fileno())
-        self.backoff = min(max(self.backoff * 2, 0.02), 1.0)
-        self._resume_handle = self.loop.call_later(self.backoff, self._start_accepting)
-
-    def stop_accepting(self) -> int:
-        """Close the listener after taking whatever is already queued on it; how many were."""
-        if self.listener is None:
-            return 0
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
-        else:
-            self.loop.remove_reader(self.listener.fileno())
-        taken = 0
-        # Closing a listener resets what waits in its queue (unless the kernel migrates it):
-        # serve those first.
-        for _ in range(100_000):
-            try:
-                fd, address = self.listener._accept()
-            except OSError:
-                break
-            taken += 1
-            self.take(fd, address[0])
-        self.listener.close()
-        self.listener = None
-        self.accepting = False
-        return taken
-
-    # --- timeouts and draining
-
-    def sweep_connecting(self, now: float) -> None:
-        for conn in list(self.connecting):
-            if conn.deadline > now:
-                break                        # ordered by start, one timeout per frontend
-            del self.connecting[conn]
-            conn.time_out()
-
-    def sweep_idle(self, now: float) -> None:
-        idle = self.config.idle_timeout
-        half = self.config.half_close_timeout
-        for conn in list(self.connections):
-            client, backend = conn.client, conn.backend
-            if client is None or client.transport is None:
-                continue
-            if not conn.keepalive:
-                # The client leg inherits keepalive from the listener. The backend leg gets it
-                # here, on its first sweep: probes start after KEEPALIVE_IDLE anyway, and the
-                # short-lived majority never pays the five system calls.
-                conn.keepalive = True
-                if not backend.lost:
-                    _set_keepalive(backend.transport)
-            if client.moved or backend.moved:
-                client.moved = backend.moved = False
-                conn.quiet_since = now
-            elif now - conn.quiet_since >= (min(idle, half) if conn.half_closed_at else idle):
-                # Half-closed connections get the shorter of the two: one side is done, and a
-                # peer that never closes the other direction must not pin it for idle_timeout.
-                log.debug("%s: closing a connection quiet for %.1fs%s", self.name, now - conn.quiet_since,
-                          " (half-closed)" if conn.half_closed_at else "")
-                conn.abort()
-
-    def abort_all(self) -> None:
-        for conn in list(self.connections):
-            conn.abort()
-
-    def idle_event(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no connection is left; False when `timeout` passed first."""
-        if not self.connections:
-            return True
-        waiter = self.loop.create_future()
-        self._idle_waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return not self.connections
-        return True
-
-    # --- reporting
-
-    def note_all_down(self, all_down: bool) -> None:
-        self.all_down = all_down
-        if all_down:
-            log.warning("%s: every backend is down; trying them anyway", self.name)
-        else:
-            log.info("%s: a backend is up again", self.name)
-
-    def log_failure(self, reason: str) -> None:
-        self._rate_limited("failed", "%s: dropped a client connection: %s", self.name, reason)
-
-    def _rate_limited(self, key: str, message: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._log_times.get(key, -1e9) < 10.0:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        suppressed = self._suppressed.pop(key, 0)
-        self._log_times[key] = now
-        if suppressed:
-            message += f" ({suppressed} more since the last message)"
-        log.warning(message, *args)
-
-    def stats(self) -> dict:
-        return {"active": len(self.connections), "accepted": self.accepted, "refused": self.refused,
-                "failed": self.failed, "all_down": not any(c.state == "up" for c in self.pool),
-                "listening": self.listener is not None,
-                "backends": {s.address: s.stats() for s in self._slots.values()}}

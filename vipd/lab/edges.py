@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vipd import labclient
-from vipd.lab import Host, Lab
+from vipd.lab import connclient
+from vipd.lab.netns import Host, Lab
 
 VIP = "198.18.0.100"
 PORT = 6443
@@ -86,7 +86,7 @@ class EdgeLab:
         return self.lab.stop(self.procs[i], sig, timeout)
 
     def lbctl(self, i: int, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "vipd.lbctl", "--socket", self.socket(i), *args],
+        return subprocess.run([sys.executable, "-m", "vipd.control.lbctl", "--socket", self.socket(i), *args],
                               capture_output=True, text=True, timeout=timeout)
 
     def status(self, i: int) -> dict | None:
@@ -113,13 +113,13 @@ class EdgeLab:
     def start_client(self, interval: float = 0.01, duration: float = 60.0, timeout: float = 3.0) -> subprocess.Popen:
         out = self.workdir / "client.json"
         out.unlink(missing_ok=True)
-        return self.client.python(["-m", "vipd.labclient", "--target", f"{VIP}:{PORT}", "--interval",
+        return self.client.python(["-m", "vipd.lab.connclient", "--target", f"{VIP}:{PORT}", "--interval",
                                    str(interval), "--duration", str(duration), "--timeout", str(timeout),
                                    "--out", str(out)])
 
-    def finish_client(self, proc: subprocess.Popen) -> list[labclient.Attempt]:
+    def finish_client(self, proc: subprocess.Popen) -> list[connclient.Attempt]:
         self.lab.stop(proc, signal.SIGTERM, timeout=10)
-        return labclient.load(str(self.workdir / "client.json"))
+        return connclient.load(str(self.workdir / "client.json"))
 
 
 def toml_value(value) -> str:
@@ -152,7 +152,7 @@ def build(lab: Lab, workdir: Path, *, edges: int = 2, backends: int = 3, priorit
     backend_hosts = [lab.add_host(f"be{i + 1}", [f"198.18.0.{21 + i}/24"]) for i in range(backends)]
     client = lab.add_host("client", ["198.18.0.50/24"])
     for i, backend in enumerate(backend_hosts):
-        backend.python(["-m", "vipd.labserver", "--listen", f"0.0.0.0:{BACKEND_PORT}", "--name", f"be-{i + 1}",
+        backend.python(["-m", "vipd.lab.httpbackend", "--listen", f"0.0.0.0:{BACKEND_PORT}", "--name", f"be-{i + 1}",
                         "--unhealthy-if", str(workdir / f"be{i + 1}.unhealthy")],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -166,39 +166,3 @@ def build(lab: Lab, workdir: Path, *, edges: int = 2, backends: int = 3, priorit
         if not wait_for(listening, 10):
             raise RuntimeError(f"{backend.name}: lab backend did not start")
     return edge_lab
-
-
-def keepalived_config(*, router_id: str, vrid: int, priority: int, advert_interval: float,
-                      virtual_ips: list[str], version: int = 3, interface: str = "eth0", preempt: bool = True,
-                      auth_pass: str | None = None, unicast_src: str | None = None,
-                      unicast_peers: list[str] = ()) -> str:
-    """A keepalived.conf with one vrrp_instance, the same knobs as a `[[vrrp]]` table, so tests and
-    benches can run keepalived where they would run vipd."""
-    lines = ["global_defs {", f"  router_id {router_id}", f"  vrrp_version {version}", "}",
-             "vrrp_instance VI_1 {", "  state BACKUP", f"  interface {interface}",
-             f"  virtual_router_id {vrid}", f"  priority {priority}", f"  advert_int {advert_interval:g}"]
-    if not preempt:
-        lines.append("  nopreempt")
-    if auth_pass is not None:
-        lines += ["  authentication {", "    auth_type PASS", f"    auth_pass {auth_pass}", "  }"]
-    if unicast_src is not None:
-        lines.append(f"  unicast_src_ip {unicast_src}")
-    if unicast_peers:
-        lines += ["  unicast_peer {", *(f"    {peer}" for peer in unicast_peers), "  }"]
-    lines += ["  virtual_ipaddress {", *(f"    {vip}" for vip in virtual_ips), "  }", "}", ""]
-    return "\n".join(lines)
-
-
-def start_keepalived(host: Host, workdir: Path, name: str, config_text: str) -> subprocess.Popen:
-    """Real keepalived (VRRP only, foreground) in `host`'s namespace. Its pid files live in `workdir`,
-    so several run side by side; its log is `workdir/NAME.keepalived.log`. It forks a VRRP child into
-    the same process group: os.killpg(proc.pid, SIGKILL) kills both, SIGTERM to proc.pid resigns."""
-    conf = workdir / f"{name}.keepalived.conf"
-    conf.write_text(config_text)
-    log = open(workdir / f"{name}.keepalived.log", "ab")
-    proc = host.popen(["keepalived", "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
-                       "--use-file", str(conf), "--pid", str(workdir / f"{name}.keepalived.pid"),
-                       "--vrrp_pid", str(workdir / f"{name}.keepalived.vrrp.pid")],
-                      stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    return proc

@@ -12,11 +12,16 @@ import math
 import socket
 from typing import Any, Callable, Iterator
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 
-from vipd.config import split_host_port
-from vipd.control import serve_app
+from lbproxy.configreader import split_host_port
+from vipd.control.server import serve_app
 
 log = logging.getLogger("vipd.metrics")
 

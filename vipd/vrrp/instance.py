@@ -1,5 +1,5 @@
 """One VRRP instance: drives the pure state machine (`vipd.fsm`) from the clock, received adverts,
-link state and tracks, and carries out its actions on the network (`vipd.netio`).
+link state and tracks, and carries out its actions on the network (vipd.vrrp.sockets, addresses, announce).
 
 The state machine's timer is a `loop.call_at`; events are handled as they arrive. Every slow
 thing (VIP changes, scripts, frame building) runs in a thread or a subprocess, so adverts go out
@@ -15,12 +15,14 @@ import socket
 import time
 from typing import Callable
 
-from vipd import fsm, handover, packet
-from vipd.config import VrrpConfig
-from vipd.netio import (VRRP_GROUP, AddressWorker, ChannelPool, FrameSender, InterfaceTable, VrrpChannel,
-                        build_gratuitous_frames)
-from vipd.notify import NotifyQueue
-from vipd.tracks import TrackSet
+from vipd.vrrp import fsm, handover, packet
+from vipd.vrrp.addresses import AddressWorker
+from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
+from vipd.vrrp.config import VrrpConfig
+from vipd.vrrp.links import InterfaceTable
+from vipd.vrrp.notify import NotifyQueue
+from vipd.vrrp.sockets import VRRP_GROUP, ChannelPool, VrrpChannel
+from vipd.vrrp.tracks import TrackSet
 
 log = logging.getLogger("vipd.vrrp")
 

@@ -9,14 +9,14 @@ import threading
 import time
 from pathlib import Path
 
-from vipd import edgelab, labclient
-from vipd.lab import Lab, unavailable_reason
+from vipd.lab import connclient, edges
+from vipd.lab.netns import Lab, unavailable_reason
 
 
 class Timeline:
     """Who holds the VIP, sampled every 50 ms in a thread while the demo drives events."""
 
-    def __init__(self, edge_lab: edgelab.EdgeLab, t0: float) -> None:
+    def __init__(self, edge_lab: edges.EdgeLab, t0: float) -> None:
         self.edge_lab = edge_lab
         self.t0 = t0
         self.changes: list[tuple[float, str]] = []
@@ -71,14 +71,14 @@ def run_demo(verbose: bool = False) -> int:
     try:
         print("vipd demo: 2 edges running vipd (VRRP adverts every 0.1 s + proxy), 3 HTTP backends, "
               "1 client opening a new connection to the VIP every 10 ms\n")
-        edge = edgelab.build(lab, workdir, advert_interval=0.1, preempt=False)
-        _say(t0, f"lab up: VIP {edgelab.VIP}:{edgelab.PORT}, backends {', '.join(b.ipv4 for b in edge.backends)}")
+        edge = edges.build(lab, workdir, advert_interval=0.1, preempt=False)
+        _say(t0, f"lab up: VIP {edges.VIP}:{edges.PORT}, backends {', '.join(b.ipv4 for b in edge.backends)}")
         edge.start_edge(0)
-        if not edgelab.wait_for(lambda: edge.holders() == [0] and edge.state(0) == "MASTER", 20):
+        if not edges.wait_for(lambda: edge.holders() == [0] and edge.state(0) == "MASTER", 20):
             return _fail(edge, "edge-1 did not become master")
         _say(t0, "edge-1 (priority 150) is MASTER and holds the VIP")
         edge.start_edge(1)
-        if not edgelab.wait_for(lambda: edge.state(1) == "BACKUP", 20):
+        if not edges.wait_for(lambda: edge.state(1) == "BACKUP", 20):
             return _fail(edge, "edge-2 did not come up as backup")
         _say(t0, "edge-2 (priority 100) is BACKUP")
         with Timeline(edge, t0) as timeline:
@@ -87,21 +87,21 @@ def run_demo(verbose: bool = False) -> int:
             t_kill = time.monotonic()
             _say(t0, "kill -9 vipd on edge-1 (unplanned failure of the master)")
             edge.stop_edge(0, signal.SIGKILL)
-            if not edgelab.wait_for(lambda: edge.state(1) == "MASTER", 10):
+            if not edges.wait_for(lambda: edge.state(1) == "MASTER", 10):
                 return _fail(edge, "edge-2 did not take over")
             _say(t0, f"edge-2 is MASTER ({time.monotonic() - t_kill:.2f} s after the kill)")
             time.sleep(2)
             t_restart = time.monotonic()
             _say(t0, "restart vipd on edge-1: it rejoins as BACKUP (preempt = false, no second flap)")
             edge.start_edge(0)
-            if not edgelab.wait_for(lambda: edge.state(0) == "BACKUP", 20):
+            if not edges.wait_for(lambda: edge.state(0) == "BACKUP", 20):
                 return _fail(edge, "edge-1 did not rejoin as backup")
             time.sleep(2)
             t_term = time.monotonic()
             _say(t0, "systemctl stop on edge-2 (SIGTERM): resign, hand the VIP over, drain")
             stopper = threading.Thread(target=edge.stop_edge, args=(1, signal.SIGTERM, 30))
             stopper.start()
-            if not edgelab.wait_for(lambda: edge.state(0) == "MASTER", 10):
+            if not edges.wait_for(lambda: edge.state(0) == "MASTER", 10):
                 return _fail(edge, "edge-1 did not take over after the graceful stop")
             _say(t0, f"edge-1 is MASTER ({time.monotonic() - t_term:.2f} s after SIGTERM)")
             stopper.join(35)
@@ -111,7 +111,7 @@ def run_demo(verbose: bool = False) -> int:
             attempts = edge.finish_client(client)
         _say(t0, "edge-2 restarted to show both nodes' status")
         edge.start_edge(1)
-        edgelab.wait_for(lambda: edge.state(1) == "BACKUP", 20)
+        edges.wait_for(lambda: edge.state(1) == "BACKUP", 20)
 
         print("\nWho held the VIP:")
         for at, holder in timeline.changes:
@@ -124,8 +124,8 @@ def run_demo(verbose: bool = False) -> int:
             ("graceful stop of the master", t_term, t_end),
         ]
         for name, since, until in phases:
-            print(f"  {name:30s} {_describe(labclient.summarize(attempts, since, until))}")
-        total = labclient.summarize(attempts)
+            print(f"  {name:30s} {_describe(connclient.summarize(attempts, since, until))}")
+        total = connclient.summarize(attempts)
         print(f"  {'whole run':30s} {_describe(total)}")
         for i in (0, 1):
             print(f"\n$ lbctl status    # on edge-{i + 1}")
@@ -144,7 +144,7 @@ def run_demo(verbose: bool = False) -> int:
         print(f"\nlab torn down (network namespaces {lab.prefix}-*)", file=sys.stderr)
 
 
-def _fail(edge: edgelab.EdgeLab, what: str) -> int:
+def _fail(edge: edges.EdgeLab, what: str) -> int:
     print(f"vipd demo: {what}; daemon logs follow", file=sys.stderr)
     for i in range(len(edge.edges)):
         print(f"--- edge-{i + 1} ---\n{edge.log(i)[-3000:]}", file=sys.stderr)

@@ -14,8 +14,8 @@ import subprocess
 import time
 from typing import Callable, Iterable, Sequence
 
-from vipd.config import Track as TrackConfig
-from vipd.health import HealthCounter
+from lbproxy.health import HealthCounter
+from vipd.vrrp.config import Track as TrackConfig
 
 log = logging.getLogger("vipd.vrrp")
 

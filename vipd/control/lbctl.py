@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 import typer
 
 from vipd.config import DEFAULT_CONTROL_SOCKET
-from vipd.control import backend_path, request
+from vipd.control.client import backend_path, request
 
 STATUS_TIMEOUT = 10.0
 # A reload re-creates changed VRRP instances and proxy workers; give it room.

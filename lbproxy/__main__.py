@@ -1,3 +1,0 @@
-from lbproxy.cli import main
-
-main()

@@ -1,0 +1,164 @@
+"""The `[[vrrp]]` part of the config: one VRRP instance's typed model and its parser."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbproxy.configreader import Section, between, ip_address, one_of, positive, show
+from vipd.vrrp.packet import ChecksumMode
+
+
+@dataclass(frozen=True)
+class Track:
+    kind: str                      # "script" | "frontend" | "interface"
+    target: str                    # the command line, frontend name or interface name
+    weight: int = 0
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 1
+    fall: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Notify:
+    master: str | None = None
+    backup: str | None = None
+    fault: str | None = None
+    stop: str | None = None
+
+    def for_state(self, state: str) -> str | None:
+        return getattr(self, state.lower(), None)
+
+
+@dataclass(frozen=True)
+class VrrpConfig:
+    name: str
+    interface: str
+    vrid: int
+    virtual_ips: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    priority: int = 100
+    version: int = 3
+    advert_interval: float = 1.0
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    unicast_peers: tuple[str, ...] = ()
+    unicast_src: str | None = None
+    garp_repeat: int = 3
+    garp_interval: float = 0.0
+    auth_pass: str | None = None
+    checksum_mode: ChecksumMode = ChecksumMode.PSEUDO_HEADER
+    handover_timeout: float | None = None
+    tracks: tuple[Track, ...] = ()
+    notify: Notify = field(default_factory=Notify)
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.virtual_ips[0].version == 6 else socket.AF_INET
+
+    @property
+    def effective_handover_timeout(self) -> float:
+        """How long a resigning master keeps its VIPs waiting to hear the new master."""
+        if self.handover_timeout is not None:
+            return self.handover_timeout
+        return 3 * self.advert_interval + 1.0
+
+
+def parse_track(problems: list[str], where: str, table: Any) -> Track | None:
+    s = Section(problems, where, table,
+                 ("script", "frontend", "interface", "weight", "interval", "timeout", "rise", "fall"))
+    kinds = [k for k in ("script", "frontend", "interface") if k in s.table]
+    if len(kinds) != 1:
+        s.error("", "needs exactly one of script, frontend, interface")
+        return None
+    kind = kinds[0]
+    target = s.get(kind, str, required=True, check=lambda v: None if v.strip() else "must not be empty")
+    weight = s.get("weight", int, 0, check=between(-254, 254))
+    interval = s.get("interval", float, 1.0, check=positive)
+    timeout = s.get("timeout", float, interval or 1.0, check=positive)
+    rise = s.get("rise", int, 1, check=between(1, 1000))
+    fall = s.get("fall", int, 1, check=between(1, 1000))
+    if kind != "script":
+        for key in ("interval", "timeout", "rise", "fall"):
+            if key in s.table:
+                s.error(key, f"only applies to script tracks, not {kind} tracks")
+    if target is None:
+        return None
+    return Track(kind, target, weight, interval, timeout, rise, fall)
+
+
+def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None:
+    s = Section(problems, where, table, (
+        "name", "interface", "vrid", "priority", "version", "advert_interval", "virtual_ips",
+        "preempt", "preempt_delay", "unicast_peers", "unicast_src", "garp_repeat", "garp_interval",
+        "auth_pass", "checksum_mode", "handover_timeout", "track", "notify"))
+    before = len(problems)
+    name = s.get("name", str, required=True)
+    interface = s.get("interface", str, required=True)
+    vrid = s.get("vrid", int, required=True, check=between(1, 255))
+    priority = s.get("priority", int, 100, check=between(1, 255, "1..254 (255 = address owner)"))
+    version = s.get("version", int, 3, check=lambda v: None if v in (2, 3) else "must be 2 or 3")
+    interval = s.get("advert_interval", float, 1.0)
+    if interval is not None:
+        if version == 2 and (interval != int(interval) or not 1 <= interval <= 255):
+            s.error("advert_interval", f"VRRPv2 needs whole seconds 1..255, got {interval}")
+        elif version == 3:
+            centis = round(interval * 100)
+            if abs(centis - interval * 100) > 1e-6 or not 1 <= centis <= 4095:
+                s.error("advert_interval", f"VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got {interval}")
+    vips_raw = s.get("virtual_ips", list, required=True)
+    vips: list = []
+    if vips_raw is not None:
+        if not vips_raw:
+            s.error("virtual_ips", "must list at least one address")
+        for i, text in enumerate(vips_raw):
+            try:
+                if not isinstance(text, str):
+                    raise ValueError
+                vip = ipaddress.ip_interface(text if "/" in text else
+                                             text + ("/128" if ":" in text else "/32"))
+            except ValueError:
+                s.error(f"virtual_ips[{i}]", f"must be an address like 198.18.0.100/24, got {show(text)}")
+                continue
+            vips.append(vip)
+        if len({v.version for v in vips}) > 1:
+            s.error("virtual_ips", "mixes IPv4 and IPv6; use one instance per family")
+        if vips and version == 2 and vips[0].version == 6:
+            s.error("virtual_ips", "VRRPv2 carries IPv4 only; use version = 3 for IPv6")
+    preempt = s.get("preempt", bool, True)
+    preempt_delay = s.get("preempt_delay", float, 0.0, check=between(0, 3600, "0..3600 seconds"))
+    peers = s.get("unicast_peers", list, [])
+    for i, peer in enumerate(peers or []):
+        if not isinstance(peer, str) or ip_address(peer):
+            s.error(f"unicast_peers[{i}]", f"must be an IP address, got {show(peer)}")
+        elif vips and ipaddress.ip_address(peer).version != vips[0].version:
+            s.error(f"unicast_peers[{i}]", "must be the same family as virtual_ips")
+    unicast_src = s.get("unicast_src", str, None, check=ip_address)
+    garp_repeat = s.get("garp_repeat", int, 3, check=between(0, 100))
+    garp_interval = s.get("garp_interval", float, 0.0, check=between(0, 10, "0..10 seconds"))
+    auth_pass = s.get("auth_pass", str, None,
+                      check=lambda v: None if 1 <= len(v.encode()) <= 8 else "must be 1..8 bytes")
+    if auth_pass is not None and version == 3:
+        s.error("auth_pass", "VRRPv3 has no authentication (RFC 5798); remove it or use version = 2")
+    checksum_mode = s.get("checksum_mode", str, "pseudo_header",
+                          check=one_of(ChecksumMode))
+    handover = s.get("handover_timeout", float, None, check=between(0, 60, "0..60 seconds"))
+    tracks = [t for w, raw in s.tables("track") if (t := parse_track(problems, w, raw)) is not None]
+    notify_table = s.table.get("notify", {})
+    n = Section(problems, s.path("notify"), notify_table, ("master", "backup", "fault", "stop"))
+    notify = Notify(**{k: n.get(k, str) for k in ("master", "backup", "fault", "stop")})
+    if len(problems) > before:
+        return None
+    return VrrpConfig(
+        name=name, interface=interface, vrid=vrid, virtual_ips=tuple(vips), priority=priority,
+        version=version, advert_interval=interval, preempt=preempt, preempt_delay=preempt_delay,
+        unicast_peers=tuple(peers), unicast_src=unicast_src, garp_repeat=garp_repeat,
+        garp_interval=garp_interval, auth_pass=auth_pass, checksum_mode=ChecksumMode(checksum_mode),
+        handover_timeout=handover, tracks=tuple(tracks), notify=notify)
+
+

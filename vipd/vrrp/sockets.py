@@ -1,0 +1,241 @@
+"""Raw IPPROTO_VRRP sockets: one per (interface, family), shared by that interface's
+instances and demultiplexed by VRID, read without blocking the loop, with the kernel's receive
+timestamp so a stalled loop does not age an advert.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import time
+from typing import Callable
+
+from vipd.vrrp import packet
+from vipd.vrrp.links import InterfaceTable, Link, VrrpError
+
+log = logging.getLogger("vipd.vrrp")
+
+IPPROTO_VRRP = packet.IPPROTO_VRRP
+VRRP_GROUP = {socket.AF_INET: "224.0.0.18", socket.AF_INET6: "ff02::12"}
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+IPTOS_PREC_INTERNETCONTROL = 0xC0
+
+
+# payload, source, destination, TTL/hop limit (None: unknown), arrival time on the monotonic clock
+Receiver = Callable[[bytes, str, str, "int | None", float], None]
+
+
+class VrrpChannel:
+    """One raw IPPROTO_VRRP socket per (interface, family), shared by that interface's instances
+    and demultiplexed by VRID."""
+
+    def __init__(self, ifname: str, family: int) -> None:
+        self.ifname = ifname
+        self.family = family
+        self.index: int | None = None
+        self.receivers: dict[int, Receiver] = {}
+        self.rx_errors = packet.RxErrors(f"{ifname}/{'IPv6' if family == socket.AF_INET6 else 'IPv4'}")
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None
+
+    def sync(self, link: Link | None) -> None:
+        """Follow the interface: open once it exists, reopen when it was re-created."""
+        if link is None:
+            self.close()
+            return
+        if self._sock is not None and self.index == link.index:
+            return
+        self.close()
+        self.open(link.index)
+
+    def open(self, index: int) -> None:
+        family = self.family
+        try:
+            sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_VRRP)
+        except PermissionError:
+            raise VrrpError(f"cannot open a raw VRRP socket on {self.ifname}: "
+                            "permission denied (vipd needs root or CAP_NET_RAW)") from None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            group = VRRP_GROUP[family]
+            if family == socket.AF_INET:
+                mreqn = socket.inet_aton(group) + bytes(4) + struct.pack("i", index)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("i", index))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, packet.VRRP_TTL)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, packet.VRRP_TTL)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IPTOS_PREC_INTERNETCONTROL)
+            else:
+                mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("I", index)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, packet.VRRP_TTL)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, packet.VRRP_TTL)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, IPTOS_PREC_INTERNETCONTROL)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.ENODEV:
+                log.warning("%s: no such interface yet; VRRP socket waits for it", self.ifname)
+                return
+            raise VrrpError(f"cannot set up the VRRP socket on {self.ifname}: {exc.strerror or exc}") from None
+        self._sock = sock
+        self.index = index
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self.poll)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._loop.remove_reader(self._sock.fileno())
+            except Exception:
+                pass
+            self._sock.close()
+            self._sock = None
+        self.index = None
+
+    def send(self, payload: bytes, src: str, dst: str) -> bool:
+        if self._sock is None or self.index is None:
+            return False
+        try:
+            if self.family == socket.AF_INET:
+                info = struct.pack("I4s4s", self.index, socket.inet_aton(src), bytes(4))
+                self._sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, (dst, 0))
+            else:
+                info = socket.inet_pton(socket.AF_INET6, src) + struct.pack("I", self.index)
+                self._sock.sendmsg([payload], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0,
+                                   (dst, 0, 0, self.index))
+            return True
+        except OSError as exc:
+            log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
+            return False
+
+    def poll(self) -> None:
+        """Hand every waiting packet to its instance, stamped with its arrival time, so a loop that
+        was busy for a while does not mistake adverts still in the queue for silence."""
+        for _ in range(64):   # bounded per wake-up so one busy segment cannot starve the loop
+            if self._sock is None:
+                return
+            try:
+                data, ancdata, _, address = self._sock.recvmsg(65535, 512)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("%s: VRRP receive error: %s", self.ifname, exc)
+                return
+            arrival = _arrival(ancdata)
+            if self.family == socket.AF_INET:
+                parsed = _split_ipv4(data)
+            else:
+                parsed = _split_ipv6(data, ancdata, address)
+            if parsed is not None:
+                self._deliver(*parsed, arrival)
+
+    def _deliver(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float) -> None:
+        receiver = self.receivers.get(payload[1]) if len(payload) >= 2 else None
+        if receiver is not None:
+            try:
+                receiver(payload, src, dst, ttl, arrival)
+            except Exception:
+                log.exception("%s: VRRP receive handler failed for a packet from %s", self.ifname, src)
+            return
+        try:
+            result = packet.decode(payload, src=src, dst=dst, ttl=ttl)
+        except ValueError:
+            return
+        if isinstance(result, packet.Invalid):
+            self.rx_errors.record(result, src)
+        else:
+            self.rx_errors.record(packet.Invalid("vrid", f"VRID {result.vrid} is not configured here"), src)
+
+
+def _arrival(ancdata) -> float:
+    """The kernel's receive timestamp (wall clock) moved onto the monotonic clock."""
+    now = time.monotonic()
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            age = time.time() - (seconds + nanoseconds / 1e9)
+            return now - min(max(age, 0.0), 60.0)
+    return now
+
+
+def _split_ipv4(data: bytes) -> tuple[bytes, str, str, int] | None:
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return None
+    header_len = (data[0] & 0x0F) * 4
+    total_len = struct.unpack_from("!H", data, 2)[0]
+    if header_len < 20 or total_len > len(data) or total_len < header_len:
+        return None
+    return (data[header_len:total_len], socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20]),
+            data[8])
+
+
+def _split_ipv6(data: bytes, ancdata, address) -> tuple[bytes, str, str, int | None] | None:
+    src = address[0].split("%", 1)[0]
+    dst, hop_limit = None, None
+    for level, kind, value in ancdata:
+        if level != socket.IPPROTO_IPV6:
+            continue
+        if kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+            hop_limit = struct.unpack("i", value[:4])[0]
+        elif kind == socket.IPV6_PKTINFO and len(value) >= 16:
+            dst = socket.inet_ntop(socket.AF_INET6, value[:16])
+    if dst is None:
+        return None
+    return data, src, dst, hop_limit
+
+
+class ChannelPool:
+    """Shares VrrpChannels between instances and keeps them in step with the links."""
+
+    def __init__(self, interfaces: InterfaceTable) -> None:
+        self.interfaces = interfaces
+        self.channels: dict[tuple[str, int], VrrpChannel] = {}
+        interfaces.subscribe(self._on_link)
+
+    def register(self, ifname: str, family: int, vrid: int, receiver: Receiver) -> VrrpChannel:
+        key = (ifname, family)
+        channel = self.channels.get(key)
+        if channel is None:
+            channel = VrrpChannel(ifname, family)
+            channel.sync(self.interfaces.by_name(ifname))
+            self.channels[key] = channel
+        channel.receivers[vrid] = receiver
+        return channel
+
+    def unregister(self, ifname: str, family: int, vrid: int) -> None:
+        channel = self.channels.get((ifname, family))
+        if channel is None:
+            return
+        channel.receivers.pop(vrid, None)
+        if not channel.receivers:
+            channel.close()
+            del self.channels[(ifname, family)]
+
+    def _on_link(self, name: str) -> None:
+        for (ifname, _), channel in self.channels.items():
+            if ifname == name:
+                try:
+                    channel.sync(self.interfaces.by_name(name))
+                except VrrpError as exc:
+                    log.error("%s", exc)
+
+    def close(self) -> None:
+        self.interfaces.unsubscribe(self._on_link)
+        for channel in self.channels.values():
+            channel.close()
+        self.channels.clear()
