@@ -1,18 +1,35 @@
-import shutil
+"""Tests are sorted by what they need, and marked by their folder:
+
+- tests/unit: pure (no sockets, no root, no network); `python -m pytest tests/unit` runs in seconds
+- tests/local: real processes and loopback sockets, no root
+- tests/netns: root and network-namespace labs (198.18.0.0/15, 2001:db8::/32), torn down after
+"""
+from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from vipd.lab.netns import Lab, unavailable_reason
+HERE = Path(__file__).resolve().parent
+FOLDER_MARKS = {"unit": "unit", "local": "local", "netns": "netns"}
 
 
-def require_binary(name: str, package: str | None = None) -> None:
-    if shutil.which(name) is None:
-        pytest.skip(f"needs `{name}` (Debian package {package or name})")
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        try:
+            folder = Path(str(item.fspath)).resolve().relative_to(HERE).parts[0]
+        except ValueError:
+            continue
+        mark = FOLDER_MARKS.get(folder)
+        if mark is not None:
+            item.add_marker(getattr(pytest.mark, mark))
 
 
 @pytest.fixture
 def lab():
     """A fresh namespace lab, torn down whatever the test does."""
+    from vipd.lab.netns import Lab, unavailable_reason
+
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from aiohttp import web
-from conftest import require_binary
+from support import require_binary
 
 from lbproxy.healthcheck import HealthChecker
 from vipd.config import parse

@@ -9,7 +9,7 @@ import pytest
 from lbproxy.configreader import split_host_port
 from vipd.config import ConfigError, load, parse
 
-CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
 
 GOOD = """
 [node]
@@ -173,7 +173,7 @@ def test_vipd_run_refuses_bad_config_without_traceback(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "config").glob("*.toml")),
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_shipped_examples_pass_vipd_check(example):
     result = vipd("check", "-c", str(example))

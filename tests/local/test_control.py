@@ -19,7 +19,7 @@ import pytest
 from vipd.control.client import request
 from vipd.control.server import ControlError, ControlServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LBCTL_TIMEOUT = 30.0
 
 DOCUMENT = {

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require_binary
+from support import require_binary
 
 from vipd.lab import edges
 from vipd.lab.keepalived import keepalived_config, start_keepalived

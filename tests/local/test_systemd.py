@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
 
 
 @pytest.mark.timeout(60)

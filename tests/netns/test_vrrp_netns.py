@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_binary
+from support import require_binary
 
 from vipd.lab import edges
 from vipd.lab.edges import toml_value

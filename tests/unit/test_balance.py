@@ -130,7 +130,7 @@ def test_source_hash_agrees_between_processes():
     for seed in ("1", "2"):
         done = subprocess.run([sys.executable, "-c", script, json.dumps(ips)], capture_output=True,
                               text=True, timeout=60, env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=Path(__file__).resolve().parents[2])
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == here
 
