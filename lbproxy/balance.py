@@ -15,7 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import AbstractSet, Sequence
 
-UP, DOWN, DRAIN = "up", "down", "drain"
+from lbproxy.health import BackendState
+
 ALGORITHMS = ("round_robin", "least_conn", "random2", "source_hash")
 
 _MASK64 = (1 << 64) - 1
@@ -46,10 +47,10 @@ class Balancer(ABC):
         any_up = False
         for c in pool:
             state = c.state
-            if state == UP:
+            if state == BackendState.UP:
                 any_up = True
                 target = up
-            elif state == DOWN:
+            elif state == BackendState.DOWN:
                 target = down
             else:
                 continue

@@ -13,6 +13,7 @@ import time
 from lbproxy.balance import make_balancer
 from lbproxy.config import FrontendConfig
 from lbproxy.connection import LOCAL_ERRORS, BackendSlot, Connection, ReportFailure
+from lbproxy.health import BackendState
 from lbproxy.listener import make_listener, set_keepalive
 
 log = logging.getLogger("lbproxy.worker")
@@ -50,7 +51,7 @@ class Frontend:
         for index, backend in enumerate(config.backends):
             slot = self._slots.get(backend.address)
             if slot is None:
-                slot = self._slots[backend.address] = BackendSlot(backend, index, states.get(backend.address, "up"))
+                slot = self._slots[backend.address] = BackendSlot(backend, index, states.get(backend.address, BackendState.UP))
             else:
                 slot.configure(backend, index)
             if backend.address in states:
@@ -227,6 +228,6 @@ class Frontend:
 
     def stats(self) -> dict:
         return {"active": len(self.connections), "accepted": self.accepted, "refused": self.refused,
-                "failed": self.failed, "all_down": not any(c.state == "up" for c in self.pool),
+                "failed": self.failed, "all_down": not any(c.state == BackendState.UP for c in self.pool),
                 "listening": self.listener is not None,
                 "backends": {s.address: s.stats() for s in self._slots.values()}}

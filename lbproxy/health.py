@@ -1,10 +1,13 @@
-"""One health counter for track scripts and backend checks alike (HAProxy check.c style).
+"""Health: the one counter for track scripts and backend checks alike (HAProxy check.c style),
+and the backend states it decides.
 
 `health` lives in [0, rise + fall). UP means health >= rise. A success moves it up, a failure
 down; crossing the boundary flips the state and jumps to the far end, so a DOWN check needs
 `rise` consecutive successes to come up and an UP check `fall` consecutive failures to go down.
 """
 from __future__ import annotations
+
+import enum
 
 
 class HealthCounter:
@@ -46,3 +49,11 @@ class HealthCounter:
         if self.up:
             return f"{self.health - self.rise + 1}/{self.fall} UP"
         return f"{self.health}/{self.rise} DOWN"
+
+
+class BackendState(enum.StrEnum):
+    """A backend as the balancer sees it: UP takes new connections; DOWN failed its checks (and is
+    still tried when every backend is down); DRAIN was taken out by the operator."""
+    UP = "up"
+    DOWN = "down"
+    DRAIN = "drain"

@@ -20,7 +20,7 @@ from typing import Callable
 import aiohttp
 
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig
-from lbproxy.health import HealthCounter
+from lbproxy.health import BackendState, HealthCounter
 
 log = logging.getLogger("lbproxy.health")
 
@@ -48,8 +48,8 @@ class BackendHealth:
     @property
     def state(self) -> str:
         if self.drained:
-            return "drain"
-        return "up" if self.counter.up else "down"
+            return BackendState.DRAIN
+        return BackendState.UP if self.counter.up else BackendState.DOWN
 
 
 class HealthChecker:
@@ -265,7 +265,7 @@ class HealthChecker:
 
     def all_down(self) -> bool:
         """True when no backend can take new connections (all down or drained)."""
-        return not any(bh.state == "up" for bh in self.backends.values())
+        return not any(bh.state == BackendState.UP for bh in self.backends.values())
 
     def status(self) -> list[dict]:
         return [{

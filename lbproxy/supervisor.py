@@ -25,6 +25,7 @@ from typing import Callable
 import lbproxy
 from lbproxy import ipc
 from lbproxy.config import FrontendConfig, ProxyConfig
+from lbproxy.health import BackendState
 from lbproxy.healthcheck import HealthChecker
 
 log = logging.getLogger("lbproxy")
@@ -214,7 +215,7 @@ class ProxySupervisor:
                 h = health.get(backend.address, {})
                 backends.append({
                     "address": backend.address,
-                    "state": h.get("state", "up"),
+                    "state": h.get("state", BackendState.UP),
                     "weight": backend.weight,
                     "active_connections": c.get("active", 0),
                     "total_connections": c.get("total", 0),

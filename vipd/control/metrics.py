@@ -21,12 +21,12 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from lbproxy.configreader import split_host_port
+from lbproxy.health import BackendState
 from vipd.control.server import serve_app
+from vipd.vrrp.fsm import State
 
 log = logging.getLogger("vipd.metrics")
 
-VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
-BACKEND_STATES = ("up", "down", "drain")
 
 
 def _number(value: Any) -> float | None:
@@ -83,7 +83,7 @@ def _vrrp_metrics(out: _Families, v: dict) -> None:
     who = {"instance": str(v["name"])}
     state = v.get("state")
     if isinstance(state, str):
-        for known in sorted(set(VRRP_STATES) | {state}):
+        for known in sorted({s.value for s in State} | {state}):
             out.gauge("vipd_vrrp_state", "1 for the VRRP instance's current state.",
                       {**who, "state": known}, known == state)
     out.gauge("vipd_vrrp_priority", "Configured VRRP priority.", who, v.get("priority"))
@@ -119,8 +119,8 @@ def _frontend_metrics(out: _Families, f: dict) -> None:
         state = b.get("state")
         if isinstance(state, str):
             out.gauge("vipd_backend_up", "1 while the backend takes new connections.", who,
-                      state == "up")
-            for known in sorted(set(BACKEND_STATES) | {state}):
+                      state == BackendState.UP)
+            for known in sorted({s.value for s in BackendState} | {state}):
                 out.gauge("vipd_backend_state", "1 for the backend's current state.",
                           {**who, "state": known}, known == state)
         out.gauge("vipd_backend_active_connections", "Open connections to the backend.", who,
