@@ -38,3 +38,6 @@ listen = "0.0.0.0:6443"
   [[frontend.backend]]
   address = "198.18.0.21:6443"
 """
+
+# The same without its frontend (the VRRP track then follows an interface): enough for vipd, not for lbproxy.
+VRRP_ONLY_CONFIG = GOOD_CONFIG[:GOOD_CONFIG.index("[[frontend]]")].replace('frontend = "api"', 'interface = "eth1"')

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from support import GOOD_CONFIG as GOOD
+from support import VRRP_ONLY_CONFIG
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "config").glob("*.toml"))
-NO_FRONTEND = GOOD[:GOOD.index("[[frontend]]")].replace('frontend = "api"', 'interface = "eth1"')
 
 
 def vipd(*args):
@@ -56,7 +56,7 @@ def test_vipd_run_refuses_bad_config_without_traceback(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_lbproxy_check_needs_a_frontend(tmp_path):
-    only_vrrp = write(tmp_path, "only-vrrp.toml", NO_FRONTEND)
+    only_vrrp = write(tmp_path, "only-vrrp.toml", VRRP_ONLY_CONFIG)
     refused = lbproxy("check", "-c", str(only_vrrp))
     assert (refused.returncode, refused.stdout, refused.stderr) == (
         1, "", f"{only_vrrp}: frontend: lbproxy needs at least one [[frontend]]\n")

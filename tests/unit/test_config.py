@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support import GOOD_CONFIG as GOOD
+from support import VRRP_ONLY_CONFIG
 
 from lbproxy.config import BackendConfig, Balance, FrontendConfig, HealthType
 from lbproxy.configreader import split_host_port
@@ -187,15 +188,14 @@ def test_v2_rules():
     assert problems_of(v2v6) == [f"{FILE}: vrrp[0].virtual_ips: VRRPv2 carries IPv4 only; use version = 3 for IPv6"]
 
 
-NO_FRONTEND = GOOD[:GOOD.index("[[frontend]]")].replace('frontend = "api"', 'interface = "eth1"')
 NOTHING = '[node]\nname = "n"\n'
 
 
 @pytest.mark.timeout(10)
 def test_lbproxy_needs_a_frontend_and_vipd_needs_something_to_run():
-    assert problems_of(NO_FRONTEND, require_frontend=True) == [
+    assert problems_of(VRRP_ONLY_CONFIG, require_frontend=True) == [
         f"{FILE}: frontend: lbproxy needs at least one [[frontend]]"]
-    assert parse(tomllib.loads(NO_FRONTEND), FILE, require_vrrp=True).frontends == ()
+    assert parse(tomllib.loads(VRRP_ONLY_CONFIG), FILE, require_vrrp=True).frontends == ()
     assert problems_of(NOTHING, require_vrrp=True) == [f"{FILE}: vrrp: nothing to run: no [[vrrp]] and no [[frontend]]"]
     assert len(parse(tomllib.loads(GOOD), FILE, require_frontend=True, require_vrrp=True).frontends) == 1
     # Without a requirement, an empty node is a valid (if idle) config.
