@@ -6,12 +6,25 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 FOLDER_MARKS = {"unit": "unit", "local": "local", "netns": "netns"}
+
+
+def pytest_configure(config) -> None:
+    # Hypothesis keeps its examples in ./.hypothesis; where that cannot be written (another user's
+    # or a read-only checkout) run without that database rather than warn in every property test.
+    home = Path(os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or Path.cwd() / ".hypothesis") / "examples"
+    existing = next(p for p in (home, *home.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        from hypothesis import settings
+
+        settings.register_profile("no-database", database=None)
+        settings.load_profile("no-database")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -9,3 +9,35 @@ import pytest
 def require_binary(name: str, package: str | None = None) -> None:
     if shutil.which(name) is None:
         pytest.skip(f"needs `{name}` (Debian package {package or name})")
+
+
+# A valid config using every section (node, a VRRP instance tracking a frontend, a frontend): the
+# config tests break it one key at a time; the CLI tests run the commands on it.
+GOOD_CONFIG = """
+[node]
+name = "edge-1"
+control_socket = "/tmp/vipd-test.sock"
+workers = 2
+
+[[vrrp]]
+name = "api"
+interface = "eth0"
+vrid = 51
+priority = 150
+advert_interval = 0.05
+virtual_ips = ["198.18.0.100/24"]
+
+  [[vrrp.track]]
+  frontend = "api"
+  weight = -60
+
+[[frontend]]
+name = "api"
+listen = "0.0.0.0:6443"
+
+  [[frontend.backend]]
+  address = "198.18.0.21:6443"
+"""
+
+# The same without its frontend (the VRRP track then follows an interface): enough for vipd, not for lbproxy.
+VRRP_ONLY_CONFIG = GOOD_CONFIG[:GOOD_CONFIG.index("[[frontend]]")].replace('frontend = "api"', 'interface = "eth1"')

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbproxy.balance import ALGORITHMS, Candidate, make_balancer
+from lbproxy.config import Balance
 
 NONE_TRIED: frozenset[int] = frozenset()
 
@@ -90,8 +91,7 @@ def test_least_conn_breaks_ties_round_robin():
     pool = pool_of([1, 1, 1], active=[3, 3, 3])
     balancer = make_balancer("least_conn", pool)
     picks = [balancer.pick(pool, NONE_TRIED, "198.18.0.1").index for _ in range(6)]
-    assert sorted(picks) == [0, 0, 1, 1, 2, 2]
-    assert picks[:3] != [0, 0, 0]
+    assert sorted(picks[:3]) == [0, 1, 2] and picks[3:] == picks[:3]
 
 
 def test_random2_prefers_less_loaded():
@@ -101,7 +101,8 @@ def test_random2_prefers_less_loaded():
         balancer.pick(pool, NONE_TRIED, "198.18.0.1").index for _ in range(3000))
     assert counts[2] == 0               # the most loaded loses every pair it is drawn into
     assert counts[0] > counts[1]
-    assert 0.55 < counts[0] / 3000 < 0.78   # two distinct draws out of three: 2/3 of pairs hold it
+    # Two distinct draws out of three: 2/3 of the pairs hold it (sd 0.009; draws with replacement: 5/9).
+    assert 0.62 < counts[0] / 3000 < 0.72
 
 
 def test_source_hash_is_sticky_and_deterministic_across_instances():
@@ -209,6 +210,12 @@ def test_nothing_left_returns_none(algorithm):
     assert balancer.pick([], NONE_TRIED, "198.18.0.1") is None
     drained = pool_of([1, 1], states=["drain", "drain"])
     assert make_balancer(algorithm, drained).pick(drained, NONE_TRIED, "198.18.0.1") is None
+
+
+def test_the_balancers_are_the_config_vocabulary():
+    assert sorted(ALGORITHMS) == sorted(b.value for b in Balance)
+    for algorithm in Balance:
+        assert make_balancer(algorithm, pool_of([1])).algorithm == algorithm
 
 
 def test_unknown_algorithm_is_a_clear_error():

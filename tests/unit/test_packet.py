@@ -19,7 +19,7 @@ from vipd.vrrp.packet import (
     password_bytes,
 )
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared/vectors/keepalived"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "keepalived"
 CAPTURES = sorted(p.name.removesuffix(".pcap") for p in VECTORS.glob("*.pcap")) or ["<none>"]
 
 V4_SRC, V4_PEER, V4_GROUP = "198.18.0.11", "198.18.0.12", "224.0.0.18"
