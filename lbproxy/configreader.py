@@ -82,7 +82,7 @@ class Section:
         if check is not None:
             problem = check(value)
             if problem:
-                self.error(key, f"{problem}, got {show(value)}")
+                self.error(key, problem if ", got " in problem else f"{problem}, got {show(value)}")
                 return default
         return value
 
