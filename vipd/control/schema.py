@@ -278,7 +278,7 @@ class _Checker:
             self.problems.append(f"{where}: {_shown(value)} is not one of "
                                  f"{', '.join(str(v) for v in schema['enum'])}")
             return _INVALID
-        if value is not None and not isinstance(value, (dict, list, str, bool)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
                 self.problems.append(f"{where}: {value} is below {schema['minimum']}")
                 return _INVALID
