@@ -56,9 +56,10 @@ class Daemon:
     # --- control handlers: each returns a dict; errors are ControlError(status, message)
 
     def status_document(self) -> dict:
-        cfg = self.config
+        """A StatusDocument (vipd.control.schema); served only once a config is in force."""
+        assert self.config is not None
         return {
-            "node": cfg.node.name if cfg else None,
+            "node": self.config.node.name,
             "pid": os.getpid(),
             "config": self.path,
             "vrrp": self.vrrp.status() if self.vrrp else [],
@@ -75,6 +76,7 @@ class Daemon:
         return self._set_drain(frontend, backend, False)
 
     def _set_drain(self, frontend: str, backend: str, drained: bool) -> dict:
+        """A DrainAnswer (vipd.control.schema)."""
         from vipd.control.server import ControlError
         if self.proxy is None:
             raise ControlError(404, f"no frontend {frontend!r}: this node runs no [[frontend]]")
@@ -84,10 +86,14 @@ class Daemon:
             raise ControlError(404, exc.args[0] if exc.args else f"unknown {frontend}/{backend}") from None
         action = "draining" if drained else "enabled"
         log.info("frontend %s backend %s: %s (by lbctl)", frontend, backend, action)
-        return {"frontend": frontend, "backend": backend, "state": "drain" if drained else "enabled"}
+        # Enabled is not a state: the backend is up or down again, as its health says.
+        state = next(b["state"] for f in self.proxy.status() if f["name"] == frontend
+                     for b in f["backends"] if b["address"] == backend)
+        return {"frontend": frontend, "backend": backend, "state": state}
 
     async def reload(self) -> dict:
-        """Control-socket reload: queued like SIGHUP so it never races another command."""
+        """Control-socket reload, queued like SIGHUP so it never races another command; a
+        ReloadAnswer (vipd.control.schema)."""
         from vipd.control.server import ControlError
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         assert self.commands is not None

@@ -7,16 +7,28 @@ import grp
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from support import require_binary
 
-from vipd.control.client import request
+from vipd.control import schema
+from vipd.control.client import backend_path, request
+from vipd.control.metrics import families_from_status
+from vipd.control.schema import (
+    DrainAnswer,
+    ErrorAnswer,
+    ReloadAnswer,
+    StatusDocument,
+    check,
+)
 from vipd.control.server import ControlError, ControlServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,11 +49,13 @@ DOCUMENT = {
     ],
     "frontends": [
         {"name": "api", "listen": "0.0.0.0:6443", "active_connections": 3, "all_down": False,
+         "refused": 2,
          "backends": [
              {"address": "198.18.0.21:6443", "state": "up", "active_connections": 1,
-              "total_connections": 10, "failed_connections": 0, "health": "3/3 UP"},
+              "total_connections": 10, "failed_connections": 0, "health": "3/3 UP", "last_error": None},
              {"address": "198.18.0.22:6443", "state": "down", "active_connections": 0,
-              "total_connections": 7, "failed_connections": 4, "health": "0/2 DOWN"},
+              "total_connections": 7, "failed_connections": 4, "health": "0/2 DOWN",
+              "last_error": "HTTP 503"},
              {"address": "[2001:db8::23]:6443", "state": "drain", "active_connections": 2,
               "total_connections": 5, "failed_connections": 0, "health": "3/3 UP"},
          ]},
@@ -80,8 +94,28 @@ class FakeNode:
         return {"frontend": frontend, "backend": backend, "state": "up"}
 
     async def reload(self) -> dict:
+        # What Daemon.handle_reload answers; test_a_live_daemon_answers_by_the_schema holds the
+        # real answer to the same keys.
         self.calls.append(("reload",))
-        return {"message": "reloaded /etc/vipd/vipd.toml"}
+        return {"ok": True, "config": "/etc/vipd/vipd.toml", "summary": "1 vrrp instance(s), 1 frontend(s)"}
+
+
+class SchemaChecked:
+    """Wraps handlers: every answer they give is checked against the schema, strictly."""
+
+    ANSWERS = {"status": StatusDocument, "drain": DrainAnswer, "enable": DrainAnswer,
+               "reload": ReloadAnswer}
+
+    def __init__(self, handlers) -> None:
+        self.handlers = handlers
+        self.problems: list[str] = []
+
+    def __getattr__(self, name: str):
+        async def answer(*args):
+            result = await getattr(self.handlers, name)(*args)
+            self.problems += [f"{name}: {p}" for p in check(result, self.ANSWERS[name], strict=True).problems]
+            return result
+        return answer
 
 
 class BrokenNode(FakeNode):
@@ -137,14 +171,17 @@ def run_dir():
 
 
 def serve(path: Path, handlers, scenario, group: str | None = None) -> None:
+    checked = SchemaChecked(handlers)
+
     async def main() -> None:
-        server = ControlServer(str(path), handlers, group=group)
+        server = ControlServer(str(path), checked, group=group)
         await server.start()
         try:
             await scenario()
         finally:
             await server.stop()
     asyncio.run(main())
+    assert checked.problems == []
 
 
 @pytest.mark.timeout(120)
@@ -164,21 +201,23 @@ def test_status_table_and_json(run_dir: Path) -> None:
         api6 = next(line for line in text.splitlines() if line.startswith("api6/52 "))
         for field in ("BACKUP", "100", "40", "2001:db8::100/64", "script:/usr/local/bin/check FAIL(-60)"):
             assert field in api6
-        assert "FRONTEND api  listen 0.0.0.0:6443  active 3" in text
+        assert "FRONTEND api  listen 0.0.0.0:6443  active 3  refused 2\n" in text
         b21 = next(line for line in text.splitlines() if "198.18.0.21:6443" in line)
-        assert b21.split() == ["198.18.0.21:6443", "up", "3/3", "UP", "1", "10", "0"]
+        assert b21.split() == ["198.18.0.21:6443", "up", "3/3", "UP", "1", "10", "0", "-"]
         b22 = next(line for line in text.splitlines() if "198.18.0.22:6443" in line)
-        assert b22.split() == ["198.18.0.22:6443", "down", "0/2", "DOWN", "0", "7", "4"]
+        assert b22.split() == ["198.18.0.22:6443", "down", "0/2", "DOWN", "0", "7", "4", "HTTP", "503"]
         b23 = next(line for line in text.splitlines() if "[2001:db8::23]:6443" in line)
-        assert b23.split() == ["[2001:db8::23]:6443", "drain", "3/3", "UP", "2", "5", "0"]
+        assert b23.split() == ["[2001:db8::23]:6443", "drain", "3/3", "UP", "2", "5", "0", "-"]
         header = next(line for line in text.splitlines() if line.startswith("VRRP"))
         # Fixed-width columns: every instance's STATE cell starts under the header's.
         column = header.index("STATE")
         assert api[column:].startswith("MASTER") and api6[column:].startswith("BACKUP")
 
+        assert table.stderr == ""
+
         as_json = await lbctl(str(path), "status", "--json")
         assert as_json.returncode == 0, as_json.stderr
-        assert json.loads(as_json.stdout) == DOCUMENT
+        assert json.loads(as_json.stdout) == DOCUMENT and as_json.stderr == ""
 
     serve(path, node, scenario)
     assert node.calls == [("status",), ("status",)]
@@ -193,14 +232,16 @@ def test_drain_enable_reload_call_the_handlers(run_dir: Path) -> None:
     async def scenario() -> None:
         drained = await lbctl(str(path), "drain", "api", "198.18.0.21:6443")
         assert drained.returncode == 0, drained.stderr
-        assert "198.18.0.21:6443" in drained.stdout
+        assert drained.stdout == "api 198.18.0.21:6443: drain (no new connections; open ones finish)\n"
         drained6 = await lbctl(str(path), "drain", "api", "[2001:db8::23]:6443")
         assert drained6.returncode == 0, drained6.stderr
         enabled = await lbctl(str(path), "enable", "api", "198.18.0.21:6443")
         assert enabled.returncode == 0, enabled.stderr
+        assert enabled.stdout == "api 198.18.0.21:6443: up (takes new connections)\n"
         reloaded = await lbctl(str(path), "reload")
         assert reloaded.returncode == 0, reloaded.stderr
-        assert reloaded.stdout.strip() == "reloaded /etc/vipd/vipd.toml"
+        assert reloaded.stdout == "reloaded /etc/vipd/vipd.toml: 1 vrrp instance(s), 1 frontend(s)\n"
+        assert "" == drained.stderr == enabled.stderr == reloaded.stderr
         # The default socket comes from VIPD_SOCKET when --socket is not given.
         via_env = await lbctl(None, "status", "--json", env={"VIPD_SOCKET": str(path)})
         assert via_env.returncode == 0, via_env.stderr
@@ -242,8 +283,12 @@ def test_daemon_errors_stay_one_line(run_dir: Path) -> None:
         assert_one_line_error(refused, "config refused", "vrrp[0].vrid", "frontend[0].listen")
         status, body = await asyncio.to_thread(request, str(path), "GET", "/v1/nothing-here", 5.0)
         assert status == 404 and "unknown path" in body["error"]
-        status, body = await asyncio.to_thread(request, str(path), "GET", "/v1/reload", 5.0)
-        assert status == 405 and "error" in body
+        status, no_method = await asyncio.to_thread(request, str(path), "GET", "/v1/reload", 5.0)
+        assert status == 405
+        status, crash = await asyncio.to_thread(request, str(path), "GET", "/v1/status", 5.0)
+        assert status == 500
+        for answer in (body, no_method, crash):
+            assert check(answer, ErrorAnswer, strict=True).problems == []
 
     serve(path, BrokenNode(), scenario)
 
@@ -383,9 +428,10 @@ def test_lbctl_does_not_import_aiohttp() -> None:
 def test_table_tolerates_a_sparse_document() -> None:
     from vipd.control.lbctl import render_status
 
-    text = render_status({"node": "edge-2", "vrrp": [{"name": "x", "tracks": "garbage"}],
-                          "frontends": [{"name": "web", "backends": [{"address": "198.18.0.30:80"}],
-                                         "all_down": True}, "junk"]})
+    sparse = {"node": "edge-2", "vrrp": [{"name": "x", "tracks": "garbage"}],
+              "frontends": [{"name": "web", "backends": [{"address": "198.18.0.30:80"}],
+                             "all_down": True}, "junk"]}
+    text = render_status(check(sparse).value)
     lines = text.splitlines()
     assert lines[0] == "node edge-2"
     assert lines[2].split()[0] == "x" and "-" in lines[2].split()
@@ -417,3 +463,164 @@ def test_serves_under_uvloop(run_dir: Path) -> None:
     uvloop.run(main())
     assert node.calls == [("drain", "api", "198.18.0.22:6443")]
     assert not path.exists()
+
+
+class SkewedNode(FakeNode):
+    """A daemon whose document does not match lbctl's schema (another version, or a bug)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.document["vrrp"][0]["state"] = "LEADER"
+        self.document["vrrp"][1]["vrid"] = "fifty-two"
+        self.document["frontends"][0]["backends"][1]["state"] = "enabled"
+
+
+@pytest.mark.timeout(120)
+def test_lbctl_shows_what_matches_and_says_what_does_not(run_dir: Path) -> None:
+    path = run_dir / "control.sock"
+    node = SkewedNode()
+
+    async def scenario() -> None:
+        table = await lbctl(str(path), "status")
+        assert table.returncode == 0 and "Traceback" not in table.stderr
+        assert table.stderr.splitlines() == [
+            "lbctl: vipd's answer does not match its schema, showing what does: "
+            "vrrp[0].state: 'LEADER' is not one of INIT, BACKUP, MASTER, FAULT (and 2 more)"]
+        lines = table.stdout.splitlines()
+        api = next(line for line in lines if line.startswith("api/51 "))
+        assert api.split()[1:4] == ["-", "150", "150"]
+        assert next(line for line in lines if line.startswith("api6 ")).split()[1] == "BACKUP"
+        b22 = next(line for line in lines if "198.18.0.22:6443" in line)
+        assert b22.split() == ["198.18.0.22:6443", "-", "0/2", "DOWN", "0", "7", "4", "HTTP", "503"]
+
+        as_json = await lbctl(str(path), "status", "--json")
+        assert as_json.returncode == 0
+        assert json.loads(as_json.stdout) == node.document, "--json prints the document as it came"
+        assert as_json.stderr == table.stderr
+
+    async def serve_unchecked() -> None:
+        server = ControlServer(str(path), node)
+        await server.start()
+        try:
+            await scenario()
+        finally:
+            await server.stop()
+    asyncio.run(serve_unchecked())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _own_network(argv: list[str]) -> list[str]:
+    # As root the proxy sets net.ipv4.tcp_migrate_req: give it a network namespace of its own
+    # (loopback only) so this host's stays as it is. Its control socket is a file, reachable.
+    if os.geteuid() != 0:
+        return argv
+    require_binary("unshare", "util-linux")
+    require_binary("ip", "iproute2")
+    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = predicate()
+        except OSError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(120)
+def test_a_live_daemon_answers_by_the_schema(run_dir: Path) -> None:
+    """`vipd run` with one [[frontend]] on loopback: every answer matches the schema strictly and
+    carries every field the schema describes; lbctl and the metrics read it without a problem
+    (the metrics built in this process from the document: the daemon's loopback may be its own)."""
+    sock = run_dir / "control.sock"
+    metrics = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{_free_port()}"
+    config = run_dir / "vipd.toml"
+    # The backend that passes its TCP checks is the daemon's own metrics listener.
+    config.write_text("\n".join([
+        "[node]", 'name = "local-1"', f'control_socket = "{sock}"', f'metrics_listen = "{metrics}"',
+        "workers = 1",
+        "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{_free_port()}"',
+        "  [frontend.health]", '  type = "tcp"', "  interval = 0.2", "  timeout = 0.5",
+        "  rise = 1", "  fall = 1",
+        "  [[frontend.backend]]", f'  address = "{metrics}"',
+        "  [[frontend.backend]]", f'  address = "{dead}"', ""]))
+    log = open(run_dir / "vipd.log", "wb")
+    daemon = subprocess.Popen(_own_network([sys.executable, "-m", "vipd", "run", "-c", str(config)]),
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+
+    def ask(method: str, url: str) -> tuple[int, dict]:
+        return request(str(sock), method, url, 10.0)
+
+    def states() -> dict | None:
+        status, body = ask("GET", "/v1/status")
+        found = {b["address"]: b["state"] for b in body["frontends"][0]["backends"]}
+        return found if found == {metrics: "up", dead: "down"} else None
+
+    try:
+        try:
+            _wait(states, 30, "one backend up, one down")
+        except AssertionError:
+            raise AssertionError((run_dir / "vipd.log").read_text()) from None
+
+        status, document = ask("GET", "/v1/status")
+        assert status == 200
+        assert check(document, StatusDocument, strict=True).problems == []
+        assert set(document) == schema.described_keys(StatusDocument)
+        assert document["vrrp"] == [] and document["node"] == "local-1"
+        (frontend,) = document["frontends"]
+        assert set(frontend) == schema.described_keys(schema.Frontend)
+        for backend in frontend["backends"]:
+            assert set(backend) == schema.described_keys(schema.Backend)
+        down = next(b for b in frontend["backends"] if b["address"] == dead)
+        assert down["last_error"] == "connection refused" and down["check_failures"] >= 1
+
+        table = subprocess.run([sys.executable, "-m", "vipd.control.lbctl", "--socket", str(sock), "status"],
+                               cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert table.returncode == 0 and table.stderr == "", table.stderr
+        assert next(line for line in table.stdout.splitlines() if dead in line).endswith("connection refused")
+
+        scraped = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                   for family in families_from_status(document) for sample in family.samples}
+        assert scraped[("vipd_status_problems", ())] == 0
+        assert scraped[("vipd_backend_check_failures_total", (("backend", dead), ("frontend", "api")))] >= 1
+
+        answers = [ask("POST", backend_path("api", metrics, "drain")),
+                   ask("POST", backend_path("api", metrics, "enable")),
+                   ask("POST", backend_path("api", dead, "enable"))]
+        assert [(code, a["state"]) for code, a in answers] == [(200, "drain"), (200, "up"), (200, "down")]
+        for _, answer in answers:
+            assert check(answer, DrainAnswer, strict=True).problems == []
+
+        status, reloaded = ask("POST", "/v1/reload")
+        assert status == 200 and check(reloaded, ReloadAnswer, strict=True).problems == []
+        assert reloaded == {"ok": True, "config": str(config), "summary": "0 vrrp instance(s), 1 frontend(s)"}
+        faked = asyncio.run(FakeNode().reload())
+        assert set(faked) == set(reloaded), "the fake answers what the daemon answers"
+
+        for method, url in (("POST", backend_path("api", "198.18.0.99:1", "drain")),
+                            ("GET", "/v1/nothing")):
+            status, refused = ask(method, url)
+            assert status == 404 and check(refused, ErrorAnswer, strict=True).problems == []
+
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    assert daemon.returncode == 0, (run_dir / "vipd.log").read_text()

@@ -24,10 +24,12 @@ FULL = {
     ],
     "frontends": [
         {"name": "api", "listen": "0.0.0.0:6443", "active_connections": 3, "all_down": False,
+         "total_connections": 18, "failed_connections": 1, "refused": 5,
          "backends": [
              {"address": "198.18.0.21:6443", "state": "up", "active_connections": 1,
               "total_connections": 10, "failed_connections": 2, "health": "3/3 UP",
-              "bytes_in": 5000, "bytes_out": 70000, "check_latency_seconds": 0.0042},
+              "bytes_in": 5000, "bytes_out": 70000, "check_latency_seconds": 0.0042,
+              "checks": 40, "check_failures": 3, "passive_failures": 2},
              {"address": "[2001:db8::22]:6443", "state": "drain", "active_connections": 2,
               "total_connections": 8, "failed_connections": 0, "health": "3/3 UP",
               "bytes_in": 10, "bytes_out": 20, "check_latency_seconds": None},
@@ -114,6 +116,9 @@ def test_values_match_the_status_document() -> None:
 
         assert value(found, "vipd_frontend_active_connections", frontend="api") == 3
         assert value(found, "vipd_frontend_all_down", frontend="api") == 0
+        assert value(found, "vipd_frontend_connections_total", frontend="api") == 18
+        assert value(found, "vipd_frontend_failed_connections_total", frontend="api") == 1
+        assert value(found, "vipd_frontend_refused_connections_total", frontend="api") == 5
         b1 = {"frontend": "api", "backend": "198.18.0.21:6443"}
         b2 = {"frontend": "api", "backend": "[2001:db8::22]:6443"}
         assert value(found, "vipd_backend_up", **b1) == 1
@@ -129,7 +134,12 @@ def test_values_match_the_status_document() -> None:
         assert value(found, "vipd_backend_bytes_out_total", **b1) == 70000
         assert value(found, "vipd_backend_check_latency_seconds", **b1) == pytest.approx(0.0042)
         assert ("vipd_backend_check_latency_seconds", tuple(sorted(b2.items()))) not in found
+        assert value(found, "vipd_backend_checks_total", **b1) == 40
+        assert value(found, "vipd_backend_check_failures_total", **b1) == 3
+        assert value(found, "vipd_backend_passive_failures_total", **b1) == 2
+        assert ("vipd_backend_checks_total", tuple(sorted(b2.items()))) not in found
         assert value(found, "vipd_status_ok") == 1
+        assert value(found, "vipd_status_problems") == 0
 
         with pytest.raises(urllib.error.HTTPError) as missing:
             fetch(url + "/nothing")
@@ -177,8 +187,11 @@ def test_a_document_without_extras_still_scrapes() -> None:
         for absent in ("vipd_vrrp_adverts_sent_total", "vipd_vrrp_adverts_received_total",
                        "vipd_vrrp_transitions_total", "vipd_vrrp_invalid_packets_total",
                        "vipd_backend_bytes_in_total", "vipd_backend_bytes_out_total",
-                       "vipd_backend_check_latency_seconds", "vipd_frontend_all_down"):
+                       "vipd_backend_check_latency_seconds", "vipd_frontend_all_down",
+                       "vipd_frontend_connections_total", "vipd_frontend_refused_connections_total",
+                       "vipd_backend_checks_total", "vipd_backend_check_failures_total"):
             assert absent not in names
+        assert value(found, "vipd_status_problems") == 0
 
     scrape_with(lambda: CONTRACT_ONLY, checks)
 
@@ -192,7 +205,10 @@ def test_garbage_or_failing_status_never_breaks_a_scrape() -> None:
                                                    "adverts_sent": float("nan"), "tracks": [{"ok": True}]}],
         "frontends": {"not": "a list"},
     }
-    documents = [garbage, RuntimeError("status blew up"), {"vrrp": "nope"}]
+    half_valid = copy.deepcopy(FULL)
+    half_valid["vrrp"][0]["state"] = "LEADER"
+    half_valid["frontends"][0]["backends"][0]["total_connections"] = -1
+    documents = [garbage, RuntimeError("status blew up"), {"vrrp": "nope"}, half_valid]
 
     def status() -> dict:
         item = documents.pop(0)
@@ -204,10 +220,21 @@ def test_garbage_or_failing_status_never_breaks_a_scrape() -> None:
         first = samples(fetch(url + "/metrics"))
         assert value(first, "vipd_status_ok") == 1
         assert not any(name.startswith("vipd_vrrp") for name, _ in first)
+        # node, vrrp[0], vrrp[1], frontends: 4; vrrp[2]: 10 missing; vrrp[3]: 4 wrong, 7 + 2 missing
+        assert value(first, "vipd_status_problems") == 27
         second = samples(fetch(url + "/metrics"))
         assert value(second, "vipd_status_ok") == 0
         third = samples(fetch(url + "/metrics"))
         assert value(third, "vipd_status_ok") == 1
+        assert value(third, "vipd_status_problems") == 3, "vrrp is not a list; node, frontends missing"
+        # What matches the schema is still scraped; what does not is left out.
+        fourth = samples(fetch(url + "/metrics"))
+        assert value(fourth, "vipd_status_problems") == 2
+        assert not any(name == "vipd_vrrp_state" for name, _ in fourth)
+        assert value(fourth, "vipd_vrrp_adverts_sent_total", instance="api") == 1234
+        b1 = {"frontend": "api", "backend": "198.18.0.21:6443"}
+        assert ("vipd_backend_connections_total", tuple(sorted(b1.items()))) not in fourth
+        assert value(fourth, "vipd_backend_bytes_in_total", **b1) == 5000
 
     scrape_with(status, checks)
     assert documents == []

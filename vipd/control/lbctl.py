@@ -7,14 +7,21 @@ from typing import Any, NoReturn
 
 import typer
 
+from lbproxy.health import BackendState
 from vipd.config import DEFAULT_CONTROL_SOCKET
 from vipd.control.client import backend_path, request
+from vipd.control.schema import DrainAnswer, ReloadAnswer, StatusDocument, Track, check
 
 STATUS_TIMEOUT = 10.0
 # A reload re-creates changed VRRP instances and proxy workers; give it room.
 RELOAD_TIMEOUT = 60.0
 # Script tracks are whole command lines; the table shows their start, --json all of it.
 TRACK_NAME_WIDTH = 40
+BACKEND_STATE_MEANING = {
+    BackendState.UP: "takes new connections",
+    BackendState.DOWN: "failing its health checks: no new connections until they pass",
+    BackendState.DRAIN: "no new connections; open ones finish",
+}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Inspect and steer the vipd daemon on this node.")
@@ -54,6 +61,16 @@ def call(socket_path: str, method: str, path: str, timeout: float = STATUS_TIMEO
     return body
 
 
+def checked(answer: dict, document: type) -> Any:
+    """What of the daemon's answer matches the schema; a mismatch (a vipd of another version?)
+    is said in one line on stderr, and the rest is still shown."""
+    result = check(answer, document)
+    if result.problems:
+        typer.echo(f"lbctl: vipd's answer does not match its schema, showing what does: "
+                   f"{result.summary()}", err=True)
+    return result.value if isinstance(result.value, dict) else {}
+
+
 @app.command()
 def status(
     ctx: typer.Context,
@@ -61,31 +78,39 @@ def status(
 ) -> None:
     """VRRP instances and frontends with their backends."""
     document = call(ctx.obj, "GET", "/v1/status")
+    shown: StatusDocument = checked(document, StatusDocument)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
     else:
-        typer.echo(render_status(document), nl=False)
+        typer.echo(render_status(shown), nl=False)
+
+
+def _drain_or_enable(socket_path: str, frontend: str, backend: str, action: str) -> None:
+    answer: DrainAnswer = checked(call(socket_path, "POST", backend_path(frontend, backend, action)),
+                                  DrainAnswer)
+    state = answer.get("state")
+    meaning = f"{state} ({BACKEND_STATE_MEANING[state]})" if state else f"{action}: done"
+    typer.echo(f"{answer.get('frontend', frontend)} {answer.get('backend', backend)}: {meaning}")
 
 
 @app.command()
 def drain(ctx: typer.Context, frontend: str, backend: str) -> None:
     """Stop sending new connections to BACKEND (existing ones finish)."""
-    answer = call(ctx.obj, "POST", backend_path(frontend, backend, "drain"))
-    typer.echo(answer.get("message") or f"{frontend} {backend}: draining")
+    _drain_or_enable(ctx.obj, frontend, backend, "drain")
 
 
 @app.command()
 def enable(ctx: typer.Context, frontend: str, backend: str) -> None:
     """Take a drained BACKEND back into rotation."""
-    answer = call(ctx.obj, "POST", backend_path(frontend, backend, "enable"))
-    typer.echo(answer.get("message") or f"{frontend} {backend}: enabled")
+    _drain_or_enable(ctx.obj, frontend, backend, "enable")
 
 
 @app.command()
 def reload(ctx: typer.Context) -> None:
     """Apply the config file again (like SIGHUP); a bad file is refused."""
-    answer = call(ctx.obj, "POST", "/v1/reload", RELOAD_TIMEOUT)
-    typer.echo(answer.get("message") or "reloaded")
+    answer: ReloadAnswer = checked(call(ctx.obj, "POST", "/v1/reload", RELOAD_TIMEOUT), ReloadAnswer)
+    config, summary = answer.get("config"), answer.get("summary")
+    typer.echo("reloaded" + (f" {config}" if config else "") + (f": {summary}" if summary else ""))
 
 
 def _text(value: Any) -> str:
@@ -98,17 +123,13 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _entries(value: Any) -> list[dict]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _track(track: dict) -> str:
+def _track(track: Track) -> str:
     name = _text(track.get("name"))
     if len(name) > TRACK_NAME_WIDTH:
         name = name[:TRACK_NAME_WIDTH - 3] + "..."
     weight = track.get("weight")
     verdict = "ok" if track.get("ok") else "FAIL"
-    if isinstance(weight, int) and not isinstance(weight, bool):
+    if weight is not None:
         verdict += "(fault)" if weight == 0 else f"({weight:+d})"
     return f"{name} {verdict}"
 
@@ -126,14 +147,16 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int],
     return lines
 
 
-def render_status(document: dict) -> str:
+def render_status(document: StatusDocument) -> str:
+    """The table of a document as `schema.check` leaves it: every field present has its type,
+    but any may be missing."""
     lines = [f"node {_text(document.get('node'))}"]
-    instances = _entries(document.get("vrrp"))
+    instances = document.get("vrrp", [])
     if instances:
         rows = []
         for v in instances:
-            name = _text(v.get("name")) + (f"/{v['vrid']}" if v.get("vrid") is not None else "")
-            tracks = ", ".join(_track(t) for t in _entries(v.get("tracks")))
+            name = _text(v.get("name")) + (f"/{v['vrid']}" if "vrid" in v else "")
+            tracks = ", ".join(_track(t) for t in v.get("tracks", []))
             rows.append((name, _text(v.get("state")), _text(v.get("priority")),
                          _text(v.get("effective_priority")), _text(v.get("master")),
                          _text(v.get("virtual_ips")), _text(v.get("since")), tracks or "-"))
@@ -141,17 +164,19 @@ def render_status(document: dict) -> str:
                        rows, right={2, 3})
     else:
         lines.append("VRRP      none on this node")
-    for f in _entries(document.get("frontends")):
+    for f in document.get("frontends", []):
         head = (f"FRONTEND {_text(f.get('name'))}  listen {_text(f.get('listen'))}"
                 f"  active {_text(f.get('active_connections'))}")
+        if f.get("refused"):
+            head += f"  refused {f['refused']}"
         if f.get("all_down"):
             head += "  ALL BACKENDS DOWN"
         lines.append(head)
         rows = [(_text(b.get("address")), _text(b.get("state")), _text(b.get("health")),
                  _text(b.get("active_connections")), _text(b.get("total_connections")),
-                 _text(b.get("failed_connections")))
-                for b in _entries(f.get("backends"))]
-        lines += table(("BACKEND", "STATE", "HEALTH", "ACTIVE", "TOTAL", "FAILED"),
+                 _text(b.get("failed_connections")), _text(b.get("last_error")))
+                for b in f.get("backends", [])]
+        lines += table(("BACKEND", "STATE", "HEALTH", "ACTIVE", "TOTAL", "FAILED", "LAST ERROR"),
                        rows, right={3, 4, 5}, indent="  ")
     return "\n".join(lines) + "\n"
 

@@ -1,14 +1,13 @@
 """Prometheus metrics built from the status document at scrape time.
 
-The status document (what `lbctl status --json` shows, plus extra keys) is the one source of
-truth: there is no second set of counters to keep in step. A key missing from the document
+The status document (vipd.control.schema) is the one source of truth: there is no second set
+of counters to keep in step. A field missing from the document, or not matching its schema,
 just leaves its metric out. Served by aiohttp inside the daemon's loop, so `status()` runs on
 the loop thread like every other reader of the components' state.
 """
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from typing import Any, Callable, Iterator
 
@@ -22,23 +21,11 @@ from prometheus_client.exposition import choose_encoder
 
 from lbproxy.configreader import split_host_port
 from lbproxy.health import BackendState
+from vipd.control.schema import Frontend, StatusDocument, VrrpInstance, check
 from vipd.control.server import serve_app
 from vipd.vrrp.fsm import State
 
 log = logging.getLogger("vipd.metrics")
-
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _entries(value: Any) -> list[dict]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 class _Families:
@@ -47,45 +34,48 @@ class _Families:
     def __init__(self) -> None:
         self.families: dict[str, Metric] = {}
 
-    def add(self, kind: type, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
-        number = _number(value)
-        if number is None:
+    def add(self, kind: type, name: str, help_text: str, labels: dict[str, str],
+            value: int | float | bool | None) -> None:
+        if value is None:
             return
         family = self.families.get(name)
         if family is None:
             family = kind(name, help_text, labels=list(labels))
             self.families[name] = family
-        family.add_metric([str(v) for v in labels.values()], number)
+        family.add_metric(list(labels.values()), float(value))
 
-    def gauge(self, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+    def gauge(self, name: str, help_text: str, labels: dict[str, str], value: int | float | bool | None) -> None:
         self.add(GaugeMetricFamily, name, help_text, labels, value)
 
-    def counter(self, name: str, help_text: str, labels: dict[str, str], value: Any) -> None:
+    def counter(self, name: str, help_text: str, labels: dict[str, str], value: int | float | None) -> None:
         self.add(CounterMetricFamily, name, help_text, labels, value)
 
 
 def families_from_status(document: Any) -> list[Metric]:
+    """The families of what in `document` matches the status schema; the rest is left out and
+    counted in vipd_status_problems."""
+    checked = check(document, StatusDocument)
+    status: StatusDocument = checked.value if isinstance(checked.value, dict) else {}
     out = _Families()
-    if not isinstance(document, dict):
-        return []
-    if isinstance(document.get("node"), str):
-        out.gauge("vipd_node_info", "This node's name.", {"node": document["node"]}, 1)
-    for v in _entries(document.get("vrrp")):
+    if "node" in status:
+        out.gauge("vipd_node_info", "This node's name.", {"node": status["node"]}, 1)
+    for v in status.get("vrrp", []):
         _vrrp_metrics(out, v)
-    for f in _entries(document.get("frontends")):
+    for f in status.get("frontends", []):
         _frontend_metrics(out, f)
+    out.gauge("vipd_status_problems", "Fields of the status document that do not match its "
+              "schema (docs/status.schema.json); 0 unless something is wrong.", {}, len(checked.problems))
     return list(out.families.values())
 
 
-def _vrrp_metrics(out: _Families, v: dict) -> None:
-    if v.get("name") is None:
+def _vrrp_metrics(out: _Families, v: VrrpInstance) -> None:
+    if "name" not in v:
         return
-    who = {"instance": str(v["name"])}
-    state = v.get("state")
-    if isinstance(state, str):
-        for known in sorted({s.value for s in State} | {state}):
+    who = {"instance": v["name"]}
+    if "state" in v:
+        for known in State:
             out.gauge("vipd_vrrp_state", "1 for the VRRP instance's current state.",
-                      {**who, "state": known}, known == state)
+                      {**who, "state": known.value}, known == v["state"])
     out.gauge("vipd_vrrp_priority", "Configured VRRP priority.", who, v.get("priority"))
     out.gauge("vipd_vrrp_effective_priority", "Priority after track weights.", who,
               v.get("effective_priority"))
@@ -93,36 +83,38 @@ def _vrrp_metrics(out: _Families, v: dict) -> None:
     out.counter("vipd_vrrp_adverts_sent", "VRRP advertisements sent.", who, v.get("adverts_sent"))
     out.counter("vipd_vrrp_adverts_received", "Valid VRRP advertisements received.", who,
                 v.get("adverts_received"))
-    invalid = v.get("invalid")
-    if isinstance(invalid, dict):
-        for reason, count in sorted(invalid.items()):
-            out.counter("vipd_vrrp_invalid_packets", "VRRP packets dropped, by reason.",
-                        {**who, "reason": str(reason)}, count)
-    for track in _entries(v.get("tracks")):
-        if track.get("name") is not None:
+    for reason, count in sorted(v.get("invalid", {}).items()):
+        out.counter("vipd_vrrp_invalid_packets", "VRRP packets dropped, by reason.",
+                    {**who, "reason": reason}, count)
+    for track in v.get("tracks", []):
+        if "name" in track:
             out.gauge("vipd_vrrp_track_ok", "1 while the track is ok.",
-                      {**who, "track": str(track["name"])}, bool(track.get("ok")))
+                      {**who, "track": track["name"]}, track.get("ok"))
 
 
-def _frontend_metrics(out: _Families, f: dict) -> None:
-    if f.get("name") is None:
+def _frontend_metrics(out: _Families, f: Frontend) -> None:
+    if "name" not in f:
         return
-    where = {"frontend": str(f["name"])}
+    where = {"frontend": f["name"]}
     out.gauge("vipd_frontend_active_connections", "Open client connections.", where,
               f.get("active_connections"))
-    if "all_down" in f:
-        out.gauge("vipd_frontend_all_down", "1 while no backend is up.", where, bool(f["all_down"]))
-    for b in _entries(f.get("backends")):
-        if b.get("address") is None:
+    out.counter("vipd_frontend_connections", "Client connections accepted.", where,
+                f.get("total_connections"))
+    out.counter("vipd_frontend_failed_connections", "Client connections no backend took.", where,
+                f.get("failed_connections"))
+    out.counter("vipd_frontend_refused_connections", "Client connections refused at max_connections.",
+                where, f.get("refused"))
+    out.gauge("vipd_frontend_all_down", "1 while no backend is up.", where, f.get("all_down"))
+    for b in f.get("backends", []):
+        if "address" not in b:
             continue
-        who = {**where, "backend": str(b["address"])}
-        state = b.get("state")
-        if isinstance(state, str):
+        who = {**where, "backend": b["address"]}
+        if "state" in b:
             out.gauge("vipd_backend_up", "1 while the backend takes new connections.", who,
-                      state == BackendState.UP)
-            for known in sorted({s.value for s in BackendState} | {state}):
+                      b["state"] == BackendState.UP)
+            for known in BackendState:
                 out.gauge("vipd_backend_state", "1 for the backend's current state.",
-                          {**who, "state": known}, known == state)
+                          {**who, "state": known.value}, known == b["state"])
         out.gauge("vipd_backend_active_connections", "Open connections to the backend.", who,
                   b.get("active_connections"))
         out.counter("vipd_backend_connections", "Connections sent to the backend.", who,
@@ -135,6 +127,11 @@ def _frontend_metrics(out: _Families, f: dict) -> None:
                     b.get("bytes_out"))
         out.gauge("vipd_backend_check_latency_seconds", "Duration of the last health check.", who,
                   b.get("check_latency_seconds"))
+        out.counter("vipd_backend_checks", "Active health checks run.", who, b.get("checks"))
+        out.counter("vipd_backend_check_failures", "Active health checks failed.", who,
+                    b.get("check_failures"))
+        out.counter("vipd_backend_passive_failures", "Failed connects counted against health.", who,
+                    b.get("passive_failures"))
 
 
 class StatusCollector:
