@@ -187,3 +187,15 @@ def test_every_lbproxy_module_imports_without_vipd():
     loaded = fresh_python(LBPROXY_ALONE)
     assert "lbproxy.supervisor" in loaded["imported"] and "lbproxy.worker" in loaded["imported"]
     assert loaded["vipd"] == []
+
+
+def test_every_console_script_resolves_to_a_callable():
+    """`pip install .` writes these entry points; a module moved without them breaks the command."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"vipd", "lbproxy", "lbctl"}
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
