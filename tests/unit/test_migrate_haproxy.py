@@ -42,7 +42,7 @@ def test_kubeadm_guide_pair_suggests_the_built_in_frontend_track(tmp_path):
     config, result = translated(keepalived=keepalived, haproxy=KUBEADM_HAPROXY)
     assert [v.name for v in config.vrrp] == ["VI_1"] and [f.name for f in config.frontends] == ["apiserver"]
     assert config.vrrp[0].tracks[0].target == str(check)        # kept: the suggestion is a comment
-    assert f'#   frontend = "apiserver"' in result.toml
+    assert '#   frontend = "apiserver"' in result.toml
     assert notes_about(result, f"{keepalived}:8: vrrp_script check_apiserver: checks the local proxy: "
                                'vipd\'s built-in track can replace it: [[vrrp.track]] frontend = "apiserver"')
     # Without the script file there is nothing to recognise: no suggestion.
