@@ -1,4 +1,4 @@
-"""`vipd run | check | demo`."""
+"""`vipd run | check | import | demo`."""
 from __future__ import annotations
 
 import sys
@@ -33,6 +33,38 @@ def check(config: str = ConfigOption) -> None:
             typer.echo(problem, err=True)
         raise typer.Exit(1)
     typer.echo(f"{config}: ok ({len(loaded.vrrp)} vrrp instance(s), {len(loaded.frontends)} frontend(s))")
+
+
+@app.command("import")
+def import_config(
+    keepalived: str = typer.Option(None, "--keepalived", metavar="FILE", help="A keepalived.conf."),
+    nginx: str = typer.Option(None, "--nginx", metavar="FILE", help="An nginx.conf with a stream block."),
+    haproxy: str = typer.Option(None, "--haproxy", metavar="FILE", help="A haproxy.cfg with mode tcp proxies."),
+) -> None:
+    """Translate keepalived, nginx stream and HAProxy tcp configs into one vipd TOML on stdout."""
+    from vipd.migrate import InputError, translate
+    if not (keepalived or nginx or haproxy):
+        typer.echo("vipd import: give at least one of --keepalived, --nginx, --haproxy", err=True)
+        raise typer.Exit(2)
+    try:
+        result = translate(keepalived, nginx, haproxy)
+    except InputError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2)
+    except (RecursionError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        typer.echo(f"vipd import: internal error ({type(exc).__name__}: {exc}); please report it", err=True)
+        raise typer.Exit(1)
+    for line in result.notes:
+        typer.echo(line, err=True)
+    if result.toml is None:
+        typer.echo("vipd import: nothing to translate (no vrrp_instance, stream server or tcp frontend)", err=True)
+        raise typer.Exit(2)
+    if result.problems:
+        typer.echo("vipd import: the translation does not pass vipd check (a bug in vipd import):", err=True)
+        for problem in result.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(1)
+    typer.echo(result.toml, nl=False)
 
 
 @app.command()
