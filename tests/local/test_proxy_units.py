@@ -10,7 +10,7 @@ import pytest
 
 from lbproxy import ipc
 from lbproxy.listener import make_listener
-from lbproxy.supervisor import _add
+from lbproxy.status import add_counters
 from vipd.config import parse
 
 
@@ -42,13 +42,13 @@ def test_the_channel_skips_and_counts_garbage():
 
 
 def test_counter_documents_add_up_per_backend():
-    a = {"active": 2, "accepted": 10, "all_down": False,
+    a = {"active": 2, "accepted": 10, "listening": False,
          "backends": {"b1": {"total": 4, "bytes_in": 100}}}
-    b = {"active": 1, "accepted": 5, "all_down": True,
+    b = {"active": 1, "accepted": 5, "listening": True,
          "backends": {"b1": {"total": 1, "bytes_in": 1}, "b2": {"total": 3}}}
-    assert _add(a, b) == {"active": 3, "accepted": 15, "all_down": True,
-                          "backends": {"b1": {"total": 5, "bytes_in": 101}, "b2": {"total": 3}}}
-    assert _add({}, a) == a
+    assert add_counters(a, b) == {"active": 3, "accepted": 15, "listening": True,
+                                  "backends": {"b1": {"total": 5, "bytes_in": 101}, "b2": {"total": 3}}}
+    assert add_counters({}, a) == a
 
 
 @pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
