@@ -405,7 +405,7 @@ class ProxySupervisor:
         for name in names + [n for n in self.serving if n not in names]:
             checker = self.checkers.get(name)
             serving = listening and checker is not None and not checker.all_down
-            if self.serving.get(name) == serving:
+            if self.serving.get(name, False) == serving:     # not known yet: not serving
                 continue
             self.serving[name] = serving
             if self.on_serving is not None:
