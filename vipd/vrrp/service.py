@@ -23,7 +23,7 @@ log = logging.getLogger("vipd.vrrp")
 class VrrpService:
     def __init__(self, config: Config, serving: Mapping[str, bool] | None = None) -> None:
         self.config = config
-        # The proxy's serving verdicts as last pushed (frontend_serving): new frontend tracks start from it.
+        # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
         self.serving: dict[str, bool] = dict(serving or {})
         self.instances: dict[str, VrrpInstance] = {}
         self.interfaces = InterfaceTable()

@@ -1,9 +1,10 @@
 """What a VRRP instance tracks: check scripts, interfaces and this node's frontends.
 
 Every result goes through `lbproxy.health.HealthCounter`. Interface and frontend tracks are told
-of changes (netlink events; the proxy's `serving` verdicts); only scripts run on a schedule. Weights apply as in keepalived, so
-migrated configs keep their meaning: a negative weight is added while the track fails, a
-positive one while it succeeds; a failing weight-0 track puts the instance in FAULT.
+of changes (netlink events; the proxy's `serving` verdicts, pushed); only scripts run on a
+schedule. Weights apply as in keepalived, so migrated configs keep their meaning: a negative
+weight is added while the track fails, a positive one while it succeeds; a failing weight-0
+track puts the instance in FAULT.
 """
 from __future__ import annotations
 
