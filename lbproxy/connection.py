@@ -261,8 +261,6 @@ class Connection:
         self.retry = None
         fe = self.frontend
         candidate = fe.balancer.pick(fe.pool, self.tried, self.client_ip)
-        if fe.balancer.all_down != fe.all_down:
-            fe.note_all_down(fe.balancer.all_down)
         if candidate is None:
             self.give_up("no backend available")
             return

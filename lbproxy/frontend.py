@@ -32,7 +32,6 @@ class Frontend:
         self.connections: set[Connection] = set()
         self.connecting: dict[Connection, None] = {}
         self.accepted = self.refused = self.failed = 0
-        self.all_down = False
         self.listener: socket.socket | None = None
         self.accepting = False
         self._slots: dict[str, BackendSlot] = {}
@@ -205,13 +204,6 @@ class Frontend:
 
     # --- reporting
 
-    def note_all_down(self, all_down: bool) -> None:
-        self.all_down = all_down
-        if all_down:
-            log.warning("%s: every backend is down; trying them anyway", self.name)
-        else:
-            log.info("%s: a backend is up again", self.name)
-
     def log_failure(self, reason: str) -> None:
         self._rate_limited("failed", "%s: dropped a client connection: %s", self.name, reason)
 
@@ -228,6 +220,5 @@ class Frontend:
 
     def stats(self) -> dict:
         return {"active": len(self.connections), "accepted": self.accepted, "refused": self.refused,
-                "failed": self.failed, "all_down": not any(c.state == BackendState.UP for c in self.pool),
-                "listening": self.listener is not None,
+                "failed": self.failed, "listening": self.listener is not None,
                 "backends": {s.address: s.stats() for s in self._slots.values()}}

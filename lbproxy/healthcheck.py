@@ -1,11 +1,14 @@
 """Active and passive health of one frontend's backends, in the master process's event loop.
 
 Every backend gets its own probe task: tcp (connect, close), http or https (GET `path`,
-status in `expect`). Results feed vipd.health.HealthCounter, the same rise/fall counter the
-VRRP track scripts use. Backends start UP, as in HAProxy, so a restart or reload never
+status in `expect`). Results feed lbproxy.health.HealthCounter, the same rise/fall counter
+the VRRP track scripts use. Backends start UP, as in HAProxy, so a restart or reload never
 blackholes traffic while the first probes are still out. Workers report failed connects
 (passive checks); each counts as one failed probe. `on_change` fires once per change of the
 effective state (up/down/drain), which is what the workers' balancers need to hear about.
+
+The checker is the one place that decides (and logs) whether the whole frontend is down:
+`all_down` is kept current before `on_change` fires, so its listeners read a settled summary.
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ class HealthChecker:
         self._verifying_tls = ssl.create_default_context()
         self._retiring: set[asyncio.Task] = set()
         self._running = False
+        self.all_down = self._none_up()
 
     @property
     def health(self) -> HealthConfig:
@@ -201,6 +205,7 @@ class HealthChecker:
         after = bh.state
         if after == before:
             return
+        self._summarize()
         try:
             self.on_change(self.frontend.name, bh.address, after)
         except Exception:
@@ -254,6 +259,7 @@ class HealthChecker:
         for address, bh in old.items():
             if address not in backends:
                 self._retire(bh)
+        self._summarize()
         if not self._running:
             return
         if restart:
@@ -263,9 +269,20 @@ class HealthChecker:
         elif fresh:
             self._start_probes(fresh)
 
-    def all_down(self) -> bool:
-        """True when no backend can take new connections (all down or drained)."""
+    def _none_up(self) -> bool:
         return not any(bh.state == BackendState.UP for bh in self.backends.values())
+
+    def _summarize(self) -> None:
+        """Refresh `all_down` (no backend takes new connections) and log when it flips."""
+        all_down = self._none_up()
+        if all_down == self.all_down:
+            return
+        self.all_down = all_down
+        if all_down:
+            log.warning("frontend %s: every backend is down or drained; new connections still "
+                        "try the down ones", self.frontend.name)
+        else:
+            log.info("frontend %s: a backend is up again", self.frontend.name)
 
     def status(self) -> list[dict]:
         return [{

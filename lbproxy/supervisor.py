@@ -1,8 +1,10 @@
-"""The proxy's master side: health checks, worker processes, reloads, drains and status.
+"""The proxy's master side: worker processes and their generations, reloads, drains, and the
+health checkers whose verdicts it pushes out.
 
 Runs inside the daemon's event loop (vipd.daemon). Health is decided here, once, by one
-HealthChecker per frontend, and pushed to every worker; workers push counters back every
-half second and report failed connects as passive health failures.
+HealthChecker per frontend: each backend's state goes to every worker, and each frontend's
+`serving` (listening, and a backend up) to `on_serving` whenever it changes. Nothing asks back.
+Workers push counters every half second and report failed connects as passive health failures.
 
 Workers are spawned (`python -m lbproxy.worker`), never forked from the running loop, one per
 slot of a *generation*. A crashed worker is replaced in its slot, at once after a long life and
@@ -25,8 +27,9 @@ from typing import Callable
 import lbproxy
 from lbproxy import ipc
 from lbproxy.config import FrontendConfig, ProxyConfig
-from lbproxy.health import BackendState
 from lbproxy.healthcheck import HealthChecker
+from lbproxy.status import TrafficTotals, frontend_status
+from lbproxy.sysctl import enable_request_migration
 
 log = logging.getLogger("lbproxy")
 
@@ -35,7 +38,8 @@ STABLE_AFTER = 10.0          # a worker that lived this long is restarted at onc
 RESTART_BACKOFF = (0.5, 30.0)
 ACK_TIMEOUT = 5.0
 EXIT_GRACE = 10.0            # beyond the drain timeout, before a worker is killed
-MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+OnServing = Callable[[str, bool], None]    # (frontend name, serving), on every change
 
 
 class ProxyError(Exception):
@@ -81,9 +85,10 @@ class _Generation:
 
 
 class ProxySupervisor:
-    def __init__(self, config: ProxyConfig, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: ProxyConfig, on_serving: OnServing | None = None) -> None:
         self.config = config
-        self.on_change = on_change
+        self.on_serving = on_serving
+        self.serving: dict[str, bool] = {}   # each frontend's verdict, as last pushed
         self.checkers: dict[str, HealthChecker] = {}
         self.current: _Generation | None = None
         self.workers: set[_Worker] = set()
@@ -91,15 +96,14 @@ class ProxySupervisor:
         self._listeners_closed = False   # stop_accepting() was called: nothing may listen again
         self._stopping = False
         self._generations = 0
-        self._retired: dict[str, dict] = {}
-        self._all_down: set[str] = set()
+        self.totals = TrafficTotals()
         self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle
 
     async def start(self) -> None:
         """Health checks running, workers spawned and listening; ProxyError if they cannot."""
-        _enable_request_migration()
+        enable_request_migration()
         for frontend in self.config.frontends:
             await self._add_checker(frontend)
         generation = self._new_generation(self.config)
@@ -112,7 +116,7 @@ class ProxySupervisor:
         self.accepting = True
         log.info("proxy: %d frontend(s) listening in %d worker(s)", len(self.config.frontends),
                  len(generation.workers))
-        self._changed()
+        self._update_serving()
 
     async def reload(self, config: ProxyConfig) -> None:
         old = self.config
@@ -145,20 +149,21 @@ class ProxySupervisor:
                      generation.number, previous.number if previous else 0)
             if previous is not None:
                 self._spawn_task(self._retire(previous, None))
+            self._update_serving()
         await self._stop_checkers(removed)
-        self._changed()
+        self._update_serving()
 
     async def stop_accepting(self) -> None:
         """Listeners closed in every worker; open connections keep flowing."""
         self.accepting = False
         self._listeners_closed = True
+        self._update_serving()
         for generation in self._generations_alive():
             generation.cancel_respawns()
         workers = [w for w in self.workers if w.accepting]
         for worker in workers:
             worker.send({"op": "stop_accepting"})
         await self._wait([w.stopped_accepting for w in workers], ACK_TIMEOUT)
-        self._changed()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Let connections finish (up to `timeout` or each frontend's drain_timeout), then stop
@@ -166,6 +171,7 @@ class ProxySupervisor:
         self._stopping = True
         self.accepting = False
         self._listeners_closed = True
+        self._update_serving()
         for generation in self._generations_alive():
             generation.cancel_respawns()
         workers = list(self.workers)
@@ -177,7 +183,6 @@ class ProxySupervisor:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stop_checkers(list(self.checkers))
-        self._changed()
 
     # --- operator actions and status
 
@@ -192,59 +197,17 @@ class ProxySupervisor:
         else:
             checker.enable(address)
 
-    def frontend_serving(self, name: str) -> bool:
-        """Listening in at least one worker and at least one backend up."""
-        checker = self.checkers.get(name)
-        if not self.accepting or checker is None or self.current is None:
-            return False
-        listening = any(w.accepting for w in self.current.workers.values())
-        return listening and not checker.all_down()
-
     def status(self) -> list[dict]:
-        live = self._live_counters()
+        counters = self.totals.frontends(w.stats for w in self.workers)
         out = []
         for frontend in self.config.frontends:
-            counters = live.get(frontend.name, {})
-            retired = self._retired.get(frontend.name, {})
             checker = self.checkers.get(frontend.name)
-            health = {h["address"]: h for h in (checker.status() if checker else [])}
-            backends = []
-            for backend in frontend.backends:
-                c = _add(counters.get("backends", {}).get(backend.address, {}),
-                         retired.get("backends", {}).get(backend.address, {}))
-                h = health.get(backend.address, {})
-                backends.append({
-                    "address": backend.address,
-                    "state": h.get("state", BackendState.UP),
-                    "weight": backend.weight,
-                    "active_connections": c.get("active", 0),
-                    "total_connections": c.get("total", 0),
-                    "failed_connections": c.get("failed", 0),
-                    "bytes_in": c.get("bytes_in", 0),
-                    "bytes_out": c.get("bytes_out", 0),
-                    "health": h.get("health"),
-                    "last_error": h.get("last_error"),
-                    "check_latency_seconds": h.get("check_latency_seconds"),
-                    "checks": h.get("checks", 0),
-                    "check_failures": h.get("check_failures", 0),
-                    "passive_failures": h.get("passive_failures", 0),
-                })
-            totals = _add(counters, retired)
-            out.append({
-                "name": frontend.name,
-                "listen": frontend.listen,
-                "balance": frontend.balance,
-                "active_connections": totals.get("active", 0),
-                "total_connections": totals.get("accepted", 0),
-                "failed_connections": totals.get("failed", 0),
-                "refused": totals.get("refused", 0),
-                "bytes_in": sum(b["bytes_in"] for b in backends),
-                "bytes_out": sum(b["bytes_out"] for b in backends),
-                "all_down": checker.all_down() if checker else True,
-                "serving": self.frontend_serving(frontend.name),
-                "workers": sum(1 for w in self.workers if w.accepting and frontend.name in w.stats),
-                "backends": backends,
-            })
+            out.append(frontend_status(
+                frontend, counters.get(frontend.name, {}),
+                health=checker.status() if checker else [],
+                all_down=checker.all_down if checker else True,
+                serving=self.serving.get(frontend.name, False),
+                workers=sum(1 for w in self.workers if w.accepting and frontend.name in w.stats)))
         return out
 
     # --- workers
@@ -321,7 +284,7 @@ class ProxySupervisor:
                 worker.accepting = not self._listeners_closed
                 if not worker.listening.done():
                     worker.listening.set_result(True)
-                self._changed()
+                self._update_serving()
             elif op == "stopped_accepting":
                 worker.accepting = False
                 if not worker.stopped_accepting.done():
@@ -337,7 +300,8 @@ class ProxySupervisor:
         self.workers.discard(worker)
         worker.accepting = False
         worker.channel.close()
-        self._retire_counters(worker)
+        self.totals.retire(worker.stats)
+        worker.stats = {}
         how = f"exited with code {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
         if not worker.listening.done():
             worker.listening.set_exception(ProxyError(worker.error or f"proxy worker {how} while starting"))
@@ -358,7 +322,7 @@ class ProxySupervisor:
             loop = asyncio.get_running_loop()
             generation.respawns[worker.slot] = loop.call_later(
                 delay, lambda: self._spawn_task(self._respawn(generation, worker.slot)))
-        self._changed()
+        self._update_serving()
 
     async def _respawn(self, generation: _Generation, slot: int) -> None:
         generation.respawns.pop(slot, None)
@@ -430,74 +394,22 @@ class ProxySupervisor:
         message = {"op": "state", "frontend": frontend, "address": address, "state": state}
         for worker in self.workers:
             worker.send(message)
-        checker = self.checkers.get(frontend)
-        all_down = checker is not None and checker.all_down()
-        if all_down != (frontend in self._all_down):
-            if all_down:
-                self._all_down.add(frontend)
-                log.warning("proxy: frontend %s: every backend is down or drained; new "
-                            "connections still try the down ones", frontend)
-            else:
-                self._all_down.discard(frontend)
-                log.info("proxy: frontend %s: a backend is up again", frontend)
-        self._changed()
+        self._update_serving()
 
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change()
-            except Exception:
-                log.exception("proxy: on_change callback failed")
-
-    # --- counters
-
-    def _live_counters(self) -> dict[str, dict]:
-        totals: dict[str, dict] = {}
-        for worker in self.workers:
-            for name, stats in worker.stats.items():
-                totals[name] = _add(totals.get(name, {}), stats)
-        return totals
-
-    def _retire_counters(self, worker: _Worker) -> None:
-        """A worker is gone: its counters stay in the totals (its open connections do not)."""
-        for name, stats in worker.stats.items():
-            kept = {k: v for k, v in stats.items() if k != "active"}
-            kept["backends"] = {a: {k: v for k, v in b.items() if k != "active"}
-                                for a, b in stats.get("backends", {}).items()}
-            self._retired[name] = _add(self._retired.get(name, {}), kept)
-        worker.stats = {}
-
-
-def _add(a: dict, b: dict) -> dict:
-    """Sum two counter documents (numbers add, nested dicts merge, flags or)."""
-    out = dict(a)
-    for key, value in b.items():
-        mine = out.get(key)
-        if isinstance(value, dict):
-            out[key] = _add(mine if isinstance(mine, dict) else {}, value)
-        elif isinstance(value, bool):
-            out[key] = bool(mine) or value
-        elif isinstance(value, (int, float)):
-            out[key] = (mine if isinstance(mine, (int, float)) and not isinstance(mine, bool) else 0) + value
-    return out
-
-
-def _enable_request_migration() -> None:
-    """net.ipv4.tcp_migrate_req=1 (this network namespace): a connection still queued on a
-    closing SO_REUSEPORT listener moves to a sibling instead of being reset."""
-    try:
-        with open(MIGRATE_REQ) as f:
-            if f.read().strip() == "1":
-                return
-    except OSError:
-        log.info("proxy: this kernel has no tcp_migrate_req (Linux >= 5.14); on reload, old "
-                 "workers serve their queued connections before closing their listeners")
-        return
-    try:
-        with open(MIGRATE_REQ, "w") as f:
-            f.write("1")
-        log.info("proxy: set net.ipv4.tcp_migrate_req=1 so a closing listener hands its queued "
-                 "connections to the remaining ones")
-    except OSError as exc:
-        log.warning("proxy: cannot set net.ipv4.tcp_migrate_req=1 (%s); on reload, old workers "
-                    "serve their queued connections before closing their listeners", exc.strerror or exc)
+    def _update_serving(self) -> None:
+        """Decide each frontend's `serving` (listening in a worker of the current generation and
+        a backend up) and push the ones that changed."""
+        listening = (self.accepting and self.current is not None
+                     and any(w.accepting for w in self.current.workers.values()))
+        names = [f.name for f in self.config.frontends]
+        for name in names + [n for n in self.serving if n not in names]:
+            checker = self.checkers.get(name)
+            serving = listening and checker is not None and not checker.all_down
+            if self.serving.get(name, False) == serving:     # not known yet: not serving
+                continue
+            self.serving[name] = serving
+            if self.on_serving is not None:
+                try:
+                    self.on_serving(name, serving)
+                except Exception:
+                    log.exception("proxy: on_serving callback failed")

@@ -105,21 +105,19 @@ class Daemon:
 
     # --- lifecycle
 
-    def _frontend_ok(self, name: str) -> bool:
-        return self.proxy is not None and self.proxy.frontend_serving(name)
-
-    def _frontends_changed(self) -> None:
+    def _frontend_serving(self, name: str, serving: bool) -> None:
         if self.vrrp is not None:
-            self.vrrp.frontends_changed()
+            self.vrrp.frontend_serving(name, serving)
 
     async def _start_proxy(self, cfg: configmod.Config) -> None:
         from lbproxy.supervisor import ProxySupervisor
-        self.proxy = ProxySupervisor(cfg.proxy, on_change=self._frontends_changed)
+        self.proxy = ProxySupervisor(cfg.proxy, on_serving=self._frontend_serving)
         await self.proxy.start()
 
     async def _start_vrrp(self, cfg: configmod.Config) -> None:
         from vipd.vrrp.service import VrrpService
-        self.vrrp = VrrpService(cfg, frontend_ok=self._frontend_ok)
+        # The proxy started first; from here on its verdicts arrive through _frontend_serving.
+        self.vrrp = VrrpService(cfg, serving=self.proxy.serving if self.proxy else None)
         await self.vrrp.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:

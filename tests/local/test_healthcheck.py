@@ -122,7 +122,7 @@ def test_http_status_drives_state_and_each_transition_is_reported_once(caplog):
                 await checks_pass(checker, good.address, 5)
                 assert events == [("api", bad.address, "down")]
                 assert checker.backends[good.address].state == "up"
-                assert checker.all_down() is False
+                assert checker.all_down is False
                 by_address = {row["address"]: row for row in checker.status()}
                 assert by_address[bad.address]["state"] == "down"
                 assert by_address[bad.address]["last_error"] == "HTTP 500"
@@ -183,7 +183,7 @@ def test_hanging_backend_fails_by_timeout():
                 assert events == [("api", stuck.address, "down")]
                 assert bh.last_error == "no answer within 0.2s"
                 assert bh.last_check_latency >= 0.2
-                assert checker.all_down() is True
+                assert checker.all_down is True
 
     run(scenario())
 
@@ -311,13 +311,13 @@ def test_drain_and_enable():
                 checker.drain(backend.address)
                 checker.drain(backend.address)
                 assert events == [("api", backend.address, "drain")]
-                assert checker.all_down() is True
+                assert checker.all_down is True
                 assert checker.status()[0]["state"] == "drain"
                 await checks_pass(checker, backend.address, 2)   # still probed while drained
                 checker.enable(backend.address)
                 checker.enable(backend.address)
                 assert events[1:] == [("api", backend.address, "up")]
-                assert checker.all_down() is False
+                assert checker.all_down is False
                 # Going down while drained is not news to the balancers; enabling then is.
                 checker.drain(backend.address)
                 backend.status = 503

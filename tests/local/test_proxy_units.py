@@ -10,7 +10,7 @@ import pytest
 
 from lbproxy import ipc
 from lbproxy.listener import make_listener
-from lbproxy.supervisor import _add
+from lbproxy.status import TrafficTotals, add_counters, frontend_status
 from vipd.config import parse
 
 
@@ -42,13 +42,13 @@ def test_the_channel_skips_and_counts_garbage():
 
 
 def test_counter_documents_add_up_per_backend():
-    a = {"active": 2, "accepted": 10, "all_down": False,
+    a = {"active": 2, "accepted": 10, "listening": False,
          "backends": {"b1": {"total": 4, "bytes_in": 100}}}
-    b = {"active": 1, "accepted": 5, "all_down": True,
+    b = {"active": 1, "accepted": 5, "listening": True,
          "backends": {"b1": {"total": 1, "bytes_in": 1}, "b2": {"total": 3}}}
-    assert _add(a, b) == {"active": 3, "accepted": 15, "all_down": True,
-                          "backends": {"b1": {"total": 5, "bytes_in": 101}, "b2": {"total": 3}}}
-    assert _add({}, a) == a
+    assert add_counters(a, b) == {"active": 3, "accepted": 15, "listening": True,
+                                  "backends": {"b1": {"total": 5, "bytes_in": 101}, "b2": {"total": 3}}}
+    assert add_counters({}, a) == a
 
 
 @pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
@@ -77,3 +77,44 @@ def test_listeners_share_the_port_and_pass_on_tcp_options(host, family):
 
 def _accept_ready(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0.5)[0])
+
+
+def test_totals_keep_an_exited_workers_counters_but_not_its_open_connections():
+    totals = TrafficTotals()
+    gone = {"api": {"active": 4, "accepted": 10, "failed": 1,
+                    "backends": {"b1": {"active": 4, "total": 9, "bytes_in": 50}}}}
+    live = {"api": {"active": 1, "accepted": 2, "backends": {"b1": {"active": 1, "total": 2}}},
+            "web": {"active": 0, "accepted": 7, "backends": {}}}
+    totals.retire(gone)
+    assert totals.frontends([live]) == {
+        "api": {"active": 1, "accepted": 12, "failed": 1,
+                "backends": {"b1": {"active": 1, "total": 11, "bytes_in": 50}}},
+        "web": {"active": 0, "accepted": 7, "backends": {}}}
+    assert totals.frontends([]) == {"api": {"accepted": 10, "failed": 1,
+                                            "backends": {"b1": {"total": 9, "bytes_in": 50}}}}
+
+
+def test_a_frontends_status_joins_traffic_and_health():
+    frontend = parse({"frontend": [{"name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
+                                    "backend": [{"address": "127.0.0.1:8081", "weight": 2},
+                                                {"address": "127.0.0.1:8082"}]}]}).frontends[0]
+    counters = {"active": 3, "accepted": 20, "failed": 2, "refused": 1,
+                "backends": {"127.0.0.1:8081": {"active": 3, "total": 18, "failed": 2,
+                                                "bytes_in": 100, "bytes_out": 1000}}}
+    health = [{"address": "127.0.0.1:8081", "state": "down", "health": "0/2 DOWN",
+               "last_error": "connection refused", "check_latency_seconds": 0.001, "checks": 5,
+               "check_failures": 3, "passive_failures": 2}]
+    status = frontend_status(frontend, counters, health, all_down=False, serving=True, workers=2)
+    assert status == {
+        "name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
+        "active_connections": 3, "total_connections": 20, "failed_connections": 2, "refused": 1,
+        "bytes_in": 100, "bytes_out": 1000, "all_down": False, "serving": True, "workers": 2,
+        "backends": [
+            {"address": "127.0.0.1:8081", "state": "down", "weight": 2, "active_connections": 3,
+             "total_connections": 18, "failed_connections": 2, "bytes_in": 100, "bytes_out": 1000,
+             "health": "0/2 DOWN", "last_error": "connection refused", "check_latency_seconds": 0.001,
+             "checks": 5, "check_failures": 3, "passive_failures": 2},
+            {"address": "127.0.0.1:8082", "state": "up", "weight": 1, "active_connections": 0,
+             "total_connections": 0, "failed_connections": 0, "bytes_in": 0, "bytes_out": 0,
+             "health": None, "last_error": None, "check_latency_seconds": None, "checks": 0,
+             "check_failures": 0, "passive_failures": 0}]}

@@ -34,6 +34,21 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"   # an unreaped zombie is dead too
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def script_track(command: str, **kw) -> Track:
     kw.setdefault("interval", 0.1)
     kw.setdefault("timeout", 2.0)
@@ -57,21 +72,22 @@ def test_effective_priority_adds_failing_weights_and_clamps():
 def test_trackset_priority_and_fault_from_weights():
     async def main():
         up = {"eth1": True, "eth2": True}
-        serving = {"api": True}
         changes = []
         tracks = TrackSet(
             [Track("interface", "eth1", weight=-30), Track("interface", "eth2", weight=0),
              Track("frontend", "api", weight=-60)],
-            on_change=lambda: changes.append(1), link_up=up.get, frontend_ok=serving.get)
+            on_change=lambda: changes.append(1), link_up=up.get, serving={"api": True})
+        before = asyncio.all_tasks()
         tracks.start()
         try:
             assert tracks.effective_priority(150) == 150 and tracks.fault_reasons() == set()
             up["eth1"] = False
             tracks.links_changed()
-            assert tracks.effective_priority(150) == 120 and changes
-            serving["api"] = False
-            tracks.frontends_changed()
-            assert tracks.effective_priority(150) == 60
+            assert tracks.effective_priority(150) == 120 and changes == [1]
+            tracks.frontend_serving("web", False)
+            assert changes == [1], "a verdict on another frontend changes nothing here"
+            tracks.frontend_serving("api", False)
+            assert tracks.effective_priority(150) == 60 and changes == [1, 1]
             up["eth2"] = False
             tracks.links_changed()
             assert tracks.fault_reasons() == {"track:interface:eth2"}
@@ -83,9 +99,10 @@ def test_trackset_priority_and_fault_from_weights():
             assert names["interface:eth1"] == {"name": "interface:eth1", "ok": False, "weight": -30,
                                                "health": "0/1 DOWN"}
             assert names["frontend:api"]["ok"] is False
-            # frontend tracks are re-read at least every second without frontends_changed()
-            serving["api"] = True
-            await until(lambda: tracks.effective_priority(150) == 120, timeout=5)
+            tracks.frontend_serving("api", True)
+            assert tracks.effective_priority(150) == 120
+            # Interface and frontend tracks are told; nothing of theirs runs in the background.
+            assert asyncio.all_tasks() == before
         finally:
             await tracks.stop()
     run(main())
@@ -95,7 +112,7 @@ def test_positive_weights_apply_while_ok_as_in_keepalived():
     async def main():
         up = {"eth1": True}
         tracks = TrackSet([Track("interface", "eth1", weight=20)], on_change=lambda: None,
-                          link_up=up.get, frontend_ok=lambda name: True)
+                          link_up=up.get, serving={})
         tracks.start()
         try:
             assert tracks.effective_priority(100) == 120
@@ -110,6 +127,19 @@ def test_positive_weights_apply_while_ok_as_in_keepalived():
 def test_frontend_track_without_a_proxy_fails():
     tracks = TrackSet([Track("frontend", "api", weight=-10)], lambda: None, lambda name: True, None)
     assert tracks.effective_priority(100) == 90
+
+
+def test_frontend_track_made_on_reload_starts_from_the_last_pushed_verdict():
+    async def main():
+        serving = {"api": False}
+        changes = []
+        tracks = TrackSet([], lambda: changes.append(1), lambda name: True, serving)
+        serving["api"] = True                      # the owner of the table keeps it current
+        await tracks.update([Track("frontend", "api", weight=-10), Track("frontend", "web", weight=-20)])
+        status = {t["name"]: t["ok"] for t in tracks.status()}
+        assert status == {"frontend:api": True, "frontend:web": False}, "an unknown frontend is not serving"
+        assert tracks.effective_priority(100) == 80
+    run(main())
 
 
 # ---------------------------------------------------------------- script tracks
@@ -176,14 +206,17 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         started = time.monotonic()
         assert await track.run_once() is False
         assert track.last_status is None
-        assert time.monotonic() - started < 30
+        took = time.monotonic() - started
+        assert 0.5 <= took < 0.5 + 1.0, f"a 0.5s timeout took {took:.2f}s"
     run(main())
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 3
-    deadline = time.monotonic() + 5
-    while any(alive(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in children if alive(p)], "children of a timed-out script survived"
+    group = children[-1]                         # the script's shell leads its own session
+    deadline = time.monotonic() + 1.0
+    while group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert group_members(group) == [], "processes of a timed-out script's group survived"
+    assert not [p for p in children if alive(p)]
 
 
 def test_runs_never_overlap(tmp_path):

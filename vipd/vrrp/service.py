@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Mapping
 
 from vipd.config import Config
 from vipd.vrrp.addresses import AddressWorker
@@ -21,9 +21,10 @@ log = logging.getLogger("vipd.vrrp")
 
 
 class VrrpService:
-    def __init__(self, config: Config, frontend_ok: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, config: Config, serving: Mapping[str, bool] | None = None) -> None:
         self.config = config
-        self.frontend_ok = frontend_ok
+        # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
+        self.serving: dict[str, bool] = dict(serving or {})
         self.instances: dict[str, VrrpInstance] = {}
         self.interfaces = InterfaceTable()
         self._monitor: NetlinkMonitor | None = None
@@ -47,7 +48,7 @@ class VrrpService:
         # A planned failover hands connections in flight back to the old master while it drains.
         frontends = self.config.frontends
         return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, frontend_ok=self.frontend_ok,
+                            addresses=self._addresses, frontend_ok=self.serving,
                             bridge_ports=tuple(sorted({f.listen_port for f in frontends})),
                             bridge_seconds=max((f.drain_timeout for f in frontends), default=0.0) + 1.0)
 
@@ -113,9 +114,12 @@ class VrrpService:
             await asyncio.to_thread(self._addresses.close)
             self._addresses = None
 
-    def frontends_changed(self) -> None:
+    def frontend_serving(self, name: str, serving: bool) -> None:
+        """The proxy pushed a new verdict on frontend `name`: every instance's frontend tracks
+        record it."""
+        self.serving[name] = serving
         for instance in self.instances.values():
-            instance.frontends_changed()
+            instance.tracks.frontend_serving(name, serving)
 
     def status(self) -> list[dict]:
         return [instance.status() for instance in self.instances.values()]

@@ -1,8 +1,10 @@
 """What a VRRP instance tracks: check scripts, interfaces and this node's frontends.
 
-Every result goes through `vipd.health.HealthCounter`. Weights apply as in keepalived, so
-migrated configs keep their meaning: a negative weight is added while the track fails, a
-positive one while it succeeds; a failing weight-0 track puts the instance in FAULT.
+Every result goes through `lbproxy.health.HealthCounter`. Interface and frontend tracks are told
+of changes (netlink events; the proxy's `serving` verdicts, pushed); only scripts run on a
+schedule. Weights apply as in keepalived, so migrated configs keep their meaning: a negative
+weight is added while the track fails, a positive one while it succeeds; a failing weight-0
+track puts the instance in FAULT.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from lbproxy.health import HealthCounter
 from vipd.vrrp.config import Track as TrackConfig
@@ -20,7 +22,6 @@ from vipd.vrrp.config import Track as TrackConfig
 log = logging.getLogger("vipd.vrrp")
 
 OWNER_PRIORITY = 255
-FRONTEND_RECHECK_INTERVAL = 1.0
 
 
 def effective_priority(priority: int, applied_weights: Iterable[int]) -> int:
@@ -153,15 +154,17 @@ class ScriptTrack(Track):
 
 
 class TrackSet:
-    """An instance's tracks; calls `on_change` whenever one of them flips."""
+    """An instance's tracks; calls `on_change` whenever one of them flips.
+
+    `serving` is the frontends' serving verdicts as last pushed (absent: not serving); a frontend
+    track made later (start, reload) starts from it, and `frontend_serving` brings each push."""
 
     def __init__(self, configs: Sequence[TrackConfig], on_change: Callable[[], None],
-                 link_up: Callable[[str], bool], frontend_ok: Callable[[str], bool] | None) -> None:
+                 link_up: Callable[[str], bool], serving: Mapping[str, bool] | None) -> None:
         self._on_change = on_change
         self._link_up = link_up
-        self._frontend_ok = frontend_ok
+        self._serving = serving if serving is not None else {}
         self.tracks: list[Track] = []
-        self._frontend_task: asyncio.Task | None = None
         self._started = False
         self._set(configs, keep=[])
 
@@ -169,19 +172,11 @@ class TrackSet:
         if config.kind == "script":
             return ScriptTrack(config, self._on_change)
         track = Track(config)
-        track.record(self._probe(track))
+        if config.kind == "interface":
+            track.record(self._link_up(config.target))
+        else:
+            track.record(self._serving.get(config.target, False))
         return track
-
-    def _probe(self, track: Track) -> bool:
-        if track.config.kind == "interface":
-            return self._link_up(track.config.target)
-        if self._frontend_ok is None:
-            return False
-        try:
-            return bool(self._frontend_ok(track.config.target))
-        except Exception:
-            log.exception("frontend_ok(%r) failed", track.config.target)
-            return False
 
     def _set(self, configs: Sequence[TrackConfig], keep: list[Track]) -> list[Track]:
         """Build the track list for `configs`, reusing tracks from `keep` with identical config."""
@@ -202,20 +197,6 @@ class TrackSet:
         for track in self.tracks:
             if isinstance(track, ScriptTrack):
                 track.start()
-        self._ensure_frontend_task()
-
-    def _ensure_frontend_task(self) -> None:
-        wanted = self._started and any(t.config.kind == "frontend" for t in self.tracks)
-        if wanted and self._frontend_task is None:
-            self._frontend_task = asyncio.create_task(self._recheck_frontends(), name="frontend tracks")
-        elif not wanted and self._frontend_task is not None:
-            self._frontend_task.cancel()
-            self._frontend_task = None
-
-    async def _recheck_frontends(self) -> None:
-        while True:
-            await asyncio.sleep(FRONTEND_RECHECK_INTERVAL)
-            self.frontends_changed()
 
     async def wait_first_results(self, timeout: float) -> None:
         waits = [t.first_result.wait() for t in self.tracks if isinstance(t, ScriptTrack)]
@@ -239,29 +220,30 @@ class TrackSet:
             for track in self.tracks:
                 if isinstance(track, ScriptTrack):
                     track.start()
-            self._ensure_frontend_task()
         self._on_change()
 
     async def stop(self) -> None:
         self._started = False
-        self._ensure_frontend_task()
         for track in self.tracks:
             if isinstance(track, ScriptTrack):
                 await track.stop()
 
-    def _recheck(self, kind: str) -> None:
+    def _record(self, results: dict[Track, bool]) -> None:
         changed = False
-        for track in self.tracks:
-            if track.config.kind == kind:
-                changed |= track.record(self._probe(track))
+        for track, ok in results.items():
+            changed |= track.record(ok)
         if changed:
             self._on_change()
 
-    def frontends_changed(self) -> None:
-        self._recheck("frontend")
+    def frontend_serving(self, name: str, serving: bool) -> None:
+        """The proxy's verdict on frontend `name` changed (the caller's `serving` table already
+        holds it)."""
+        self._record({t: serving for t in self.tracks
+                      if t.config.kind == "frontend" and t.config.target == name})
 
     def links_changed(self) -> None:
-        self._recheck("interface")
+        self._record({t: self._link_up(t.config.target) for t in self.tracks
+                      if t.config.kind == "interface"})
 
     def effective_priority(self, priority: int) -> int:
         return effective_priority(priority, (t.weight for t in self.tracks

@@ -1,0 +1,327 @@
+"""lbproxy's data path in this process, under uvloop as in a worker: a Frontend (listener, accept
+loop, balancer, connections) against loopback backends, with the worker's connect-timeout sweep.
+No worker process, no master: failed connects land in a list instead of the IPC channel."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import time
+
+import pytest
+import uvloop
+
+from lbproxy.config import BackendConfig, FrontendConfig
+from lbproxy.connection import BULK_CHUNK
+from lbproxy.frontend import Frontend
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1024 * 1024
+
+
+def run(scenario) -> None:
+    uvloop.run(asyncio.wait_for(scenario(), 30))
+
+
+class Proxy:
+    """One Frontend on an ephemeral loopback port, swept as the worker's tick sweeps it."""
+
+    def __init__(self, backends: list[str], **settings) -> None:
+        config = FrontendConfig(
+            name="t", listen="127.0.0.1:0", listen_host="127.0.0.1", listen_port=0,
+            backends=tuple(BackendConfig(a, "127.0.0.1", int(a.rsplit(":", 1)[1])) for a in backends),
+            **settings)
+        self.failures: list[tuple[str, str, str]] = []
+        loop = asyncio.get_running_loop()
+        self.frontend = Frontend(loop, config, 1, {}, lambda *failure: self.failures.append(failure))
+        self.frontend.listen()
+        self.port = self.frontend.listener.getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep(config.connect_timeout / 5))
+
+    async def _sweep(self, step: float) -> None:
+        while True:
+            self.frontend.sweep_connecting(time.monotonic())
+            await asyncio.sleep(step)
+
+    async def close(self) -> None:
+        self._sweeper.cancel()
+        self.frontend.stop_accepting()
+        self.frontend.abort_all()
+        assert await self.frontend.wait_idle(5)
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    def slot(self, address: str):
+        return next(s for s in self.frontend.slots if s.address == address)
+
+
+async def serve(handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(256 * 1024):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def closed_port() -> socket.socket:
+    """Bound, never listening: a connect to it is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener that never accepts, its queue (backlog 0) filled: the kernel drops further
+    SYNs, so a connect to it hangs until the connector gives up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        try:
+            filler.connect(listener.getsockname())
+        except TimeoutError:
+            filler.close()
+            return listener, fillers
+        fillers.append(filler)
+    raise AssertionError("a backlog-0 listener kept accepting handshakes")
+
+
+def address(sock: socket.socket) -> str:
+    return "%s:%d" % sock.getsockname()
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while chunk := await reader.read(256 * 1024):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- bytes both ways
+
+
+def test_bytes_cross_intact_both_ways_and_the_clients_end_reaches_the_backend():
+    upload = random.Random(1).randbytes(4 * MiB)
+    download = random.Random(2).randbytes(3 * MiB)
+
+    async def backend(reader, writer):
+        # Sends its own stream while reading, then, once the client's end of file came through,
+        # the digest of what arrived: it can only be sent because the other direction stays open.
+        writer.write(download)
+        received = hashlib.sha256()
+        while data := await reader.read(256 * 1024):
+            received.update(data)
+        writer.write(received.digest())
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server, backend_address = await serve(backend)
+        proxy = Proxy([backend_address])
+        try:
+            reader, writer = await proxy.connect()
+            receiving = asyncio.ensure_future(read_all(reader))
+            writer.write(upload)
+            await writer.drain()
+            writer.write_eof()
+            received = await receiving
+            writer.close()
+            assert len(received) == len(download) + 32
+            assert hashlib.sha256(received[:-32]).digest() == hashlib.sha256(download).digest()
+            assert received[-32:] == hashlib.sha256(upload).digest()
+            await asyncio.sleep(0.05)
+            slot = proxy.slot(backend_address)
+            assert (slot.bytes_in, slot.bytes_out) == (len(upload), len(download) + 32)
+            assert proxy.frontend.connections == set() and proxy.failures == []
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+def test_the_backends_end_reaches_the_client_which_can_still_send():
+    arrived: asyncio.Future
+
+    async def backend(reader, writer):
+        writer.write(b"hello")
+        writer.write_eof()
+        arrived.set_result(await read_all(reader))
+        writer.close()
+
+    async def scenario():
+        nonlocal arrived
+        arrived = asyncio.get_running_loop().create_future()
+        server, backend_address = await serve(backend)
+        proxy = Proxy([backend_address])
+        try:
+            reader, writer = await proxy.connect()
+            assert await read_all(reader) == b"hello"         # end of file, the connection still open
+            (conn,) = proxy.frontend.connections
+            assert conn.half_closed_at > 0
+            writer.write(b"after the backend's end")
+            writer.write_eof()
+            assert await arrived == b"after the backend's end"
+            writer.close()
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+# ---------------------------------------------------------------- connecting
+
+
+def test_a_refused_connect_is_retried_on_another_backend_before_any_byte_is_read():
+    async def scenario():
+        dead = closed_port()
+        server, good = await serve(echo)
+        proxy = Proxy([address(dead), good], balance="round_robin", retries=2)
+        try:
+            reader, writer = await proxy.connect()
+            first = b"first bytes, sent before any backend answered"
+            writer.write(first)
+            assert await reader.readexactly(len(first)) == first
+            writer.close()
+            assert proxy.failures == [("t", address(dead), "connection refused")]
+            dead_slot, good_slot = proxy.slot(address(dead)), proxy.slot(good)
+            assert (dead_slot.total, dead_slot.failed, dead_slot.bytes_in) == (1, 1, 0)
+            assert (good_slot.total, good_slot.failed) == (1, 0)
+        finally:
+            await proxy.close()
+            server.close()
+            dead.close()
+    run(scenario)
+
+
+def test_a_blackholed_backend_times_out_and_the_connection_moves_on():
+    timeout = 0.4
+
+    async def scenario():
+        hole, fillers = blackhole()
+        server, good = await serve(echo)
+        proxy = Proxy([address(hole), good], balance="round_robin", retries=1, connect_timeout=timeout)
+        try:
+            started = time.monotonic()
+            reader, writer = await proxy.connect()
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            took = time.monotonic() - started
+            writer.close()
+            # The sweep runs every timeout/5: the give-up comes one step after the timeout, well
+            # before a second timeout (the kernel's first SYN retry would take a second).
+            assert timeout <= took < 2 * timeout, took
+            assert proxy.failures == [("t", address(hole), "connect timeout")]
+            assert proxy.slot(address(hole)).failed == 1
+        finally:
+            await proxy.close()
+            server.close()
+            for sock in (hole, *fillers):
+                sock.close()
+    run(scenario)
+
+
+def test_max_connections_closes_the_one_too_many_at_once():
+    async def scenario():
+        server, good = await serve(echo)
+        proxy = Proxy([good], max_connections=2)
+        held = []
+        try:
+            for i in range(2):
+                reader, writer = await proxy.connect()
+                writer.write(b"%d" % i)
+                assert await reader.readexactly(1) == b"%d" % i
+                held.append((reader, writer))
+            reader, writer = await proxy.connect()
+            assert await asyncio.wait_for(reader.read(1), 5) == b""
+            writer.close()
+            fe = proxy.frontend
+            assert (fe.accepted, fe.refused, len(fe.connections)) == (3, 1, 2)
+            assert proxy.slot(good).total == 2
+            held.pop()[1].close()
+            await asyncio.sleep(0.1)
+            reader, writer = await proxy.connect()         # room again
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            writer.close()
+            assert fe.refused == 1
+        finally:
+            for _, writer in held:
+                writer.close()
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+# ---------------------------------------------------------------- flow control
+
+
+def test_a_client_that_never_reads_pauses_the_backend_with_a_bounded_buffer():
+    sent = [0]
+    chunk = random.Random(3).randbytes(256 * 1024)
+
+    async def firehose(reader, writer):
+        try:
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent[0] += len(chunk)
+        except ConnectionError:
+            pass
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server, backend_address = await serve(firehose)
+        proxy = Proxy([backend_address])
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, ("127.0.0.1", proxy.port))
+            await _wait(lambda: proxy.frontend.connections and next(iter(proxy.frontend.connections)).client)
+            (conn,) = proxy.frontend.connections
+            to_client, from_backend = conn.client.transport, conn.backend.transport
+            high = to_client.get_write_buffer_limits()[1]
+            # What the proxy holds for one direction: below the high-water mark before a read, plus
+            # one read (at most one bulk chunk) after it; then the backend leg stops reading.
+            bound = high + BULK_CHUNK
+            most = 0
+            last, still_since = -1, time.monotonic()
+            deadline = still_since + 10
+            while time.monotonic() - still_since < 0.5:          # until the stream stalls
+                most = max(most, to_client.get_write_buffer_size())
+                assert most <= bound and time.monotonic() < deadline, (most, bound, sent[0])
+                if sent[0] != last:
+                    last, still_since = sent[0], time.monotonic()
+                await asyncio.sleep(0.001)
+            buffered = to_client.get_write_buffer_size()
+            assert from_backend.is_reading() is False
+            assert high < buffered <= bound, (high, buffered, bound)
+
+            # The client reads again: the backend leg resumes and the stream flows on, 8 MiB more.
+            stalled_at = sent[0]
+            while sent[0] < stalled_at + 8 * MiB:
+                assert await loop.sock_recv(client, 1024 * 1024)
+                assert to_client.get_write_buffer_size() <= bound
+        finally:
+            client.close()
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+async def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
