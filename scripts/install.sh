@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Installs vipd and what its tests, demo and benches use, on Debian, into ./.venv.
+# As root (no sudo needed) it first installs the Debian packages, python3-venv among them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: not root: skipping the Debian packages (python3-venv, iproute2, nftables, keepalived, ...); run it as root to install them" >&2
+elif ! command -v apt-get >/dev/null; then
+  echo "install.sh: no apt-get: install python3-venv, iproute2 and nftables yourself" >&2
+else
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # The tests and benches run their own keepalived/nginx/haproxy; keep Debian from starting the
@@ -16,6 +21,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     keepalived nginx libnginx-mod-stream haproxy wrk tcpdump systemd >/dev/null
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# A venv made before python3-venv was installed has a python but no pip: make it again.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  python3 -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'

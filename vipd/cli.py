@@ -1,4 +1,4 @@
-"""`vipd run | check | import | demo`."""
+"""`vipd run | check | import | demo | manifest`."""
 from __future__ import annotations
 
 import sys
@@ -74,6 +74,28 @@ def demo(
     """Build a namespace lab (2 edges, 3 backends, 1 client), fail the master over, report."""
     from vipd.lab.demo import run_demo
     raise typer.Exit(run_demo(verbose=verbose))
+
+
+manifest_app = typer.Typer(no_args_is_help=True, help="Print a deployment manifest for a config.")
+app.add_typer(manifest_app, name="manifest")
+
+
+@manifest_app.command("static-pod")
+def static_pod(
+    config: str = ConfigOption,
+    image: str = typer.Option(None, "--image", help="The container image with vipd in it "
+                              "(default: localhost/vipd:VERSION, built by packaging/container/Containerfile)."),
+) -> None:
+    """Print a kubeadm static pod (YAML) that runs this config: for /etc/kubernetes/manifests/vipd.yaml."""
+    from vipd.config import ConfigError, load
+    from vipd.manifest import DEFAULT_IMAGE, static_pod_yaml
+    try:
+        loaded = load(config, require_vrrp=True)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(2)
+    typer.echo(static_pod_yaml(loaded, image or DEFAULT_IMAGE), nl=False)
 
 
 def _version(value: bool) -> None:
