@@ -4,7 +4,6 @@ will run, so the mounts and the liveness probe follow the config's paths and lis
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 from typing import Any
@@ -87,6 +86,15 @@ _PLAIN = re.compile(r"[A-Za-z/][A-Za-z0-9_./-]*")
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
 
 
+def _quoted_char(char: str) -> str:
+    """In a YAML double-quoted scalar: printable ASCII as is, everything else escaped."""
+    if char in '"\\':
+        return "\\" + char
+    if " " <= char <= "~":
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
+
+
 def _scalar(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return "{}" if isinstance(value, dict) else "[]"    # only ever empty here
@@ -97,7 +105,7 @@ def _scalar(value: Any) -> str:
     if isinstance(value, str):
         if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
             return value
-        return json.dumps(value)    # a JSON string is a YAML double-quoted scalar
+        return '"' + "".join(map(_quoted_char, value)) + '"'
     raise TypeError(f"no YAML form for {type(value).__name__}")
 
 
@@ -107,10 +115,10 @@ def _block(value: Any, indent: int) -> list[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, (dict, list)) and item:
-                lines.append(f"{pad}{key}:")
+                lines.append(f"{pad}{_scalar(key)}:")
                 lines.extend(_block(item, indent + 2))
             else:
-                lines.append(f"{pad}{key}: {_scalar(item)}")
+                lines.append(f"{pad}{_scalar(key)}: {_scalar(item)}")
     else:
         for item in value:
             if isinstance(item, (dict, list)) and item:
@@ -124,7 +132,7 @@ def _block(value: Any, indent: int) -> list[str]:
 
 def to_yaml(document: dict[str, Any]) -> str:
     """Block-style YAML for what manifests hold: mappings, sequences, strings, ints and bools."""
-    return "\n".join(_block(document, 0)) + "\n"
+    return "\n".join(_block(document, 0) or [_scalar(document)]) + "\n"
 
 
 def static_pod_yaml(config: Config, image: str = DEFAULT_IMAGE) -> str:
