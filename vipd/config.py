@@ -9,10 +9,10 @@ from typing import Any
 
 from lbproxy.config import FrontendConfig, ProxyConfig, check_frontends, parse_frontend
 from lbproxy.configreader import ConfigError, Section, between, host_port, read_toml
+from vipd.control.client import DEFAULT_CONTROL_SOCKET
 from vipd.vrrp.config import VrrpConfig, parse_vrrp
 
 DEFAULT_PATH = "/etc/vipd/vipd.toml"
-DEFAULT_CONTROL_SOCKET = "/run/vipd/control.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

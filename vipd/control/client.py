@@ -7,6 +7,8 @@ import json
 import socket
 from urllib.parse import quote
 
+DEFAULT_CONTROL_SOCKET = "/run/vipd/control.sock"
+
 
 def backend_path(frontend: str, backend: str, action: str) -> str:
     """The URL path of a drain/enable call; names are percent-encoded (IPv6 brackets, colons)."""

@@ -8,8 +8,7 @@ from typing import Any, NoReturn
 import typer
 
 from lbproxy.health import BackendState
-from vipd.config import DEFAULT_CONTROL_SOCKET
-from vipd.control.client import backend_path, request
+from vipd.control.client import DEFAULT_CONTROL_SOCKET, backend_path, request
 from vipd.control.schema import DrainAnswer, ReloadAnswer, StatusDocument, Track, check
 
 STATUS_TIMEOUT = 10.0
