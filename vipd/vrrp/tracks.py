@@ -16,10 +16,10 @@ from typing import Callable, Iterable, Sequence
 
 from lbproxy.health import HealthCounter
 from vipd.vrrp.config import Track as TrackConfig
+from vipd.vrrp.packet import OWNER_PRIORITY
 
 log = logging.getLogger("vipd.vrrp")
 
-OWNER_PRIORITY = 255
 FRONTEND_RECHECK_INTERVAL = 1.0
 
 
