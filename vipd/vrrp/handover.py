@@ -105,6 +105,7 @@ class Bridge:
         self.ports = tuple(ports)
         self.seconds = seconds
         self._task: asyncio.Task | None = None
+        self._ending: asyncio.Task | None = None
 
     def prepare(self, predecessor: str, vips: Sequence) -> None:
         # Harmless if another backup wins: no VIP here, no segment matches.
@@ -119,16 +120,17 @@ class Bridge:
         finally:
             await remove("ip", bridge_table(self.vrid))
 
-    def end_soon(self) -> asyncio.Task | None:
-        """Take the bridge down; its own cleanup removes the table. Returns the task to await."""
+    def end_soon(self) -> None:
+        """Take the bridge down; its own cleanup removes the table."""
         task, self._task = self._task, None
-        if task is None or task.done():
-            return None
-        task.cancel()
-        return task
+        if task is not None and not task.done():
+            task.cancel()
+            self._ending = task
 
     async def end(self) -> None:
-        task = self.end_soon()
+        """Take the bridge down and wait until its table is gone."""
+        self.end_soon()
+        task, self._ending = self._ending, None
         if task is not None:
             try:
                 await task

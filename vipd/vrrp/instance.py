@@ -229,6 +229,8 @@ class VrrpInstance:
         await self.tracks.stop()
         if not self.router.holds_vips_quietly:
             await self._close_notify()
+        elif not self.kept_vips:
+            await self.release()   # every VIP is an address of the host's own: no drain to wait for
 
     async def release(self) -> None:
         """Drop the VIPs a completed hand-over kept (see stop): the drain is over."""
