@@ -117,7 +117,7 @@ class Daemon:
     async def _start_vrrp(self, cfg: configmod.Config) -> None:
         from vipd.vrrp.service import VrrpService
         # The proxy started first; from here on its verdicts arrive through _frontend_serving.
-        self.vrrp = VrrpService(cfg, serving=self.proxy.serving if self.proxy else None)
+        self.vrrp = VrrpService(cfg.vrrp, _bridge_plan(cfg), serving=self.proxy.serving if self.proxy else None)
         await self.vrrp.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
@@ -163,7 +163,7 @@ class Daemon:
         elif new.frontends:
             await self._start_proxy(new)
         if self.vrrp is not None and new.vrrp:
-            await self.vrrp.reload(new)
+            await self.vrrp.reload(new.vrrp, _bridge_plan(new))
         elif self.vrrp is not None:
             await self.vrrp.shutdown(handover=True)
             self.vrrp = None
@@ -255,6 +255,13 @@ class Daemon:
         watchdog.cancel()
         log.info("stopped")
         return 0
+
+
+def _bridge_plan(cfg: configmod.Config):
+    """A planned failover hands connections in flight back to the old master while it drains."""
+    from vipd.vrrp.handover import BridgePlan
+    return BridgePlan(ports=tuple(sorted({f.listen_port for f in cfg.frontends})),
+                      seconds=max((f.drain_timeout for f in cfg.frontends), default=0.0) + 1.0)
 
 
 def run_daemon(path: str, with_vrrp: bool = True) -> int:

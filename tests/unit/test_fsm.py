@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 from vipd.vrrp.fsm import (
     AddVips,
     AdvertReceived,
+    Drained,
     FaultCleared,
     FaultRaised,
+    HoldVipsQuietly,
+    PrepareBridge,
     PriorityChanged,
+    ReleaseVips,
     RemoveVips,
     RouterParams,
     SendAdvert,
@@ -84,8 +88,8 @@ def test_timers_use_the_effective_priority():
 
 
 def test_params_are_validated():
-    with pytest.raises(ValueError, match="vrid.*version.*priority.*advert_interval.*primary_address"):
-        RouterParams(vrid=0, version=4, priority=0, advert_interval=0, primary_address="nope")
+    with pytest.raises(ValueError, match="vrid.*version.*priority.*primary_address"):
+        RouterParams(vrid=0, version=4, priority=0, advert_interval=1.0, primary_address="nope")
     RouterParams(vrid=1, version=3, priority=255, advert_interval=0.01, primary_address="fe80::1%eth0")
 
 
@@ -148,7 +152,7 @@ def test_v2_backup_keeps_its_own_interval():
 def test_backup_resign_advert_shortens_the_timer_to_skew_time():
     router = started_backup()
     router.handle(advert(200), 1.0)
-    router.handle(advert(0), 2.0)
+    assert router.handle(advert(0), 2.0) == [PrepareBridge(PEER)]
     assert router.master is None
     assert router.next_deadline() == pytest.approx(2.0 + router.skew_time)
     actions = router.handle(Timeout(), router.next_deadline())
@@ -158,7 +162,7 @@ def test_backup_resign_advert_shortens_the_timer_to_skew_time():
 def test_backup_ignores_a_resignation_from_a_router_that_is_not_its_master():
     router = started_backup()
     router.handle(advert(200, src=PEER), 1.0)
-    router.handle(advert(0, src=LOW_PEER), 1.5)
+    assert router.handle(advert(0, src=LOW_PEER), 1.5) == []
     assert router.master == PEER
     assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
 
@@ -168,6 +172,18 @@ def test_repeated_resignations_never_postpone_the_takeover():
     router.handle(advert(0), 1.0)
     router.handle(advert(0), 1.1)
     assert router.next_deadline() == pytest.approx(1.0 + router.skew_time)
+
+
+def test_the_bridge_goes_only_to_the_master_followed_and_only_once():
+    router = started_backup()
+    assert router.handle(advert(0), 0.5) == [], "no master known: the resigning router is nobody's predecessor"
+    router = started_backup()
+    router.handle(advert(200), 1.0)
+    assert router.handle(advert(0), 1.1) == [PrepareBridge(PEER)]
+    assert router.handle(advert(0), 1.2) == [], "the repeats of a hand-over prepare nothing more"
+    took_over = router.handle(Timeout(), router.next_deadline())
+    assert took_over[-1] == StateChanged(State.BACKUP, State.MASTER, "master_resigned")
+    assert not any(isinstance(a, PrepareBridge) for a in took_over)
 
 
 def test_preempting_backup_ignores_a_lower_master_and_takes_over():
@@ -215,14 +231,6 @@ def test_preempt_delay_restarts_after_an_outranking_master_was_heard():
     assert router.next_deadline() == pytest.approx(17.9 + router.master_down_interval)
     router.handle(advert(100), 18.0)
     assert router.next_deadline() == pytest.approx(17.9 + router.master_down_interval)
-
-
-def test_adverts_from_our_own_address_are_ignored():
-    router = started_backup()
-    router.handle(advert(200, src=OWN), 1.0)
-    assert router.master is None
-    master = started_master()
-    assert master.handle(advert(254, src=OWN), between_adverts(master)) == []
 
 
 def test_a_late_timer_fires_before_the_event_that_arrives_after_it():
@@ -452,6 +460,78 @@ def test_backup_handover_timeout_is_irrelevant():
     assert router.handle(Shutdown(), 1.0)[-1] == Stopped()
 
 
+def test_drained_handover_holds_the_vips_quietly_until_drained():
+    router = started_master(handover_timeout=10.0, advert_interval=1.0)
+    start = router.next_deadline() - 1.0
+    assert router.handle(Shutdown(drain=True), start + 0.5) == [SendAdvert(0)]
+    router.handle(advert(150, src=PEER), start + 2.0)
+    assert router.handle(Timeout(), router.next_deadline()) == [
+        HoldVipsQuietly(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete"),
+    ]
+    assert router.holds_vips_quietly and not router.stopped
+    assert router.state is State.INIT and router.master is None and not router.handing_over
+    assert router.next_deadline() is None
+    for event in (Startup(), advert(200), advert(0), PriorityChanged(7), FaultRaised("x"), FaultCleared(),
+                  Timeout()):
+        assert router.handle(event, start + 5.0) == [], event
+    assert router.update_params(router.params, start + 5.0) == []
+    assert router.handle(Drained(), start + 30.0) == [ReleaseVips("drained"), Stopped()]
+    assert not router.holds_vips_quietly
+    assert_inert(router, start + 31.0)
+
+
+def test_a_second_shutdown_releases_the_quiet_vips_at_once():
+    router = started_master(handover_timeout=10.0, handover_linger=0.0)
+    now = between_adverts(router)
+    router.handle(Shutdown(drain=True), now)
+    assert router.handle(advert(150, src=PEER), now + 0.1)[0] == HoldVipsQuietly()
+    assert router.handle(Shutdown(), now + 0.2) == [ReleaseVips("shutdown"), Stopped()]
+    assert_inert(router, now + 1.0)
+
+
+@pytest.mark.parametrize("event, reason", [
+    (Timeout(), "shutdown:handover_timeout"), (Shutdown(), "shutdown"), (FaultRaised("eth0"), "shutdown:fault:eth0"),
+])
+def test_a_drained_shutdown_holds_quietly_however_the_handover_ends(event, reason):
+    """Without a successor the VIPs are no one's; connections in flight here still finish."""
+    router = started_master(handover_timeout=3.0)
+    now = between_adverts(router)
+    router.handle(Shutdown(drain=True), now)
+    when = router.handover_deadline if isinstance(event, Timeout) else now + 0.1
+    actions = router.handle(event, when)
+    assert actions[-2:] == [HoldVipsQuietly(), StateChanged(State.MASTER, State.INIT, reason)]
+    assert router.holds_vips_quietly
+
+
+@pytest.mark.parametrize("handover_timeout", [0.0, 3.0])
+def test_a_drain_without_handover_wait_holds_quietly_at_once(handover_timeout):
+    router = started_master(handover_timeout=handover_timeout)
+    now = between_adverts(router)
+    expected = [SendAdvert(0)]
+    if handover_timeout == 0.0:
+        expected += [HoldVipsQuietly(), StateChanged(State.MASTER, State.INIT, "shutdown")]
+    assert router.handle(Shutdown(drain=True), now) == expected
+
+
+def test_an_unplanned_shutdown_never_holds_the_vips():
+    router = started_master(handover_timeout=10.0)
+    now = between_adverts(router)
+    assert router.handle(Shutdown(handover=False, drain=True), now) == [
+        SendAdvert(0), RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown"), Stopped(),
+    ]
+
+
+@pytest.mark.parametrize("prepare", ["backup", "fault"])
+def test_a_drain_with_no_vips_stops_at_once(prepare):
+    router = started_backup()
+    if prepare == "fault":
+        router.handle(FaultRaised("eth0"), 0.5)
+    before = router.state
+    assert router.handle(Shutdown(drain=True), 1.0) == [StateChanged(before, State.INIT, "shutdown"), Stopped()]
+    assert_inert(router, 2.0)
+    assert router.handle(Drained(), 2.0) == []
+
+
 # --- reload --------------------------------------------------------------------------------
 
 
@@ -493,6 +573,7 @@ class Segment:
         self.dead: set[str] = set()
         self.sides: dict[str, int] | None = None
         self.holding_vips: set[str] = set()
+        self.quiet_vips: set[str] = set()
         self.transitions: list[tuple[float, str, StateChanged]] = []
         self.adverts: list[tuple[float, str, int]] = []
         self.after_step: Callable[[Segment], None] = lambda segment: None
@@ -525,6 +606,13 @@ class Segment:
         elif isinstance(action, RemoveVips):
             assert address in self.holding_vips
             self.holding_vips.discard(address)
+        elif isinstance(action, HoldVipsQuietly):
+            assert address in self.holding_vips
+            self.holding_vips.discard(address)
+            self.quiet_vips.add(address)
+        elif isinstance(action, ReleaseVips):
+            assert address in self.quiet_vips
+            self.quiet_vips.discard(address)
         elif isinstance(action, StateChanged):
             self.transitions.append((self.now, address, action))
 
@@ -726,6 +814,23 @@ def test_sim_graceful_handover_never_leaves_the_vips_unowned(version, interval):
     assert segment.masters() == [B] and segment.became_master(C) == []
 
 
+@VERSIONS
+def test_sim_drained_handover_hands_clients_over_and_keeps_the_old_vips_quiet(version, interval):
+    segment = Segment(sim_router(A, 200, version, interval, handover_timeout=5 * interval),
+                      sim_router(B, 150, version, interval), sim_router(C, 100, version, interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
+    segment.feed(A, Shutdown(drain=True))
+    segment.run_for(10 * interval)
+    assert segment.holding_vips == {B} and segment.quiet_vips == {A}
+    assert segment.routers[A].holds_vips_quietly and not segment.routers[A].stopped
+    assert segment.routers[A].next_deadline() is None
+    segment.feed(A, Drained())
+    assert segment.quiet_vips == set() and segment.routers[A].stopped
+    assert segment.masters() == [B]
+
+
 def test_sim_v3_backups_follow_the_masters_interval():
     segment = Segment(sim_router(A, 200, 3, 0.2), sim_router(B, 150, 3, 1.0))
     segment.start()
@@ -793,13 +898,27 @@ def test_property_one_highest_master_after_any_partition_heals(scenario):
     assert all(r.master == master for r in segment.routers.values())
 
 
-events = st.one_of(
-    st.just(Startup()), st.just(Shutdown()), st.just(FaultCleared()), st.just(Timeout()),
+running_events = st.one_of(
+    st.just(Startup()), st.just(FaultCleared()), st.just(Timeout()), st.just(Drained()),
     st.builds(FaultRaised, st.sampled_from(["eth0", "track"])),
     st.builds(PriorityChanged, st.integers(1, 254)),
-    st.builds(AdvertReceived, st.sampled_from([LOW_PEER, PEER, OWN]), st.integers(0, 255),
-              st.sampled_from([0.01, 1.0, 40.95])),
+    # The receive checks (packet.accept) drop our own adverts before they become events.
+    st.builds(AdvertReceived, st.sampled_from([LOW_PEER, PEER]),
+              st.one_of(st.just(0), st.integers(1, 255), st.just(100)), st.sampled_from([0.01, 1.0, 40.95])),
 )
+shutdowns = st.builds(Shutdown, st.booleans(), st.booleans())
+steps_of = lambda events, size: st.lists(st.tuples(st.floats(0, 2), st.booleans(), events), max_size=size)
+# Where the random steps begin: scenarios that random steps alone reach too rarely.
+OPENINGS = {
+    "init": [],
+    "backup following a peer": [(0.0, False, Startup()), (0.1, False, AdvertReceived(PEER, 255, 1.0))],
+    "backup whose master resigns": [(0.0, False, Startup()), (0.1, False, AdvertReceived(PEER, 255, 1.0)),
+                                    (0.2, False, AdvertReceived(PEER, 0, 1.0))],
+    "master": [(0.0, False, Startup()), (0.0, True, Timeout())],
+}
+STOPS = [None, Shutdown(), Shutdown(drain=True), Shutdown(drain=True), Shutdown(handover=False, drain=True)]
+
+NO_VIPS, ACTIVE, QUIET = "none", "active", "quiet"
 
 
 @settings(max_examples=300, deadline=None)
@@ -808,31 +927,55 @@ events = st.one_of(
     version=st.sampled_from([2, 3]),
     handover_timeout=st.sampled_from([0.0, 2.5]),
     preempt_delay=st.sampled_from([0.0, 3.0]),
-    steps=st.lists(st.tuples(st.floats(0, 5), st.booleans(), events), max_size=40),
+    opening=st.sampled_from(sorted(OPENINGS)),
+    running=steps_of(running_events, 20),
+    stop=st.sampled_from(STOPS),
+    stopping=steps_of(running_events | shutdowns | st.just(Drained()), 15),
 )
-def test_property_router_stays_self_consistent(priority, version, handover_timeout, preempt_delay, steps):
+def test_property_router_stays_self_consistent(priority, version, handover_timeout, preempt_delay, opening,
+                                               running, stop, stopping):
+    """At every step, the VIP ownership the actions so far add up to: active only in MASTER, held
+    quietly only after a planned, draining stop, none once Stopped."""
     router = make_router(priority=priority, version=version, handover_timeout=handover_timeout,
                          preempt_delay=preempt_delay)
-    now, holding_vips, state = 0.0, False, State.INIT
+    now, vips, state, stopped, drain_requested = 0.0, NO_VIPS, State.INIT, False, False
+    steps = OPENINGS[opening] + running + ([] if stop is None else [(0.0, False, stop)]) + stopping
     for gap, at_deadline, event in steps:
         now += gap
         if at_deadline and router.next_deadline() is not None:
             now = max(now, router.next_deadline())
         priority_before = router.effective_priority
+        if isinstance(event, Shutdown) and not drain_requested and not stopped:
+            drain_requested = event.drain and event.handover and router.state is not State.INIT
         for action in router.handle(event, now):
+            assert not stopped, f"{action} after Stopped"
             if isinstance(action, AddVips):
-                assert not holding_vips
-                holding_vips = True
+                assert vips == NO_VIPS
+                vips = ACTIVE
             elif isinstance(action, RemoveVips):
-                assert holding_vips
-                holding_vips = False
+                assert vips == ACTIVE
+                vips = NO_VIPS
+            elif isinstance(action, HoldVipsQuietly):
+                assert vips == ACTIVE and drain_requested
+                vips = QUIET
+            elif isinstance(action, ReleaseVips):
+                assert vips == QUIET
+                vips = NO_VIPS
+            elif isinstance(action, PrepareBridge):
+                assert state is State.BACKUP and action.predecessor in (LOW_PEER, PEER)
             elif isinstance(action, StateChanged):
                 assert action.old is state and action.new is not state
                 state = action.new
             elif isinstance(action, SendAdvert):
                 assert action.priority in (0, priority_before, router.effective_priority)
-        assert router.state is state
-        assert holding_vips == (state is State.MASTER)
+            elif isinstance(action, Stopped):
+                assert vips == NO_VIPS and state is State.INIT
+                stopped = True
+        assert router.state is state and router.stopped == stopped
+        assert (vips == ACTIVE) == (state is State.MASTER)
+        assert (vips == QUIET) == router.holds_vips_quietly
+        if vips == QUIET:
+            assert drain_requested and state is State.INIT and not stopped
         assert (router.master == OWN) == (state is State.MASTER)
         deadline = router.next_deadline()
         assert deadline is None or deadline > now

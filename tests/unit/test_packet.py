@@ -14,6 +14,7 @@ from vipd.vrrp.packet import (
     Invalid,
     RxErrors,
     accept,
+    advert_interval_cs,
     decode,
     encode,
     password_bytes,
@@ -81,7 +82,7 @@ def test_keepalived_captures_decode_match_conf_and_reencode_identically(capture)
         assert advert == Advert(conf["version"], conf["vrid"], 0 if resigning else conf["priority"],
                                 conf["interval_cs"], conf["addresses"], **auth)
         assert dst in (conf["unicast_peers"] or [V4_GROUP, V6_GROUP])
-        assert accept(advert, vrid=conf["vrid"], version=conf["version"],
+        assert accept(advert, src=src, vrid=conf["vrid"], version=conf["version"],
                       interval_cs=conf["interval_cs"], **auth) is None
         assert encode(advert, src=src, dst=dst) == payload
 
@@ -187,14 +188,45 @@ def test_decode_never_raises_on_plausible_headers(version_type, count, rest, end
     assert isinstance(decode(data, src=ends[0], dst=ends[1], ttl=ttl), (Advert, Invalid))
 
 
-@settings(max_examples=200)
-@given(v3_adverts(ipv4_addresses), st.data())
-def test_any_corruption_of_a_valid_packet_is_caught_or_harmless(advert, data):
-    packet = bytearray(encode(advert, src=V4_SRC, dst=V4_GROUP))
+# Every byte of the message is under the checksum (v3 adds the pseudo-header, v2 sums the message
+# alone). Byte 0 (version and type) and byte 3 (the address count) are read before the checksum is
+# checked, so their corruption is refused for what it breaks first; any other byte for the checksum.
+CHECKSUM_FORMS = {
+    "v3 IPv4 pseudo-header": (v3_adverts(ipv4_addresses), V4_SRC, V4_GROUP, "pseudo_header"),
+    "v3 IPv4 message only": (v3_adverts(ipv4_addresses), V4_SRC, V4_GROUP, "message_only"),
+    "v3 IPv6": (v3_adverts(ipv6_addresses), V6_SRC, V6_GROUP, "pseudo_header"),
+    "v2": (v2_adverts(), V4_SRC, V4_GROUP, "pseudo_header"),
+}
+FIRST_FAILING_CHECK = {0: {"version", "type", "length", "family"}, 3: {"length"}}
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(sorted(CHECKSUM_FORMS)), st.data())
+def test_every_single_byte_corruption_is_refused(form, data):
+    adverts, src, dst, checksum_mode = CHECKSUM_FORMS[form]
+    packet = bytearray(encode(data.draw(adverts), src=src, dst=dst, checksum_mode=checksum_mode))
     index = data.draw(st.integers(0, len(packet) - 1))
     packet[index] ^= data.draw(st.integers(1, 255))
-    result = decode(bytes(packet), src=V4_SRC, dst=V4_GROUP, ttl=255)
-    assert isinstance(result, Invalid) or result != advert
+    result = decode(bytes(packet), src=src, dst=dst, ttl=255)
+    assert isinstance(result, Invalid), (form, index, result)
+    assert result.reason in FIRST_FAILING_CHECK.get(index, {"checksum"}), (form, index, result)
+
+
+def ones_complement_sum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_no_single_byte_change_turns_one_v3_ipv4_checksum_form_into_the_other():
+    """decode accepts either v3 IPv4 form, which differ by the pseudo-header's sum: the test above
+    is exact only if no one-byte change (a difference d or 256 d, |d| < 256) makes that up."""
+    one_byte_deltas = {(sign * d * shift) % 0xFFFF for d in range(1, 256) for shift in (1, 256) for sign in (1, -1)}
+    for length in range(12, 8 + 4 * 20 + 1, 4):
+        pseudo = (ipaddress.ip_address(V4_SRC).packed + ipaddress.ip_address(V4_GROUP).packed
+                  + struct.pack("!BBH", 0, 112, length))
+        assert ones_complement_sum(pseudo) % 0xFFFF not in one_byte_deltas, length
 
 
 # --- every rejection reason ----------------------------------------------------------------------------
@@ -301,16 +333,16 @@ def test_mixed_families_between_src_and_dst():
 
 
 def test_wrong_vrid_is_another_routers_instance():
-    assert accept(V3_ADVERT, vrid=54, version=3) == Invalid("vrid", "VRID 53, ours is 54")
+    assert accept(V3_ADVERT, src=V4_PEER, vrid=54, version=3) == Invalid("vrid", "VRID 53, ours is 54")
 
 
 def test_version_mismatch_with_the_instance():
-    assert accept(V3_ADVERT, vrid=53, version=2).reason == "version"
-    assert accept(V2_ADVERT, vrid=52, version=3).reason == "version"
+    assert accept(V3_ADVERT, src=V4_PEER, vrid=53, version=2).reason == "version"
+    assert accept(V2_ADVERT, src=V4_PEER, vrid=52, version=3).reason == "version"
 
 
 def test_wrong_password():
-    ok = {"vrid": 52, "version": 2, "auth_type": 1}
+    ok = {"src": V4_PEER, "vrid": 52, "version": 2, "auth_type": 1}
     assert accept(V2_ADVERT, **ok, auth_data=password_bytes("s3cret")) is None
     assert accept(V2_ADVERT, **ok, auth_data=b"s3cret") is None
     result = accept(V2_ADVERT, **ok, auth_data=password_bytes("s3cre7"))
@@ -318,31 +350,73 @@ def test_wrong_password():
 
 
 def test_auth_type_mismatch():
-    assert accept(V2_ADVERT, vrid=52, version=2).reason == "auth"
+    assert accept(V2_ADVERT, src=V4_PEER, vrid=52, version=2).reason == "auth"
     unauthenticated = Advert(2, 52, 150, 100, ("198.18.0.100",))
-    assert accept(unauthenticated, vrid=52, version=2, auth_type=1, auth_data=password_bytes("s3cret")).reason \
-        == "auth"
+    assert accept(unauthenticated, src=V4_PEER, vrid=52, version=2, auth_type=1,
+                  auth_data=password_bytes("s3cret")).reason == "auth"
+
+
+# What one instance (VRID 53, v3, our address V4_SRC, unicast peers V4_PEER and fe80::1) makes of an
+# advert from each sender: its own copy and unlisted senders are refused before anything else.
+INSTANCE = {"own": V4_SRC, "peers": frozenset(map(ipaddress.ip_address, [V4_PEER, "fe80::1"])),
+            "vrid": 53, "version": 3}
+V3_OTHER_VRID = Advert(3, 54, 150, 100, ("198.18.0.100",))
+
+
+@pytest.mark.parametrize("advert, src, instance, expected", [
+    (V3_ADVERT, V4_PEER, INSTANCE, None),
+    (V3_ADVERT, ipaddress.ip_address(V4_PEER), INSTANCE, None),
+    (V3_ADVERT, V4_SRC, INSTANCE, "own"),
+    (V3_OTHER_VRID, V4_SRC, INSTANCE, "own"),
+    (V3_ADVERT, "198.18.0.13", INSTANCE, "unknown_peer"),
+    (V3_OTHER_VRID, "198.18.0.13", INSTANCE, "unknown_peer"),
+    (V3_OTHER_VRID, V4_PEER, INSTANCE, "vrid"),
+    (V2_ADVERT, V4_PEER, {**INSTANCE, "vrid": 52}, "version"),
+    (V3_ADVERT, "fe80::1%eth0", INSTANCE, None),
+    (V3_ADVERT, "fe80::2", INSTANCE, "unknown_peer"),
+    (V3_ADVERT, "fe80::2%eth0", {**INSTANCE, "own": "fe80::2"}, "own"),
+    (V3_ADVERT, "198.18.0.13", {**INSTANCE, "peers": frozenset()}, None),
+    (V3_ADVERT, V4_SRC, {**INSTANCE, "own": None}, "unknown_peer"),
+])
+def test_receive_checks_by_sender(advert, src, instance, expected):
+    result = accept(advert, src=src, **instance)
+    assert (result and result.reason) == expected, result
 
 
 def test_v2_ipsec_ah_is_refused():
     ah_packet = rechecksum(V2_PACKET[:4] + b"\x02" + V2_PACKET[5:])
     advert = decode(ah_packet, src=V4_SRC, dst=V4_GROUP, ttl=255)
     assert advert.auth_type == 2
-    result = accept(advert, vrid=52, version=2, auth_type=2)
+    result = accept(advert, src=V4_PEER, vrid=52, version=2, auth_type=2)
     assert result.reason == "auth" and "AH" in result.detail
-    assert accept(advert, vrid=52, version=2).reason == "auth"
+    assert accept(advert, src=V4_PEER, vrid=52, version=2).reason == "auth"
     with pytest.raises(ValueError, match="AH"):
         encode(advert, src=V4_SRC, dst=V4_GROUP)
 
 
 def test_v2_interval_must_match():
-    auth = {"auth_type": 1, "auth_data": password_bytes("s3cret")}
+    auth = {"src": V4_PEER, "auth_type": 1, "auth_data": password_bytes("s3cret")}
     assert accept(V2_ADVERT, vrid=52, version=2, interval_cs=100, **auth) is None
     assert accept(V2_ADVERT, vrid=52, version=2, interval_cs=200, **auth).reason == "interval"
 
 
 def test_v3_interval_is_learned_not_checked():
-    assert accept(V3_ADVERT, vrid=53, version=3, interval_cs=10) is None
+    assert accept(V3_ADVERT, src=V4_PEER, vrid=53, version=3, interval_cs=10) is None
+
+
+@pytest.mark.parametrize("seconds, version, expected", [
+    (0.01, 3, 1), (1.0, 3, 100), (0.07, 3, 7), (40.95, 3, 4095), (1.0, 2, 100), (255, 2, 25500),
+    (0.005, 3, "VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got 0.005"),
+    (0, 3, "VRRPv3 needs 0.01 s steps"), (41, 3, "VRRPv3 needs 0.01 s steps"),
+    (1.5, 2, "VRRPv2 needs whole seconds 1..255, got 1.5"), (256, 2, "VRRPv2 needs whole seconds"),
+    (0.05, 2, "VRRPv2 needs whole seconds"),
+])
+def test_advert_interval_converts_only_what_the_wire_carries_exactly(seconds, version, expected):
+    if isinstance(expected, int):
+        assert advert_interval_cs(seconds, version) == expected
+    else:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            advert_interval_cs(seconds, version)
 
 
 def test_v3_reserved_interval_bits_are_ignored():
@@ -351,7 +425,10 @@ def test_v3_reserved_interval_bits_are_ignored():
 
 
 def test_checks_run_in_rfc_order():
-    checks = {"vrid": 52, "version": 2, "auth_type": 1, "auth_data": b"wrong", "interval_cs": 300}
+    checks = {"src": V4_PEER, "vrid": 52, "version": 2, "auth_type": 1, "auth_data": b"wrong", "interval_cs": 300}
+    assert accept(V2_ADVERT, **{**checks, "own": V4_PEER, "peers": {ipaddress.ip_address(V4_SRC)}}).reason == "own"
+    assert accept(V2_ADVERT, **{**checks, "peers": {ipaddress.ip_address(V4_SRC)}, "vrid": 1}).reason \
+        == "unknown_peer"
     assert accept(V2_ADVERT, **{**checks, "vrid": 1}).reason == "vrid"
     assert accept(V2_ADVERT, **{**checks, "version": 3}).reason == "version"
     assert accept(V2_ADVERT, **checks).reason == "auth"
@@ -365,8 +442,11 @@ def test_every_reason_is_reachable():
         reason(V3_PACKET, ttl=0), reason(b"\x41" + V3_PACKET[1:]), reason(b"\x32" + V3_PACKET[1:]),
         reason(V3_PACKET[:-1]), reason(V3_PACKET[:7] + b"\0" + V3_PACKET[8:]),
         reason(V2_PACKET, src=V6_SRC, dst=V6_GROUP),
-        accept(V3_ADVERT, vrid=1, version=3).reason, accept(V2_ADVERT, vrid=52, version=2).reason,
-        accept(V2_ADVERT, vrid=52, version=2, auth_type=1, auth_data=b"s3cret", interval_cs=500).reason,
+        accept(V3_ADVERT, src=V4_PEER, vrid=1, version=3).reason,
+        accept(V2_ADVERT, src=V4_PEER, vrid=52, version=2).reason,
+        accept(V2_ADVERT, src=V4_PEER, vrid=52, version=2, auth_type=1, auth_data=b"s3cret", interval_cs=500).reason,
+        accept(V3_ADVERT, src=V4_SRC, own=V4_SRC, vrid=53, version=3).reason,
+        accept(V3_ADVERT, src=V4_SRC, peers={ipaddress.ip_address(V4_PEER)}, vrid=53, version=3).reason,
     }
     assert covered == set(REASONS)
 
@@ -381,8 +461,8 @@ def test_invalid_rejects_unknown_reasons():
 @pytest.mark.parametrize("advert, src, dst, match", [
     (Advert(3, 0, 100, 100, ("198.18.0.1",)), V4_SRC, V4_GROUP, "vrid"),
     (Advert(3, 1, 256, 100, ("198.18.0.1",)), V4_SRC, V4_GROUP, "priority"),
-    (Advert(3, 1, 100, 4096, ("198.18.0.1",)), V4_SRC, V4_GROUP, "interval"),
-    (Advert(2, 1, 100, 150, ("198.18.0.1",)), V4_SRC, V4_GROUP, "whole number"),
+    (Advert(3, 1, 100, 4096, ("198.18.0.1",)), V4_SRC, V4_GROUP, "0.01 s steps from 0.01 to 40.95, got 40.96"),
+    (Advert(2, 1, 100, 150, ("198.18.0.1",)), V4_SRC, V4_GROUP, "whole seconds 1..255, got 1.5"),
     (Advert(3, 1, 100, 100, ("198.18.0.1",), 1, b"x"), V4_SRC, V4_GROUP, "authentication"),
     (Advert(2, 1, 100, 100, ("198.18.0.1",), 1, b"123456789"), V4_SRC, V4_GROUP, "auth_data"),
     (Advert(2, 1, 100, 100, ("198.18.0.1",), 0, b"x"), V4_SRC, V4_GROUP, "auth_data"),
@@ -436,12 +516,14 @@ def test_rx_errors_counts_and_rate_limits_per_reason(caplog):
     assert errors.counts == {**dict.fromkeys(REASONS, 0), "checksum": 8, "ttl": 1}
 
 
-def test_rx_errors_logs_other_vrids_quietly(caplog):
+def test_rx_errors_logs_other_vrids_and_our_own_copies_quietly(caplog):
     errors = RxErrors(clock=FakeClock())
     with caplog.at_level(logging.DEBUG, logger="vipd.vrrp"):
         errors.record(Invalid("vrid", "VRID 7, ours is 51"), "198.18.0.13")
-    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
-    assert errors.counts["vrid"] == 1
+        errors.record(Invalid("own"), "198.18.0.11")
+        errors.record(Invalid("unknown_peer"), "198.18.0.13")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.DEBUG, logging.WARNING]
+    assert (errors.counts["vrid"], errors.counts["own"], errors.counts["unknown_peer"]) == (1, 1, 1)
 
 
 def test_rx_errors_never_raises():

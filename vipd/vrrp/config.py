@@ -1,13 +1,14 @@
 """The `[[vrrp]]` part of the config: one VRRP instance's typed model and its parser."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from lbproxy.configreader import Section, between, ip_address, one_of, positive, show
-from vipd.vrrp.packet import ChecksumMode
+from vipd.vrrp.packet import OWNER_PRIORITY, ChecksumMode, advert_interval_cs
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class VrrpConfig:
     virtual_ips: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
     priority: int = 100
     version: int = 3
-    advert_interval: float = 1.0
+    advert_interval: float = 1.0           # seconds: the state machine's timers
     preempt: bool = True
     preempt_delay: float = 0.0
     unicast_peers: tuple[str, ...] = ()
@@ -56,6 +57,11 @@ class VrrpConfig:
     handover_timeout: float | None = None
     tracks: tuple[Track, ...] = ()
     notify: Notify = field(default_factory=Notify)
+
+    @functools.cached_property
+    def advert_interval_cs(self) -> int:
+        """The interval as the adverts carry it; parse_vrrp has checked that it converts exactly."""
+        return advert_interval_cs(self.advert_interval, self.version)
 
     @property
     def family(self) -> int:
@@ -101,16 +107,15 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
     name = s.get("name", str, required=True)
     interface = s.get("interface", str, required=True)
     vrid = s.get("vrid", int, required=True, check=between(1, 255))
-    priority = s.get("priority", int, 100, check=between(1, 255, "1..254 (255 = address owner)"))
+    priority = s.get("priority", int, 100,
+                     check=between(1, OWNER_PRIORITY, f"1..254 ({OWNER_PRIORITY} = address owner)"))
     version = s.get("version", int, 3, check=lambda v: None if v in (2, 3) else "must be 2 or 3")
     interval = s.get("advert_interval", float, 1.0)
-    if interval is not None:
-        if version == 2 and (interval != int(interval) or not 1 <= interval <= 255):
-            s.error("advert_interval", f"VRRPv2 needs whole seconds 1..255, got {interval}")
-        elif version == 3:
-            centis = round(interval * 100)
-            if abs(centis - interval * 100) > 1e-6 or not 1 <= centis <= 4095:
-                s.error("advert_interval", f"VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got {interval}")
+    if interval is not None and version is not None:
+        try:
+            advert_interval_cs(interval, version)
+        except ValueError as exc:
+            s.error("advert_interval", str(exc))
     vips_raw = s.get("virtual_ips", list, required=True)
     vips: list = []
     if vips_raw is not None:

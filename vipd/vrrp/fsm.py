@@ -12,7 +12,13 @@ Decisions beyond the RFC:
   gratuitous ARP/NA at once (RFC 9568), so the other steps down and the network re-learns quickly.
 - Graceful shutdown with ``handover_timeout > 0`` keeps state MASTER (``handing_over`` is True)
   and the VIPs, resending priority-0 adverts, until another router advertises or the timeout ends.
-- Adverts whose source is our own primary address (multicast loopback) are ignored.
+- A shutdown that drains (``Shutdown(drain=True)``: the proxy finishes its connections after the
+  hand-over) ends a mastership with HoldVipsQuietly instead of RemoveVips: the VIPs stay, silent
+  on ARP, with state INIT, until ``Drained`` (or another Shutdown) releases them and stops.
+- A BACKUP that hears the master it follows resign prepares the hand-over bridge back to it
+  (PrepareBridge) before its own takeover, so the bridge is in place before clients turn around.
+- AdvertReceived carries adverts that passed the receive checks (``packet.accept``), so never one
+  of our own.
 - StateChanged comes after the actions that realise the new state, so notify scripts see the
   VIPs already added or removed.
 """
@@ -23,8 +29,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-OWNER_PRIORITY = 255
-RESIGN_PRIORITY = 0
+from vipd.vrrp.packet import OWNER_PRIORITY, RESIGN_PRIORITY
 
 
 class State(enum.StrEnum):
@@ -39,7 +44,7 @@ class RouterParams:
     vrid: int
     version: int
     priority: int
-    advert_interval: float
+    advert_interval: float          # seconds, as checked by packet.advert_interval_cs at config load
     primary_address: str
     preempt: bool = True
     preempt_delay: float = 0.0
@@ -57,8 +62,6 @@ class RouterParams:
             problems.append(f"version {self.version} is not 2 or 3")
         if not 1 <= self.priority <= OWNER_PRIORITY:
             problems.append(f"priority {self.priority} not in 1..255")
-        if not self.advert_interval > 0:
-            problems.append(f"advert_interval {self.advert_interval} must be > 0")
         if self.preempt_delay < 0:
             problems.append(f"preempt_delay {self.preempt_delay} must be >= 0")
         if self.handover_timeout < 0:
@@ -80,6 +83,14 @@ class Startup:
 
 @dataclass(frozen=True)
 class Shutdown:
+    # False: resign at once whatever handover_timeout says (an instance removed by a reload).
+    handover: bool = True
+    # The caller drains connections after a planned hand-over and sends Drained when done.
+    drain: bool = False
+
+
+@dataclass(frozen=True)
+class Drained:
     pass
 
 
@@ -126,6 +137,24 @@ class RemoveVips:
 
 
 @dataclass(frozen=True)
+class HoldVipsQuietly:
+    """Keep the VIPs but neither answer nor send ARP for them: clients already gone to the new
+    master stay there, while connections still in flight here finish."""
+
+
+@dataclass(frozen=True)
+class ReleaseVips:
+    """Drop the VIPs held quietly."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrepareBridge:
+    """Send segments of connections in flight to `predecessor`, the master that resigned."""
+    predecessor: str
+
+
+@dataclass(frozen=True)
 class SendGratuitous:
     pass
 
@@ -142,8 +171,9 @@ class Stopped:
     pass
 
 
-Event = Startup | Shutdown | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared | Timeout
-Action = SendAdvert | AddVips | RemoveVips | SendGratuitous | StateChanged | Stopped
+Event = Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared | Timeout
+Action = (SendAdvert | AddVips | RemoveVips | HoldVipsQuietly | ReleaseVips | PrepareBridge | SendGratuitous
+          | StateChanged | Stopped)
 
 
 def address_rank(address: str) -> tuple[int, int]:
@@ -163,6 +193,8 @@ class VrrpRouter:
         self.stopped = False
         self.handover_deadline: float | None = None
         self.new_master_heard = False
+        self.holds_vips_quietly = False
+        self._drain = False
         self._down_timer: float | None = None
         self._adver_timer: float | None = None
         self._takeover_reason = "master_down_timer"
@@ -170,6 +202,7 @@ class VrrpRouter:
         self._handlers = {
             Startup: self._on_startup,
             Shutdown: self._on_shutdown,
+            Drained: self._on_drained,
             AdvertReceived: self._on_advert,
             PriorityChanged: self._on_priority_changed,
             FaultRaised: self._on_fault_raised,
@@ -192,7 +225,7 @@ class VrrpRouter:
         return self.handover_deadline is not None
 
     def next_deadline(self) -> float | None:
-        if self.stopped:
+        if self.stopped or self.holds_vips_quietly:
             return None
         pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline) if t is not None]
         return min(pending, default=None)
@@ -203,8 +236,11 @@ class VrrpRouter:
             raise TypeError(f"not a VRRP event: {event!r}")
         if self.stopped:
             return []
+        if self.holds_vips_quietly:
+            # Nothing but the end of the drain, or an impatient second stop, concerns us now.
+            return handler(event, now) if isinstance(event, (Drained, Shutdown)) else []
         actions = self._fire_due_timers(now)
-        if not self.stopped:
+        if not self.stopped and not self.holds_vips_quietly:
             actions += handler(event, now)
         return actions
 
@@ -216,7 +252,7 @@ class VrrpRouter:
         """
         if (params.vrid, params.version) != (self.params.vrid, self.params.version):
             raise ValueError("vrid and version cannot change on reload; build a new VrrpRouter")
-        if self.stopped:
+        if self.stopped or self.holds_vips_quietly:
             return []
         actions = self._fire_due_timers(now)
         old = self.params
@@ -235,7 +271,7 @@ class VrrpRouter:
 
     def _fire_due_timers(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        while not self.stopped:
+        while not self.stopped and not self.holds_vips_quietly:
             if self.handover_deadline is not None and self.handover_deadline <= now:
                 actions += self._finish_shutdown(
                     "shutdown:handover_complete" if self.new_master_heard else "shutdown:handover_timeout")
@@ -267,7 +303,7 @@ class VrrpRouter:
         return self._become_backup(now, reason, master=None)
 
     def _on_advert(self, event: AdvertReceived, now: float) -> list[Action]:
-        if self.state not in (State.BACKUP, State.MASTER) or address_rank(event.src) == self._own_rank:
+        if self.state not in (State.BACKUP, State.MASTER):
             return []
         if self.handing_over:
             if event.priority != RESIGN_PRIORITY and not self.new_master_heard:
@@ -278,21 +314,23 @@ class VrrpRouter:
                 self.handover_deadline = min(self.handover_deadline, now + self.params.handover_linger)
             return []
         if self.state is State.BACKUP:
-            self._on_advert_as_backup(event, now)
-            return []
+            return self._on_advert_as_backup(event, now)
         return self._on_advert_as_master(event, now)
 
-    def _on_advert_as_backup(self, event: AdvertReceived, now: float) -> None:
+    def _on_advert_as_backup(self, event: AdvertReceived, now: float) -> list[Action]:
         if event.priority == RESIGN_PRIORITY:
             # A resigning ex-master repeats priority 0 during handover; once another master is
             # heard, those repeats say nothing about whether the current master is alive.
             if self.master is not None and address_rank(self.master) != address_rank(event.src):
-                return
+                return []
             resign_deadline = now + self.skew_time
             self._down_timer = resign_deadline if self._down_timer is None else min(self._down_timer, resign_deadline)
+            # Only the master we followed hands over connections; a resignation heard while no
+            # master was known may come from anyone.
+            actions: list[Action] = [] if self.master is None else [PrepareBridge(event.src)]
             self.master = None
             self._takeover_reason = "master_resigned"
-            return
+            return actions
         if self._accepts_as_master(event, now):
             self._learn_interval(event.interval)
             self._down_timer = now + self.master_down_interval
@@ -300,6 +338,7 @@ class VrrpRouter:
             self._takeover_reason = "master_down_timer"
         else:
             self._takeover_reason = "preempt"
+        return []
 
     def _accepts_as_master(self, event: AdvertReceived, now: float) -> bool:
         if not self.params.preempt or event.priority >= self.effective_priority:
@@ -360,10 +399,14 @@ class VrrpRouter:
         return self._start(now, "fault_cleared")
 
     def _on_shutdown(self, event: Shutdown, now: float) -> list[Action]:
+        # A second stop request means "now": stop waiting for the new master, or for the drain.
+        if self.holds_vips_quietly:
+            return self._release("shutdown")
         if self.handing_over:
-            # A second stop request means "now": stop waiting for the new master.
             return self._finish_shutdown("shutdown")
-        if self.state is State.MASTER and self.params.handover_timeout > 0:
+        # Only a planned hand-over leaves connections worth draining.
+        self._drain = event.drain and event.handover
+        if self.state is State.MASTER and event.handover and self.params.handover_timeout > 0:
             self.handover_deadline = now + self.params.handover_timeout
             self._adver_timer = now + self.params.advert_interval
             return [SendAdvert(RESIGN_PRIORITY)]
@@ -372,13 +415,27 @@ class VrrpRouter:
 
     def _finish_shutdown(self, reason: str) -> list[Action]:
         old = self.state
-        actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
+        hold = old is State.MASTER and self._drain
+        actions: list[Action] = []
+        if old is State.MASTER:
+            actions.append(HoldVipsQuietly() if hold else RemoveVips())
         if old is not State.INIT:
             actions.append(StateChanged(old, State.INIT, reason))
         self._enter(State.INIT, master=None)
+        if hold:
+            self.holds_vips_quietly = True
+            return actions
         self.stopped = True
         actions.append(Stopped())
         return actions
+
+    def _on_drained(self, event: Drained, now: float) -> list[Action]:
+        return self._release("drained") if self.holds_vips_quietly else []
+
+    def _release(self, reason: str) -> list[Action]:
+        self.holds_vips_quietly = False
+        self.stopped = True
+        return [ReleaseVips(reason), Stopped()]
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         old = self.state

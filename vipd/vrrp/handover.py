@@ -8,12 +8,17 @@ arrive at the new master, which has no socket for them and would reset it. So fo
   wildcard listener: no local connection of its own) back to the old master at layer 2;
 - the old master keeps the VIPs, silent on ARP so it never pulls clients back, until its proxy
   has drained; then it releases them.
+
+The state machine decides when (PrepareBridge, HoldVipsQuietly, ReleaseVips); `Bridge` and
+`QuietHold` carry it out with nftables tables named after the VRID.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import shutil
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 log = logging.getLogger("vipd.vrrp")
 
@@ -82,3 +87,86 @@ async def quiet(vips, vrid: int) -> bool:
 async def remove(family: str, table: str) -> None:
     if shutil.which("nft") is not None:
         await _nft(f"table {family} {table} {{}}\ndelete table {family} {table}\n")
+
+
+async def clear_leftovers(vrid: int) -> None:
+    """Remove the tables a run killed mid-hand-over left: a stale ARP silence would hide the VIPs
+    the next time this node is master."""
+    await remove("arp", quiet_table(vrid))
+    await remove("ip", bridge_table(vrid))
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    """What a new master bridges back to its predecessor: the proxy's listen ports, for as long as
+    the predecessor may drain (the longest drain_timeout, plus a second)."""
+    ports: tuple[int, ...] = ()
+    seconds: float = 0.0
+
+
+class Bridge:
+    """On the new master: the bridge back to its predecessor, up for `seconds` (the predecessor's
+    drain) or until this node gives the VIPs up. No ports: nothing to bridge."""
+
+    def __init__(self, vrid: int, interface: str, ports: Sequence[int], seconds: float) -> None:
+        self.vrid = vrid
+        self.interface = interface
+        self.ports = tuple(ports)
+        self.seconds = seconds
+        self._task: asyncio.Task | None = None
+        self._ending: asyncio.Task | None = None
+
+    def prepare(self, predecessor: str, vips: Sequence) -> None:
+        # Harmless if another backup wins: no VIP here, no segment matches.
+        if not self.ports or (self._task is not None and not self._task.done()):
+            return
+        self._task = asyncio.ensure_future(self._run(predecessor, list(vips)))
+
+    async def _run(self, predecessor: str, vips: list) -> None:
+        try:
+            if await bridge_to(predecessor, vips, self.ports, self.interface, self.vrid):
+                await asyncio.sleep(self.seconds)
+        finally:
+            await remove("ip", bridge_table(self.vrid))
+
+    def end_soon(self) -> None:
+        """Take the bridge down; its own cleanup removes the table."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            self._ending = task
+
+    async def end(self) -> None:
+        """Take the bridge down and wait until its table is gone."""
+        self.end_soon()
+        task, self._ending = self._ending, None
+        if task is not None:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+class QuietHold:
+    """On the old master: the VIPs it keeps, silent on ARP, while its proxy drains."""
+
+    def __init__(self, vrid: int, label: str) -> None:
+        self.vrid = vrid
+        self.label = label
+        self.vips: list = []
+        self._quiet: asyncio.Future | None = None
+
+    def hold(self, vips: Sequence) -> None:
+        self.vips = list(vips)
+        self._quiet = asyncio.ensure_future(quiet([v.ip for v in self.vips], self.vrid))
+
+    async def release(self, remove_addresses: Callable[[list], Awaitable]) -> None:
+        """Drop the VIPs first, then the ARP silence: never answer ARP for a VIP being released."""
+        if self._quiet is not None:
+            await self._quiet
+        try:
+            await asyncio.wait_for(remove_addresses(self.vips), 10)
+        except Exception as exc:
+            log.error("%s: releasing VIPs: %s", self.label, exc)
+        self.vips = []
+        await remove("arp", quiet_table(self.vrid))

@@ -1,5 +1,6 @@
-"""One VRRP instance: drives the pure state machine (`vipd.fsm`) from the clock, received adverts,
-link state and tracks, and carries out its actions on the network (vipd.vrrp.sockets, addresses, announce).
+"""One VRRP instance: drives the pure state machine (`vipd.vrrp.fsm`) from the clock, received adverts,
+link state and tracks, and carries out its actions on the network (vipd.vrrp.sockets, addresses,
+announce, handover). It decides nothing the state machine could: it feeds events and executes actions.
 
 The state machine's timer is a `loop.call_at`; events are handled as they arrive. Every slow
 thing (VIP changes, scripts, frame building) runs in a thread or a subprocess, so adverts go out
@@ -13,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from vipd.vrrp import fsm, handover, packet
 from vipd.vrrp.addresses import AddressWorker
@@ -41,18 +42,17 @@ def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
 
 class VrrpInstance:
     def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
-                 addresses: AddressWorker, frontend_ok: Callable[[str], bool] | None = None,
-                 bridge_ports: tuple[int, ...] = (), bridge_seconds: float = 0.0,
+                 addresses: AddressWorker, serving: Mapping[str, bool] | None = None,
+                 bridge: handover.BridgePlan = handover.BridgePlan(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.bridge_ports = bridge_ports
-        self.bridge_seconds = bridge_seconds
         self.interfaces = interfaces
         self.channels = channels
         self.addresses = addresses
         self.clock = clock
         self.router = fsm.VrrpRouter(self._params(NO_ADDRESS[config.family]))
-        self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, frontend_ok)
+        self._receive_checks = self._checks_for(config)
+        self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, serving)
         self.notify = NotifyQueue(config.name)
         self.rx_errors = packet.RxErrors(f"vrrp {config.name}")
         self.channel: VrrpChannel | None = None
@@ -61,7 +61,6 @@ class VrrpInstance:
         self.transitions = 0
         self.adverts_sent = 0
         self.adverts_received = 0
-        self.unknown_peer_drops = 0
         self.fault_reasons: set[str] = set()
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
@@ -72,14 +71,12 @@ class VrrpInstance:
         self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[tuple, bytes] = {}
         self._started = False
-        self._stopped = asyncio.Event()
-        self._last_peer_log = 0.0
+        self._resigned = asyncio.Event()     # stopped, or holding the VIPs quietly for the drain
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
-        self._bridge: asyncio.Task | None = None
-        self._keep_vips = False
-        self.kept_vips: list = []
-        self._quiet: asyncio.Future | None = None
+        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
+        self.plan_bridge(bridge)
+        self.quiet = handover.QuietHold(config.vrid, f"vrrp {config.name}")
 
     @property
     def name(self) -> str:
@@ -87,12 +84,26 @@ class VrrpInstance:
 
     # ---------------------------------------------------------------- configuration
 
-    def _params(self, primary: str, handover: bool = True) -> fsm.RouterParams:
+    @property
+    def kept_vips(self) -> list:
+        """The VIPs a completed hand-over holds quietly until `release()`."""
+        return self.quiet.vips
+
+    def _params(self, primary: str) -> fsm.RouterParams:
         c = self.config
         return fsm.RouterParams(
             vrid=c.vrid, version=c.version, priority=c.priority, advert_interval=c.advert_interval,
             primary_address=primary, preempt=c.preempt, preempt_delay=c.preempt_delay,
-            handover_timeout=c.effective_handover_timeout if handover else 0.0)
+            handover_timeout=c.effective_handover_timeout)
+
+    @staticmethod
+    def _checks_for(c: VrrpConfig) -> dict:
+        """packet.accept's arguments for this config, parsed once rather than per packet."""
+        return dict(
+            vrid=c.vrid, version=c.version, peers=frozenset(ipaddress.ip_address(p) for p in c.unicast_peers),
+            auth_type=packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
+            auth_data=packet.password_bytes(c.auth_pass) if c.auth_pass else b"",
+            interval_cs=c.advert_interval_cs if c.version == 2 else None)
 
     def _find_primary(self) -> str | None:
         c = self.config
@@ -117,7 +128,7 @@ class VrrpInstance:
         if payload is None:
             c = self.config
             advert = packet.Advert(
-                c.version, c.vrid, priority, round(c.advert_interval * 100), tuple(v.ip for v in c.virtual_ips),
+                c.version, c.vrid, priority, c.advert_interval_cs, tuple(v.ip for v in c.virtual_ips),
                 packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
                 packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
             payload = packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
@@ -136,7 +147,7 @@ class VrrpInstance:
             present = link.has(str(vip.ip)) if link is not None else None
             if present is None:
                 continue
-            if present.ours or c.priority != fsm.OWNER_PRIORITY:
+            if present.ours or c.priority != packet.OWNER_PRIORITY:
                 stale.append(vip)
             else:
                 self._unmanaged.add(vip)
@@ -147,10 +158,7 @@ class VrrpInstance:
                         ", ".join(map(str, stale)))
             await self.addresses.remove(c.interface, stale)
         if c.family == socket.AF_INET:
-            # A run killed mid-hand-over leaves its nft tables behind; a stale ARP silence would
-            # hide this node's VIPs the next time it is master.
-            await handover.remove("arp", handover.quiet_table(c.vrid))
-            await handover.remove("ip", handover.bridge_table(c.vrid))
+            await handover.clear_leftovers(c.vrid)
         self.channel = self.channels.register(c.interface, c.family, c.vrid, self._on_packet)
         self.interfaces.subscribe(self._on_link)
         self._rebuild_frames()
@@ -167,10 +175,11 @@ class VrrpInstance:
         """Apply a changed config to the running router (same interface, VRID, version, family)."""
         old = self.config
         self.config = config
+        self._receive_checks = self._checks_for(config)
         self._encoded.clear()
         self.notify.name = config.name
         for vip in config.virtual_ips:
-            if vip not in old.virtual_ips and config.priority == fsm.OWNER_PRIORITY:
+            if vip not in old.virtual_ips and config.priority == packet.OWNER_PRIORITY:
                 link = self.interfaces.by_name(config.interface)
                 present = link.has(str(vip.ip)) if link is not None else None
                 if present is not None and not present.ours:
@@ -195,47 +204,65 @@ class VrrpInstance:
         """Resign (priority 0) and release the VIPs; with handover, keep them until the new master
         is heard or the handover timeout passes. With keep_vips, a completed hand-over keeps them,
         silent on ARP, for `release()` (the proxy drains meanwhile)."""
-        self._keep_vips = keep_vips and handover and self.config.family == socket.AF_INET
         if self._started and not self.router.stopped:
-            if not handover:
-                self._execute(self.router.update_params(
-                    self._params(self.router.params.primary_address, handover=False), self.clock()))
-            self._dispatch(fsm.Shutdown())
+            # Only nftables can silence ARP for the VIPs: IPv4 only.
+            drain = keep_vips and self.config.family == socket.AF_INET
+            self._dispatch(fsm.Shutdown(handover=handover, drain=drain))
             limit = (self.config.effective_handover_timeout if handover else 0.0) + STOP_SAFETY_MARGIN
             try:
-                await asyncio.wait_for(self._stopped.wait(), limit)
+                await asyncio.wait_for(self._resigned.wait(), limit)
             except asyncio.TimeoutError:
                 self._dispatch(fsm.Shutdown())
         self._started = False
         self._cancel_timer()
         self._cancel_garp()
-        await self._end_bridge()
-        if self._holding:
+        await self.bridge.end()
+        if self._holding:   # only if the state machine failed (a bug): never leave VIPs behind
             self._remove_vips()
-        if self._vip_change is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._vip_change), 10)
-            except Exception as exc:
-                log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
+        await self._vip_change_done()
         self.interfaces.unsubscribe(self._on_link)
         if self.channel is not None:
             self.channels.unregister(self.config.interface, self.config.family, self.config.vrid)
             self.channel = None
         self.frames.close()
         await self.tracks.stop()
+        if not self.router.holds_vips_quietly:
+            await self._close_notify()
+        elif not self.kept_vips:
+            await self.release()   # every VIP is an address of the host's own: no drain to wait for
+
+    async def release(self) -> None:
+        """Drop the VIPs a completed hand-over kept (see stop): the drain is over."""
+        if not self.router.holds_vips_quietly:
+            return
+        self._dispatch(fsm.Drained())
+        await self._vip_change_done()
+        await self._close_notify()
+
+    async def _vip_change_done(self) -> None:
+        if self._vip_change is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._vip_change), 10)
+            except Exception as exc:
+                log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
+
+    async def _close_notify(self) -> None:
         await self.notify.drain(self.notify.timeout + 1)
         await self.notify.close()
 
     # ---------------------------------------------------------------- inputs
+
+    def plan_bridge(self, plan: handover.BridgePlan) -> None:
+        """The proxy's ports and drain time, for the next hand-over (IPv4 only: the bridge relies on
+        ARP silence)."""
+        self.bridge.ports = plan.ports if self.config.family == socket.AF_INET else ()
+        self.bridge.seconds = plan.seconds
 
     def _on_link(self, name: str) -> None:
         if name == self.config.interface:
             self._rebuild_frames()
         self.tracks.links_changed()
         self._evaluate()
-
-    def frontends_changed(self) -> None:
-        self.tracks.frontends_changed()
 
     def _evaluate(self) -> None:
         """Bring the router in line with link state, primary address and tracks."""
@@ -270,33 +297,14 @@ class VrrpInstance:
     def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float | None = None) -> None:
         if not self._started:
             return
-        c = self.config
-        result = packet.decode(payload, src=src, dst=dst, ttl=ttl)
-        if isinstance(result, packet.Invalid):
-            self.rx_errors.record(result, src)
-            return
-        if c.unicast_peers and ipaddress.ip_address(src) not in {ipaddress.ip_address(p) for p in c.unicast_peers}:
-            self.unknown_peer_drops += 1
-            now = self.clock()
-            if now - self._last_peer_log >= 1.0:
-                self._last_peer_log = now
-                log.warning("vrrp %s: dropped VRRP packet from %s: not in unicast_peers", self.name, src)
-            return
-        invalid = packet.accept(
-            result, vrid=c.vrid, version=c.version,
-            auth_type=packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
-            auth_data=packet.password_bytes(c.auth_pass) if c.auth_pass else b"",
-            interval_cs=round(c.advert_interval * 100) if c.version == 2 else None)
+        advert = packet.decode(payload, src=src, dst=dst, ttl=ttl)
+        invalid = advert if isinstance(advert, packet.Invalid) else packet.accept(
+            advert, src=src, own=self.router.params.primary_address, **self._receive_checks)
         if invalid is not None:
             self.rx_errors.record(invalid, src)
             return
-        if ipaddress.ip_address(src) == ipaddress.ip_address(self.router.params.primary_address):
-            return
         self.adverts_received += 1
-        if result.priority == 0 and self.router.master is not None and \
-                ipaddress.ip_address(src) == ipaddress.ip_address(self.router.master):
-            self._prepare_bridge(src)
-        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
+        self._dispatch(fsm.AdvertReceived(src, advert.priority, advert.interval), arrival)
 
     # ---------------------------------------------------------------- the state machine
 
@@ -356,16 +364,21 @@ class VrrpInstance:
         elif isinstance(action, fsm.AddVips):
             self._add_vips()
         elif isinstance(action, fsm.RemoveVips):
-            if self._keep_vips and self.router.stopped:
-                self._hold_quietly()
-            else:
-                self._remove_vips()
+            self._remove_vips()
+        elif isinstance(action, fsm.HoldVipsQuietly):
+            self._hold_quietly()
+        elif isinstance(action, fsm.ReleaseVips):
+            log.info("vrrp %s: releasing the VIPs held quietly (%s)", self.name, action.reason)
+            self._vip_change = asyncio.ensure_future(self.quiet.release(
+                lambda vips: self.addresses.remove(self.config.interface, vips)))
+        elif isinstance(action, fsm.PrepareBridge):
+            self.bridge.prepare(action.predecessor, [v.ip for v in self._managed_vips()])
         elif isinstance(action, fsm.SendGratuitous):
             self._start_garp()
         elif isinstance(action, fsm.StateChanged):
             self._on_state_changed(action)
         elif isinstance(action, fsm.Stopped):
-            self._stopped.set()
+            self._resigned.set()
             self.notify.push(self.config.notify.stop, "STOP", self.router.effective_priority, self._vip_change)
 
     def _send_advert(self, priority: int) -> None:
@@ -383,53 +396,19 @@ class VrrpInstance:
         self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
 
     def _remove_vips(self) -> None:
-        self._holding = False
-        self._cancel_garp()
+        self._give_up_vips()
         self._vip_change = self.addresses.remove(self.config.interface, self._managed_vips())
 
     def _hold_quietly(self) -> None:
+        self._give_up_vips()
+        self.quiet.hold(self._managed_vips())
+        self._resigned.set()
+
+    def _give_up_vips(self) -> None:
+        # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
         self._holding = False
         self._cancel_garp()
-        self.kept_vips = self._managed_vips()
-        self._quiet = asyncio.ensure_future(handover.quiet([v.ip for v in self.kept_vips], self.config.vrid))
-
-    async def release(self) -> None:
-        """Drop the VIPs a completed hand-over kept (see stop)."""
-        if not self.kept_vips:
-            return
-        if self._quiet is not None:
-            await self._quiet
-        try:
-            await asyncio.wait_for(self.addresses.remove(self.config.interface, self.kept_vips), 10)
-        except Exception as exc:
-            log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
-        self.kept_vips = []
-        await handover.remove("arp", handover.quiet_table(self.config.vrid))
-
-    def _prepare_bridge(self, predecessor: str) -> None:
-        """The master resigned: set up the bridge back to it now, so it is in place before our
-        gratuitous ARP turns clients around (harmless if another backup wins: no VIP, no match)."""
-        if not self.bridge_ports or self.config.family != socket.AF_INET:
-            return
-        if self._bridge is None or self._bridge.done():
-            self._bridge = asyncio.ensure_future(self._run_bridge(predecessor))
-
-    async def _run_bridge(self, predecessor: str) -> None:
-        try:
-            if await handover.bridge_to(predecessor, [v.ip for v in self._managed_vips()], self.bridge_ports,
-                                        self.config.interface, self.config.vrid):
-                await asyncio.sleep(self.bridge_seconds)
-        finally:
-            await handover.remove("ip", handover.bridge_table(self.config.vrid))
-
-    async def _end_bridge(self) -> None:
-        bridge, self._bridge = self._bridge, None
-        if bridge is not None and not bridge.done():
-            bridge.cancel()
-            try:
-                await bridge
-            except asyncio.CancelledError:
-                pass
+        self.bridge.end_soon()
 
     def _on_state_changed(self, change: fsm.StateChanged) -> None:
         self.since = _utc_now()
@@ -439,9 +418,6 @@ class VrrpInstance:
                 change.new.value, change.reason, self.router.effective_priority, self.router.master or "unknown")
         if change.new is not fsm.State.MASTER:
             self._cancel_garp()
-            if self._bridge is not None and change.old is fsm.State.MASTER:
-                asyncio.ensure_future(self._end_bridge())
-
         self.notify.push(self.config.notify.for_state(change.new.value), change.new.value,
                          self.router.effective_priority, self._vip_change)
 
@@ -489,8 +465,6 @@ class VrrpInstance:
     def status(self) -> dict:
         c = self.config
         invalid = {reason: n for reason, n in self.rx_errors.counts.items() if n}
-        if self.unknown_peer_drops:
-            invalid["unknown_peer"] = self.unknown_peer_drops
         return {
             "name": c.name,
             "state": self.router.state.value,

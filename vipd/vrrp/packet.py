@@ -12,11 +12,14 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-REASONS = ("ttl", "version", "type", "length", "checksum", "vrid", "auth", "interval", "family")
+REASONS = ("ttl", "version", "type", "length", "checksum", "vrid", "auth", "interval", "family",
+           "own", "unknown_peer")
+# Reasons that are normal on a shared segment, not a neighbour's fault: logged at DEBUG only.
+_QUIET_REASONS = ("vrid", "own")
 
 IPPROTO_VRRP = 112
 VRRP_TTL = 255
@@ -25,11 +28,13 @@ HEADER_LEN = 8
 AUTH_DATA_LEN = 8
 AUTH_NONE, AUTH_SIMPLE_PASSWORD, AUTH_IPSEC_AH = 0, 1, 2
 MAX_ADVER_INT_MASK = 0x0FFF  # the top 4 bits of the v3 interval word are "rsvd"
+MAX_V2_INTERVAL_S = 255
+OWNER_PRIORITY = 255   # the IP address owner (RFC 5798 5.2.4)
+RESIGN_PRIORITY = 0    # a master stepping down (RFC 5798 5.2.4)
 
 _V3_HEADER = struct.Struct("!BBBBHH")   # version|type, VRID, priority, count, rsvd|max adver int, checksum
 _V2_HEADER = struct.Struct("!BBBBBBH")  # version|type, VRID, priority, count, auth type, adver int, checksum
 _CHECKSUM_OFFSET = 6
-
 
 
 class ChecksumMode(enum.StrEnum):
@@ -65,6 +70,25 @@ class Invalid:
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
             raise ValueError(f"unknown reason {self.reason!r}; expected one of {REASONS}")
+
+
+def _interval_problem(interval_cs: int, version: int, shown: float) -> str | None:
+    if version == 3 and not 1 <= interval_cs <= MAX_ADVER_INT_MASK:
+        return f"VRRPv3 needs 0.01 s steps from 0.01 to {MAX_ADVER_INT_MASK / 100:g}, got {shown:g}"
+    if version == 2 and (interval_cs % 100 or not 1 <= interval_cs // 100 <= MAX_V2_INTERVAL_S):
+        return f"VRRPv2 needs whole seconds 1..{MAX_V2_INTERVAL_S}, got {shown:g}"
+    return None
+
+
+def advert_interval_cs(seconds: float, version: int) -> int:
+    """A configured advert interval in the wire's centiseconds. ValueError (saying the rule) unless
+    VRRPv`version` carries it exactly: v3 in 0.01 s steps up to 40.95 s, v2 in whole seconds to 255."""
+    centis = round(seconds * 100)
+    off_grid = abs(centis - seconds * 100) > 1e-6
+    problem = _interval_problem(-1 if off_grid else centis, version, seconds)
+    if problem is not None:
+        raise ValueError(problem)
+    return centis
 
 
 def password_bytes(pw: str) -> bytes:
@@ -122,8 +146,8 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: ChecksumMode = 
     if advert.version == 3:
         if advert.auth_type != AUTH_NONE or advert.auth_data:
             raise ValueError("VRRPv3 has no authentication (RFC 5798 removed it)")
-        if not 1 <= advert.interval_cs <= MAX_ADVER_INT_MASK:
-            raise ValueError(f"v3 interval {advert.interval_cs} cs outside 1..{MAX_ADVER_INT_MASK}")
+        if problem := _interval_problem(advert.interval_cs, 3, advert.interval):
+            raise ValueError(problem)
         message = _V3_HEADER.pack(0x30 | ADVERTISEMENT, advert.vrid, advert.priority, len(advert.addresses),
                                   advert.interval_cs, 0) + addresses
         if family == 6 or checksum_mode is ChecksumMode.PSEUDO_HEADER:
@@ -133,9 +157,8 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: ChecksumMode = 
     if advert.version == 2:
         if family != 4:
             raise ValueError("VRRPv2 (RFC 3768) carries IPv4 addresses only")
-        seconds, remainder = divmod(advert.interval_cs, 100)
-        if remainder or not 1 <= seconds <= 255:
-            raise ValueError(f"v2 interval {advert.interval_cs} cs is not a whole number of seconds in 1..255")
+        if problem := _interval_problem(advert.interval_cs, 2, advert.interval):
+            raise ValueError(problem)
         if advert.auth_type == AUTH_IPSEC_AH:
             raise ValueError("IPsec AH authentication (auth type 2) is not supported")
         if advert.auth_type not in (AUTH_NONE, AUTH_SIMPLE_PASSWORD):
@@ -145,7 +168,7 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: ChecksumMode = 
         if advert.auth_type == AUTH_NONE and advert.auth_data.strip(b"\0"):
             raise ValueError("auth_data given without authentication (auth_type 0)")
         message = (_V2_HEADER.pack(0x20 | ADVERTISEMENT, advert.vrid, advert.priority, len(advert.addresses),
-                                   advert.auth_type, seconds, 0)
+                                   advert.auth_type, advert.interval_cs // 100, 0)
                    + addresses + advert.auth_data.ljust(AUTH_DATA_LEN, b"\0"))
         return _with_checksum(message, _checksum(message))
 
@@ -206,13 +229,27 @@ def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Inva
     return Advert(2, vrid, priority, adver_int * 100, addresses, auth_type, auth_data)
 
 
-def accept(advert: Advert, *, vrid: int, version: int, auth_type: int = AUTH_NONE, auth_data: bytes = b"",
-           interval_cs: int | None = None) -> Invalid | None:
-    """The receive checks against one configured instance, in RFC order; None when the advert is for it.
+def _address(text: str | IPAddress) -> IPAddress:
+    # An IPv6 zone ("%eth0") names the link, not the sender: one address, with or without it.
+    return ipaddress.ip_address(text.split("%", 1)[0] if isinstance(text, str) else text)
 
-    auth_data is the configured password as password_bytes() gives it. v3 intervals are never checked:
-    a backup learns the master's (RFC 5798 6.4.2).
+
+def accept(advert: Advert, *, src: str | IPAddress, own: str | IPAddress | None = None,
+           peers: Collection[IPAddress] = (), vrid: int, version: int, auth_type: int = AUTH_NONE,
+           auth_data: bytes = b"", interval_cs: int | None = None) -> Invalid | None:
+    """The receive checks against one configured instance, cheapest first, then in RFC order; None
+    when the advert from `src` is for it.
+
+    own is our primary address (a copy of our own advert is no news); peers, when not empty, are the
+    only senders heard (unicast_peers, parsed once by the caller). auth_data is the configured
+    password as password_bytes() gives it. v3 intervals are never checked: a backup learns the
+    master's (RFC 5798 6.4.2).
     """
+    sender = _address(src)
+    if own is not None and sender == _address(own):
+        return Invalid("own", f"{sender} is our own address")
+    if peers and sender not in peers:
+        return Invalid("unknown_peer", f"{sender} is not in unicast_peers")
     if advert.vrid != vrid:
         return Invalid("vrid", f"VRID {advert.vrid}, ours is {vrid}")
     if advert.version != version:
@@ -232,8 +269,8 @@ def accept(advert: Advert, *, vrid: int, version: int, auth_type: int = AUTH_NON
 
 class RxErrors:
     """Counts dropped adverts per reason and logs them at most once per `min_interval` per reason, so a
-    misconfigured or hostile neighbour cannot flood the log. Adverts for other VRIDs are normal on a shared
-    segment and are logged at DEBUG only.
+    misconfigured or hostile neighbour cannot flood the log. Adverts for other VRIDs and copies of our own
+    are normal on a shared segment and are logged at DEBUG only.
     """
 
     def __init__(self, label: str = "", *, logger: logging.Logger | None = None,
@@ -262,7 +299,7 @@ class RxErrors:
             self._last_logged[reason] = now
             suppressed = self._suppressed.pop(reason, 0)
             self._logger.log(
-                logging.DEBUG if reason == "vrid" else logging.WARNING,
+                logging.DEBUG if reason in _QUIET_REASONS else logging.WARNING,
                 "%sdropped VRRP packet from %s: %s%s%s",
                 f"{self.label}: " if self.label else "", src, reason,
                 f" ({invalid.detail})" if invalid.detail else "",

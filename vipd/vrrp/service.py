@@ -9,8 +9,9 @@ import asyncio
 import logging
 from typing import Mapping
 
-from vipd.config import Config
 from vipd.vrrp.addresses import AddressWorker
+from vipd.vrrp.config import VrrpConfig
+from vipd.vrrp.handover import BridgePlan
 from vipd.vrrp.instance import VrrpInstance, needs_recreate
 from vipd.vrrp.links import InterfaceTable, NetlinkMonitor, VrrpError
 from vipd.vrrp.sockets import ChannelPool
@@ -21,8 +22,10 @@ log = logging.getLogger("vipd.vrrp")
 
 
 class VrrpService:
-    def __init__(self, config: Config, serving: Mapping[str, bool] | None = None) -> None:
-        self.config = config
+    def __init__(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan = BridgePlan(),
+                 serving: Mapping[str, bool] | None = None) -> None:
+        self.configs = configs
+        self.bridge = bridge
         # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
         self.serving: dict[str, bool] = dict(serving or {})
         self.instances: dict[str, VrrpInstance] = {}
@@ -45,12 +48,8 @@ class VrrpService:
         self._addresses = AddressWorker()
 
     def _new_instance(self, vrrp) -> VrrpInstance:
-        # A planned failover hands connections in flight back to the old master while it drains.
-        frontends = self.config.frontends
         return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, frontend_ok=self.serving,
-                            bridge_ports=tuple(sorted({f.listen_port for f in frontends})),
-                            bridge_seconds=max((f.drain_timeout for f in frontends), default=0.0) + 1.0)
+                            addresses=self._addresses, serving=self.serving, bridge=self.bridge)
 
     async def _start_instances(self, configs) -> None:
         created = [self._new_instance(v) for v in configs]
@@ -63,18 +62,19 @@ class VrrpService:
 
     async def start(self) -> None:
         """Sockets open, every instance running (BACKUP, or MASTER for an address owner)."""
-        if not self.config.vrrp:
+        if not self.configs:
             return
         await self._ensure_running()
-        await self._start_instances(self.config.vrrp)
+        await self._start_instances(self.configs)
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan) -> None:
         """Unchanged instances are left alone; changed ones are updated in place when they stay the
         same router (interface, VRID, version, family) and re-created otherwise; removed ones
         resign and release their VIPs; new ones start."""
         old = self.instances
-        wanted = {v.name: v for v in config.vrrp}
-        self.config = config
+        wanted = {v.name: v for v in configs}
+        self.configs = configs
+        self.bridge = bridge
         if wanted:
             await self._ensure_running()
         gone = [i for name, i in old.items() if name not in wanted or needs_recreate(i.config, wanted[name])]
@@ -83,6 +83,8 @@ class VrrpService:
                      "removed from the config" if instance.name not in wanted else "re-created for the new config")
             del self.instances[instance.name]
         await asyncio.gather(*(i.stop(handover=False) for i in gone))
+        for instance in self.instances.values():
+            instance.plan_bridge(bridge)
         updates = [self.instances[name].update(v) for name, v in wanted.items()
                    if name in self.instances and self.instances[name].config != v]
         await asyncio.gather(*updates)

@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from lbproxy.health import HealthCounter
 from vipd.vrrp.config import Track as TrackConfig
+from vipd.vrrp.packet import OWNER_PRIORITY
 
 log = logging.getLogger("vipd.vrrp")
 
-OWNER_PRIORITY = 255
 
 
 def effective_priority(priority: int, applied_weights: Iterable[int]) -> int:
