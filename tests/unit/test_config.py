@@ -106,7 +106,7 @@ def test_workers_default_to_the_cpu_count_in_the_dataclass_and_the_parser(monkey
     ("advert_interval = 0.05", "advert_interval = 0.005",
      "vrrp[0].advert_interval: VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got 0.005"),
     ("advert_interval = 0.05", "advert_interval = 41",
-     "vrrp[0].advert_interval: VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got 41.0"),
+     "vrrp[0].advert_interval: VRRPv3 needs 0.01 s steps from 0.01 to 40.95, got 41"),
     ("advert_interval = 0.05", "advert_interval = 0.05\nversion = 2",
      "vrrp[0].advert_interval: VRRPv2 needs whole seconds 1..255, got 0.05"),
     ('virtual_ips = ["198.18.0.100/24"]', 'virtual_ips = ["198.18.0.300/24"]',
