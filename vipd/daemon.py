@@ -270,10 +270,12 @@ def run_daemon(path: str, with_vrrp: bool = True) -> int:
     try:
         cfg = daemon.load()
     except configmod.ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        for line in exc.problems + exc.warnings:
+            print(line, file=sys.stderr)
+        return configmod.EXIT_REFUSED
     setup_logging(cfg.node.log_level)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
     try:
         return asyncio.run(daemon.run(cfg))
     except KeyboardInterrupt:
