@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from lbproxy.configreader import (
+    Findings,
     Section,
     belongs_in,
     between,
@@ -37,8 +38,7 @@ class HealthType(enum.StrEnum):
 
 # nginx's and HAProxy's words for our balance algorithms.
 BALANCE_ALIASES = {"roundrobin": Balance.ROUND_ROBIN, "leastconn": Balance.LEAST_CONN,
-                   "least_conn": Balance.LEAST_CONN, "source": Balance.SOURCE_HASH,
-                   "hash": Balance.SOURCE_HASH, "random": Balance.RANDOM2}
+                   "source": Balance.SOURCE_HASH, "hash": Balance.SOURCE_HASH, "random": Balance.RANDOM2}
 
 ACTIVE_CHECKS = "vipd checks backends actively"
 TO_BACKENDS = "vipd sends to this [[frontend]]'s [[frontend.backend]] tables"
@@ -221,7 +221,7 @@ def check_frontends(problems: list[str], frontends: list[FrontendConfig]) -> Non
         listens.setdefault(f.listen, i)
 
 
-def check_frontends_on_host(problems: list[str], frontends: Iterable[FrontendConfig], host: Host,
+def check_frontends_on_host(problems: Findings, frontends: Iterable[FrontendConfig], host: Host,
                             vips: Iterable[str] = ()) -> None:
     """Warnings about this host now: a listen address it does not hold (the listener binds it
     anyway, with IP_FREEBIND) unless it is one of `vips`, which this node adds when master."""

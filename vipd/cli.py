@@ -127,7 +127,8 @@ def static_pod(
     from vipd.config import ConfigError, load
     from vipd.manifest import DEFAULT_IMAGE, static_pod_yaml
     try:
-        loaded = load(config, require_vrrp=True)
+        # The file alone: the pod runs in its image, whose programs this host does not show.
+        loaded = load(config, require_vrrp=True, host=None)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem, err=True)

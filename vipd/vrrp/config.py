@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lbproxy.configreader import (
+    Findings,
     Section,
     belongs_in,
     between,
@@ -283,7 +284,7 @@ def _check_addresses(s: Section, vips: list, peers: list, unicast_src: str | Non
                                          "between nodes, a peer's own address must not")
 
 
-def check_vrrp_on_host(problems: list[str], where: str, v: VrrpConfig, host: Host) -> None:
+def check_vrrp_on_host(problems: Findings, where: str, v: VrrpConfig, host: Host) -> None:
     """What this host says about an instance now: programs that cannot run are problems; a
     missing interface or address is a warning, since it may appear before it is needed."""
     if not host.has_interface(v.interface):
