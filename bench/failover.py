@@ -116,7 +116,7 @@ def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds
     panel = None
     if holders is not None:
         panel = timeline.Panel(f"{cluster.impl} · {scenario} · advert {interval:g} s", attempts, holders.changes,
-                               t_fault, FAULT_LABELS[scenario], t_fault - 1.0, t_end,
+                               t_fault, FAULT_LABELS[scenario], max(t_fault - 1.0, attempts[0].start if attempts else 0), t_end,
                                marks=[(t_heal, "heal")] if t_heal is not None else [])
     return result, panel
 

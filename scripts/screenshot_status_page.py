@@ -21,8 +21,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+NOW = time.time()
+
+
 def _utc(seconds_ago: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds_ago))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - seconds_ago))
 
 
 def sample_document() -> dict:
@@ -49,7 +52,7 @@ def sample_document() -> dict:
             {"name": "api", "listen": "198.18.0.100:6443", "balance": "least_conn", "active_connections": 41,
              "total_connections": 18231, "failed_connections": 2, "serving": True, "workers": 2,
              "backends": [
-                 backend("198.18.0.21:6443", "up", 22, 9120, 0, "3/3 UP"),
+                 {**backend("198.18.0.21:6443", "up", 22, 9120, 0, "3/3 UP"), "weight": 2},
                  backend("198.18.0.22:6443", "drain", 19, 9109, 2, "3/3 UP"),
                  backend("198.18.0.23:6443", "down", 0, 2, 0, "0/3 DOWN",
                          "GET /readyz: HTTP 500 (apiserver shutting down)"),
@@ -59,7 +62,7 @@ def sample_document() -> dict:
 
 
 def sample_events() -> list[dict]:
-    now = time.time()
+    now = NOW
     return [
         {"time": now - 754, "type": "vrrp", "name": "api", "state": "BACKUP", "reason": "higher priority master"},
         {"time": now - 300, "type": "drain", "frontend": "api", "backend": "198.18.0.22:6443", "by": "lbctl"},
