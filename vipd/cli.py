@@ -107,10 +107,13 @@ def import_config(
 @summarized(app)
 def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the daemons' logs."),
+    plot: str = typer.Option(None, "--plot", metavar="FILE",
+                             help="Also draw what the client saw as an image (PNG, SVG or PDF by FILE's "
+                                  "suffix; needs matplotlib)."),
 ) -> None:
     """Build a namespace lab (2 edges, 3 backends, 1 client), fail the master over, report."""
     from vipd.lab.demo import run_demo
-    raise typer.Exit(run_demo(verbose=verbose))
+    raise typer.Exit(run_demo(verbose=verbose, plot=plot))
 
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Print a deployment manifest for a config.")
