@@ -97,18 +97,16 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
         self.dropped = 0
 
     def enqueue(self, record: logging.LogRecord) -> None:
+        dropped = self.dropped
+        if dropped:
+            # `record` is prepared: its message is final text, without arguments.
+            record.msg = record.message = f"{record.msg} ({dropped} earlier log line(s) dropped: stderr too slow)"
         try:
             self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if self.dropped:
-            record = super().prepare(record)
-            record.msg = f"{record.msg} ({self.dropped} earlier log line(s) dropped: stderr too slow)"
-            self.dropped = 0
-            return record
-        return super().prepare(record)
+            return
+        self.dropped -= dropped
 
 
 def make_formatter(log_format: str, journal: bool, worker: str | None = None) -> logging.Formatter:

@@ -209,7 +209,7 @@ class EventLog:
     def recent(self, limit: int | None = None, after_seq: int = 0) -> list[Event]:
         """The newest `limit` held events with a sequence number above `after_seq`, oldest first."""
         found = [e for e in self._ring if e.seq > after_seq] if after_seq else list(self._ring)
-        return found[-limit:] if limit is not None and limit >= 0 else found
+        return found[max(len(found) - limit, 0):] if limit is not None else found
 
     def __iter__(self) -> Iterator[Event]:
         return iter(list(self._ring))
