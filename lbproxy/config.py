@@ -123,6 +123,7 @@ class FrontendConfig:
     retries: int = 2
     drain_timeout: float = 30.0
     health: HealthConfig = field(default_factory=HealthConfig)
+    access_log: bool = False       # one line per closed connection, in the worker's log
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class ProxyConfig:
     frontends: tuple[FrontendConfig, ...]
     workers: int
     log_level: str = "info"
+    log_format: str = "text"       # lbproxy.logsetup.LogFormat
 
     def frontend(self, name: str) -> FrontendConfig | None:
         return next((f for f in self.frontends if f.name == name), None)
@@ -177,7 +179,7 @@ def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig 
 def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfig | None:
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
-        "max_connections", "retries", "drain_timeout", "health", "backend"))
+        "max_connections", "retries", "drain_timeout", "health", "backend", "access_log"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -190,6 +192,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "max_connections": s.get("max_connections", int, 20000, check=between(1, 10_000_000)),
         "retries": s.get("retries", int, 2, check=between(0, 100)),
         "drain_timeout": s.get("drain_timeout", float, 30.0, check=non_negative),
+        "access_log": s.get("access_log", bool, False),
     }
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]

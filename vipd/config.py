@@ -23,10 +23,12 @@ from lbproxy.configreader import (
     between,
     foreign,
     host_port,
+    one_of,
     read_toml,
     renamed,
 )
 from lbproxy.host import Host
+from lbproxy.logsetup import LogFormat
 from vipd.control.client import DEFAULT_CONTROL_SOCKET
 from vipd.vrrp import config as vrrpconfig
 from vipd.vrrp.config import VrrpConfig, check_vrrp_on_host, parse_vrrp
@@ -72,6 +74,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
+    log_format: LogFormat = LogFormat.TEXT
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,12 @@ class Config:
 
     @property
     def proxy(self) -> ProxyConfig:
-        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level)
+        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format)
 
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
-        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level"))
+        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -100,7 +103,8 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         metrics_listen=s.get("metrics_listen", str, None, check=host_port),
         workers=s.get("workers", int, None, check=between(1, 256)) or default_workers(),
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
-                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info")
+                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
+        log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"))
 
 
 def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:

@@ -48,9 +48,10 @@ class Notify:
     backup: str | None = None
     fault: str | None = None
     stop: str | None = None
+    generic: str | None = None     # the `notify` key: every transition, as TYPE NAME STATE PRIORITY
 
     def for_state(self, state: str) -> str | None:
-        return getattr(self, state.lower(), None)
+        return {"MASTER": self.master, "BACKUP": self.backup, "FAULT": self.fault, "STOP": self.stop}.get(state)
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,9 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
     handover = s.get("handover_timeout", float, None, check=between(0, 60, "0..60 seconds"))
     tracks = [t for w, raw in s.tables("track") if (t := parse_track(problems, w, raw)) is not None]
     notify_table = s.table.get("notify", {})
-    n = Section(problems, s.path("notify"), notify_table, ("master", "backup", "fault", "stop"))
-    notify = Notify(**{k: n.get(k, str, check=script_line) for k in ("master", "backup", "fault", "stop")})
+    n = Section(problems, s.path("notify"), notify_table, ("master", "backup", "fault", "stop", "notify"))
+    notify = Notify(**{k: n.get(k, str, check=script_line) for k in ("master", "backup", "fault", "stop")},
+                    generic=n.get("notify", str, check=script_line))
     if len(problems) > before:
         return None
     return VrrpConfig(

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Mapping
 
+from vipd.events import Emit, log_only
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.config import VrrpConfig
 from vipd.vrrp.handover import BridgePlan
@@ -23,8 +24,9 @@ log = logging.getLogger("vipd.vrrp")
 
 class VrrpService:
     def __init__(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan = BridgePlan(),
-                 serving: Mapping[str, bool] | None = None) -> None:
+                 serving: Mapping[str, bool] | None = None, emit: Emit = log_only) -> None:
         self.configs = configs
+        self.emit = emit
         self.bridge = bridge
         # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
         self.serving: dict[str, bool] = dict(serving or {})
@@ -49,7 +51,8 @@ class VrrpService:
 
     def _new_instance(self, vrrp) -> VrrpInstance:
         return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, serving=self.serving, bridge=self.bridge)
+                            addresses=self._addresses, serving=self.serving, bridge=self.bridge,
+                            emit=self.emit)
 
     async def _start_instances(self, configs) -> None:
         created = [self._new_instance(v) for v in configs]
