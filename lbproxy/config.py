@@ -68,6 +68,9 @@ class FrontendConfig:
     retries: int = 2
     drain_timeout: float = 30.0
     health: HealthConfig = field(default_factory=HealthConfig)
+    buffer_size: int = 16384                 # bytes: largest read, and each transport's high-water mark
+    max_connections_per_source: int = 0      # per client address; 0: unlimited
+    client_first_byte_timeout: float = 0.0   # seconds the client has to send its first byte; 0: off
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class ProxyConfig:
     frontends: tuple[FrontendConfig, ...]
     workers: int
     log_level: str = "info"
+    worker_user: str | None = None     # workers drop root to this user (node.worker_user)
 
     def frontend(self, name: str) -> FrontendConfig | None:
         return next((f for f in self.frontends if f.name == name), None)
@@ -118,7 +122,8 @@ def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig 
 def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfig | None:
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
-        "max_connections", "retries", "drain_timeout", "health", "backend"))
+        "max_connections", "retries", "drain_timeout", "health", "backend",
+        "buffer_size", "max_connections_per_source", "client_first_byte_timeout"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -131,6 +136,12 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "max_connections": s.get("max_connections", int, 20000, check=between(1, 10_000_000)),
         "retries": s.get("retries", int, 2, check=between(0, 100)),
         "drain_timeout": s.get("drain_timeout", float, 30.0, check=non_negative),
+        # nginx's stream proxy_buffer_size is 16k; below 4 KiB every read is a system call for a
+        # few bytes, above 16 MiB the kernel's own socket buffers are the better place.
+        "buffer_size": s.get("buffer_size", int, 16384, check=between(4096, 16 * 1024 * 1024)),
+        "max_connections_per_source": s.get("max_connections_per_source", int, 0,
+                                            check=between(0, 10_000_000)),
+        "client_first_byte_timeout": s.get("client_first_byte_timeout", float, 0.0, check=non_negative),
     }
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]
