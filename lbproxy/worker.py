@@ -1,6 +1,9 @@
-"""A proxy worker process: `python -m lbproxy.worker --ipc-fd N`, spawned by the supervisor.
+"""A proxy worker process: `lbproxy.worker.main` run by `python -I` (see supervisor.WORKER_BOOT)
+with `--ipc-fd N`, spawned by the supervisor.
 
-It runs uvloop at nice +10, opens its own SO_REUSEPORT listener per frontend, and obeys only
+Before anything else it sheds what it does not need (lbproxy.privileges: all capabilities but
+NET_BIND_SERVICE, root when `--user` is given, and its claim on memory under pressure). It runs
+uvloop at nice +10, opens its own SO_REUSEPORT listener per frontend, and obeys only
 its master: SIGTERM/SIGINT/SIGHUP are ignored (systemd or a terminal may signal the whole
 group; the master decides the stop order), and end-of-file on the IPC channel means the master
 is gone, so the worker drains and exits instead of serving on as an orphan.
@@ -19,12 +22,13 @@ import time
 
 import uvloop
 
-from lbproxy import ipc
+from lbproxy import ipc, privileges
 from lbproxy.frontend import Frontend
 
 log = logging.getLogger("lbproxy.worker")
 
 EXIT_LISTEN_FAILED = 3
+EXIT_PRIVILEGES = 4
 NICE = 10
 MAX_FAILURES_REPORTED = 100
 
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--name", default="worker")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--user", help="drop root to this user before serving")
     args = parser.parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
@@ -201,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(NICE)
     except OSError as exc:
         log.warning("%s: cannot lower priority: %s", args.name, exc)
+    try:
+        privileges.raise_oom_score()
+    except OSError as exc:
+        log.warning("%s: cannot raise the OOM score: %s", args.name, exc)
+    try:
+        for note in privileges.drop(args.user):
+            log.warning("%s: %s", args.name, note)
+    except (OSError, KeyError) as exc:
+        log.error("%s: cannot drop privileges%s: %s", args.name,
+                  f" to user {args.user!r}" if args.user else "", exc)
+        return EXIT_PRIVILEGES
     # Connections are reference cycles (legs <-> connection) that die young; a larger first
     # generation keeps the collector from walking live transports every few hundred accepts.
     gc.freeze()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
+    worker_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,12 @@ class Config:
 
     @property
     def proxy(self) -> ProxyConfig:
-        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level)
+        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.worker_user)
 
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
-        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level"))
+        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "worker_user"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -55,7 +57,16 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         metrics_listen=s.get("metrics_listen", str, None, check=host_port),
         workers=s.get("workers", int, None, check=between(1, 256)) or default_workers(),
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
-                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info")
+                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
+        worker_user=s.get("worker_user", str, None, check=_known_user))
+
+
+def _known_user(name: str) -> str | None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return "no such user on this system"
+    return None
 
 
 def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:
