@@ -18,7 +18,13 @@ import time
 
 from lbproxy.balance import make_balancer
 from lbproxy.config import FrontendConfig
-from lbproxy.connection import LOCAL_ERRORS, BackendSlot, Connection, ReadBuffer, ReportFailure
+from lbproxy.connection import (
+    LOCAL_ERRORS,
+    BackendSlot,
+    Connection,
+    ReadBuffer,
+    ReportFailure,
+)
 from lbproxy.health import BackendState
 from lbproxy.listener import make_listener, set_keepalive
 
