@@ -4,6 +4,7 @@ every warning (what may be fine at run time) as `FILE: WARNING: key.path: reason
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class NodeConfig:
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
+    worker_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,14 @@ class Config:
 
     @property
     def proxy(self) -> ProxyConfig:
-        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format)
+        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format,
+                           self.node.worker_user)
 
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
-        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format"))
+        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format",
+        "worker_user"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -104,7 +108,16 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         workers=s.get("workers", int, None, check=between(1, 256)) or default_workers(),
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
                         else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
-        log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"))
+        log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"),
+        worker_user=s.get("worker_user", str, None, check=_known_user))
+
+
+def _known_user(name: str) -> str | None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return "no such user on this system"
+    return None
 
 
 def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:
