@@ -55,6 +55,7 @@ class VrrpInstance:
         self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, serving)
         self.notify = NotifyQueue(config.name)
         self.rx_errors = packet.RxErrors(f"vrrp {config.name}")
+        self._sources = packet.SourceLimiter()
         self.channel: VrrpChannel | None = None
         self.frames = FrameSender(config.interface)
         self.since = _utc_now()
@@ -97,13 +98,13 @@ class VrrpInstance:
             handover_timeout=c.effective_handover_timeout)
 
     @staticmethod
-    def _checks_for(c: VrrpConfig) -> dict:
-        """packet.accept's arguments for this config, parsed once rather than per packet."""
-        return dict(
+    def _checks_for(c: VrrpConfig) -> packet.ReceiveChecks:
+        """The receive checks for this config, parsed once rather than per packet."""
+        return packet.ReceiveChecks(
             vrid=c.vrid, version=c.version, peers=frozenset(ipaddress.ip_address(p) for p in c.unicast_peers),
             auth_type=packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
             auth_data=packet.password_bytes(c.auth_pass) if c.auth_pass else b"",
-            interval_cs=c.advert_interval_cs if c.version == 2 else None)
+            interval_cs=c.advert_interval_cs if c.version == 2 else None, unicast_ttl=c.unicast_ttl)
 
     def _find_primary(self) -> str | None:
         c = self.config
@@ -297,14 +298,17 @@ class VrrpInstance:
     def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float | None = None) -> None:
         if not self._started:
             return
-        advert = packet.decode(payload, src=src, dst=dst, ttl=ttl)
-        invalid = advert if isinstance(advert, packet.Invalid) else packet.accept(
-            advert, src=src, own=self.router.params.primary_address, **self._receive_checks)
-        if invalid is not None:
-            self.rx_errors.record(invalid, src)
+        checks = self._receive_checks
+        result = checks.screen(payload, src=src, dst=dst, ttl=ttl, own=self.router.params.primary_address)
+        if not isinstance(result, packet.Invalid) and not self._sources.admit(src, arrival or self.clock()):
+            result = packet.Invalid("flood", f"more than {self._sources.rate:g} packets/s from this sender")
+        if not isinstance(result, packet.Invalid):
+            result = checks.finish(result)
+        if isinstance(result, packet.Invalid):
+            self.rx_errors.record(result, src)
             return
         self.adverts_received += 1
-        self._dispatch(fsm.AdvertReceived(src, advert.priority, advert.interval), arrival)
+        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
 
     # ---------------------------------------------------------------- the state machine
 
