@@ -229,11 +229,9 @@ def _checksum_problem(s: Screened) -> Invalid | None:
     # Summing over the checksum field itself gives 0xFFFF when it is right, whichever zero it used.
     if any(_ones_complement_sum(covered) == 0xFFFF for covered in forms.values()):
         return None
+    # Said briefly: a flood of bad checksums builds this detail for every packet.
     received = struct.unpack_from("!H", s.message, _CHECKSUM_OFFSET)[0]
-    zeroed = _with_checksum(s.message, 0)
-    wanted = ", ".join(f"{form} 0x{_checksum(covered[:-len(s.message)] + zeroed):04x}"
-                       for form, covered in forms.items())
-    return Invalid("checksum", f"checksum 0x{received:04x}, expected {wanted}")
+    return Invalid("checksum", f"checksum 0x{received:04x} matches no {' or '.join(forms)} sum")
 
 
 def _decode_addresses(message: bytes, count: int, address_len: int) -> tuple[IPAddress, ...]:
