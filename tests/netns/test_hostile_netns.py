@@ -15,7 +15,7 @@ import time
 import pytest
 
 from vipd.lab import connclient
-from vipd.lab.edges import VIP, build, wait_for
+from vipd.lab.edges import build, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

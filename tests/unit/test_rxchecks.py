@@ -2,11 +2,12 @@
 cheap checks before the address list is decoded, a per-sender limit, an owner that never steps down
 and a master that is no reflection amplifier."""
 import ipaddress
+import socket
 import struct
 
 import pytest
 
-from vipd.vrrp import fsm, packet
+from vipd.vrrp import fsm, packet, sockets
 from vipd.vrrp.config import parse_vrrp
 from vipd.vrrp.fsm import AdvertReceived, SendAdvert, SendGratuitous, State, Timeout
 from vipd.vrrp.packet import Advert, Invalid, ReceiveChecks, SourceLimiter, encode
@@ -273,3 +274,47 @@ def test_unicast_ttl_config(table, expected):
 def test_encode_still_refuses_interval_0():
     with pytest.raises(ValueError):
         encode(Advert(3, VRID, 100, 0, ("198.18.0.100",)), src=PEER, dst=GROUP)
+
+
+# --- the in-kernel VRID filter --------------------------------------------------------------------------
+
+def run_bpf(program: bytes, frame: bytes) -> int:
+    """The few classic BPF instructions vrid_filter uses, as the kernel runs them (an out-of-range
+    load ends the program with 0: drop)."""
+    insns = [struct.unpack("HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == sockets._BPF_LDX_IP_HEADER_LEN:
+            if k >= len(frame):
+                return 0
+            x = 4 * (frame[k] & 0x0F)
+        elif code in (sockets._BPF_LD_BYTE_ABS, sockets._BPF_LD_BYTE_IND):
+            offset = k + (x if code == sockets._BPF_LD_BYTE_IND else 0)
+            if offset >= len(frame):
+                return 0
+            a = frame[offset]
+        elif code == sockets._BPF_JEQ:
+            pc += jt if a == k else jf
+        elif code == sockets._BPF_RET:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+def ipv4(payload: bytes, options: bytes = b"") -> bytes:
+    header_len = 20 + len(options)
+    return bytes([0x40 | header_len // 4]) + bytes(7) + bytes([255, 112]) + bytes(10) + options + payload
+
+
+@pytest.mark.parametrize("vrids", [[51], [1, 51, 255], list(range(1, 256))])
+def test_vrid_filter_passes_exactly_the_registered_vrids(vrids):
+    v4, v6 = sockets.vrid_filter(socket.AF_INET, vrids), sockets.vrid_filter(socket.AF_INET6, vrids)
+    for vrid in (1, 2, 50, 51, 52, 200, 255):
+        message = forge(vrid=vrid)
+        wanted = vrid in vrids
+        assert bool(run_bpf(v4, ipv4(message))) == wanted
+        assert bool(run_bpf(v4, ipv4(message, options=bytes(8)))) == wanted, "IHL is honoured"
+        assert bool(run_bpf(v6, message)) == wanted
+    assert run_bpf(v4, ipv4(b"\x31")) == 0 and run_bpf(v6, b"\x31") == 0, "too short for a VRID"

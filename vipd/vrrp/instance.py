@@ -56,6 +56,7 @@ class VrrpInstance:
         self.notify = NotifyQueue(config.name)
         self.rx_errors = packet.RxErrors(f"vrrp {config.name}")
         self._sources = packet.SourceLimiter()
+        self._strangers = packet.SourceLimiter(rate=1000.0, burst=200.0, max_sources=1)
         self.channel: VrrpChannel | None = None
         self.frames = FrameSender(config.interface)
         self.since = _utc_now()
@@ -300,8 +301,8 @@ class VrrpInstance:
             return
         checks = self._receive_checks
         result = checks.screen(payload, src=src, dst=dst, ttl=ttl, own=self.router.params.primary_address)
-        if not isinstance(result, packet.Invalid) and not self._sources.admit(src, arrival or self.clock()):
-            result = packet.Invalid("flood", f"more than {self._sources.rate:g} packets/s from this sender")
+        if not isinstance(result, packet.Invalid):
+            result = self._admit(src, arrival or self.clock()) or result
         if not isinstance(result, packet.Invalid):
             result = checks.finish(result)
         if isinstance(result, packet.Invalid):
@@ -309,6 +310,16 @@ class VrrpInstance:
             return
         self.adverts_received += 1
         self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
+
+    def _admit(self, src: str, now: float) -> packet.Invalid | None:
+        """Budgets for the costly checks: one per sender, and one shared by every sender but the
+        master we follow, so a flood from spoofed sources cannot crowd out the master's adverts."""
+        if not self._sources.admit(src, now):
+            return packet.Invalid("flood", f"more than {self._sources.rate:g} packets/s from this sender")
+        if src != self.router.master and not self._strangers.admit(None, now):
+            return packet.Invalid("flood", f"more than {self._strangers.rate:g} packets/s from senders "
+                                           "other than the master")
+        return None
 
     # ---------------------------------------------------------------- the state machine
 

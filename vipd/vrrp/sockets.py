@@ -5,6 +5,7 @@ timestamp so a stalled loop does not age an advert.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
@@ -27,6 +28,28 @@ IPTOS_PREC_INTERNETCONTROL = 0xC0
 # thousands per second and never a visible delay.
 POLL_MAX_PACKETS = 128
 POLL_MAX_SECONDS = 0.004
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+# Classic BPF opcodes for the VRID filter.
+_BPF_LDX_IP_HEADER_LEN = 0xB1   # X = 4 * (packet[k] & 0x0f)
+_BPF_LD_BYTE_ABS = 0x30         # A = packet[k]
+_BPF_LD_BYTE_IND = 0x50         # A = packet[X + k]
+_BPF_JEQ = 0x15
+_BPF_RET = 0x06
+
+
+def vrid_filter(family: int, vrids) -> bytes:
+    """A classic BPF program that lets through only VRRP messages for `vrids`: the kernel drops
+    the rest before they are queued, so a flood for other VRIDs costs this process nothing. An
+    IPv4 raw socket sees the IP header (its length in the first byte), an IPv6 one the payload."""
+    vrids = sorted(set(vrids))[:255]
+    if family == socket.AF_INET:
+        program = [(_BPF_LDX_IP_HEADER_LEN, 0, 0, 0), (_BPF_LD_BYTE_IND, 0, 0, 1)]
+    else:
+        program = [(_BPF_LD_BYTE_ABS, 0, 0, 1)]
+    n = len(vrids)
+    program += [(_BPF_JEQ, n - j, 0, vrid) for j, vrid in enumerate(vrids)]
+    program += [(_BPF_RET, 0, 0, 0), (_BPF_RET, 0, 0, 0xFFFF)]
+    return b"".join(struct.pack("HBBI", *insn) for insn in program)
 
 
 # payload, source, destination, TTL/hop limit (None: unknown), arrival time on the monotonic clock
@@ -99,8 +122,21 @@ class VrrpChannel:
             raise VrrpError(f"cannot set up the VRRP socket on {self.ifname}: {exc.strerror or exc}") from None
         self._sock = sock
         self.index = index
+        self.update_filter()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self.poll)
+
+    def update_filter(self) -> None:
+        """Let the kernel drop what no receiver here wants (see vrid_filter); best effort."""
+        if self._sock is None or not self.receivers:
+            return
+        program = vrid_filter(self.family, self.receivers)
+        buffer = ctypes.create_string_buffer(program)
+        fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            log.warning("%s: no in-kernel VRID filter (%s); filtering in the daemon", self.ifname, exc)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -219,6 +255,7 @@ class ChannelPool:
             channel.sync(self.interfaces.by_name(ifname))
             self.channels[key] = channel
         channel.receivers[vrid] = receiver
+        channel.update_filter()
         return channel
 
     def unregister(self, ifname: str, family: int, vrid: int) -> None:
@@ -226,6 +263,7 @@ class ChannelPool:
         if channel is None:
             return
         channel.receivers.pop(vrid, None)
+        channel.update_filter()
         if not channel.receivers:
             channel.close()
             del self.channels[(ifname, family)]
