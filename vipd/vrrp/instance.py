@@ -355,8 +355,14 @@ class VrrpInstance:
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
         if self.channel is not None:
-            self.channel.poll()   # adverts that arrived before the deadline count, even if read late
-            if self.router.stopped:
+            # Adverts that arrived before the deadline count, even if read late.
+            caught_up = self.channel.poll(until=deadline)
+            if self.router.stopped or self._timer is not None:   # stopped, or an advert moved the timer
+                return
+            if not caught_up and self.router.state is fsm.State.BACKUP:
+                # A flood still queues packets from before the deadline: the master's advert may be
+                # among them. Read on, a turn of the loop later, before declaring it gone.
+                self._timer = asyncio.get_running_loop().call_later(0, self._on_timer, deadline)
                 return
         # The loop's timer may fire a hair before the monotonic clock reaches the deadline.
         self._dispatch(fsm.Timeout(), max(self.clock(), deadline))

@@ -28,7 +28,13 @@ IPTOS_PREC_INTERNETCONTROL = 0xC0
 # thousands per second and never a visible delay.
 POLL_MAX_PACKETS = 128
 POLL_MAX_SECONDS = 0.004
+CATCH_UP_MAX_PACKETS = 2048
+CATCH_UP_MAX_SECONDS = 0.02
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RECEIVE_BUFFER = 4 << 20
+# The largest VRRP packet: a 60-byte IPv4 header, 255 IPv6 addresses and v2's trailer, rounded up.
+MAX_PACKET = 4352
 # Classic BPF opcodes for the VRID filter.
 _BPF_LDX_IP_HEADER_LEN = 0xB1   # X = 4 * (packet[k] & 0x0f)
 _BPF_LD_BYTE_ABS = 0x30         # A = packet[k]
@@ -93,7 +99,12 @@ class VrrpChannel:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            # Room for a few hundred milliseconds of a flood while the loop is busy elsewhere:
+            # past net.core.rmem_max when the daemon may (CAP_NET_ADMIN), within it otherwise.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             group = VRRP_GROUP[family]
             if family == socket.AF_INET:
@@ -164,30 +175,39 @@ class VrrpChannel:
             log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
             return False
 
-    def poll(self) -> None:
+    def poll(self, until: float | None = None) -> bool:
         """Hand waiting packets to their instance, stamped with their arrival time, so a loop that
         was busy for a while does not mistake adverts still in the queue for silence. Bounded in
-        count and time: what is left is read on the loop's next turn."""
-        stop = time.monotonic() + POLL_MAX_SECONDS
-        for _ in range(POLL_MAX_PACKETS):
+        count and time: what is left is read on the loop's next turn.
+
+        With `until` (before a timer fires) it reads on, within a larger bound, until a packet that
+        arrived after `until`. True when nothing that arrived by then is left unread."""
+        if until is None:
+            limit, stop = POLL_MAX_PACKETS, time.monotonic() + POLL_MAX_SECONDS
+        else:
+            limit, stop = CATCH_UP_MAX_PACKETS, time.monotonic() + CATCH_UP_MAX_SECONDS
+        for _ in range(limit):
             if self._sock is None:
-                return
+                return True
             try:
-                data, ancdata, _, address = self._sock.recvmsg(65535, 512)
+                data, ancdata, flags, address = self._sock.recvmsg(MAX_PACKET, 512)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as exc:
                 log.debug("%s: VRRP receive error: %s", self.ifname, exc)
-                return
+                return True
             arrival = _arrival(ancdata)
-            if self.family == socket.AF_INET:
-                parsed = _split_ipv4(data)
+            if flags & socket.MSG_TRUNC:
+                self.rx_errors.record(packet.Invalid("length", "longer than any VRRP packet"), address[0])
             else:
-                parsed = _split_ipv6(data, ancdata, address)
-            if parsed is not None:
-                self._deliver(*parsed, arrival)
+                parsed = _split_ipv4(data) if self.family == socket.AF_INET else _split_ipv6(data, ancdata, address)
+                if parsed is not None:
+                    self._deliver(*parsed, arrival)
+            if until is not None and arrival > until:
+                return True
             if time.monotonic() >= stop:
-                return
+                return False
+        return False
 
     def _deliver(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float) -> None:
         receiver = self.receivers.get(payload[1]) if len(payload) >= 2 else None
