@@ -290,6 +290,7 @@ class HealthChecker:
             "state": bh.state,
             "health": bh.counter.describe(),
             "last_error": bh.last_error,
+            "health_reason": bh.last_error if bh.failures_in_row or not bh.counter.up else None,
             "check_latency_seconds": bh.last_check_latency,
             "checks": bh.checks,
             "check_failures": bh.check_failures,

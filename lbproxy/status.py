@@ -66,6 +66,7 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
             "bytes_out": c.get("bytes_out", 0),
             "health": h.get("health"),
             "last_error": h.get("last_error"),
+            "health_reason": h.get("health_reason"),
             "check_latency_seconds": h.get("check_latency_seconds"),
             "checks": h.get("checks", 0),
             "check_failures": h.get("check_failures", 0),

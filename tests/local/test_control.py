@@ -196,10 +196,10 @@ def test_status_table_and_json(run_dir: Path) -> None:
         assert text.splitlines()[0] == "node edge-1"
         api = next(line for line in text.splitlines() if line.startswith("api/51 "))
         for field in ("MASTER", "150", "198.18.0.11", "198.18.0.100/24", "2026-11-26T23:00:00Z",
-                      "frontend:api ok(-60)"):
+                      "frontend:api ok"):
             assert field in api
         api6 = next(line for line in text.splitlines() if line.startswith("api6/52 "))
-        for field in ("BACKUP", "100", "40", "2001:db8::100/64", "script:/usr/local/bin/check FAIL(-60)"):
+        for field in ("BACKUP", "100", "40", "2001:db8::100/64", "script:/usr/local/bin/check FAIL -60"):
             assert field in api6
         assert "FRONTEND api  listen 0.0.0.0:6443  active 3  refused 2\n" in text
         b21 = next(line for line in text.splitlines() if "198.18.0.21:6443" in line)
@@ -440,7 +440,15 @@ def test_table_tolerates_a_sparse_document() -> None:
     long_track = {"name": "script:/usr/local/bin/check-something --with --many --flags", "ok": True,
                   "weight": 0}
     shown = render_status({"vrrp": [{"name": "y", "tracks": [long_track]}]}).splitlines()[2]
-    assert shown.endswith("script:/usr/local/bin/check-something... ok(fault)")
+    assert shown.endswith("script:/usr/local/bin/check-something... ok")
+    failing = dict(long_track, ok=False)
+    shown = render_status({"vrrp": [{"name": "y", "tracks": [failing]}]}).splitlines()[2]
+    assert shown.endswith("script:/usr/local/bin/check-something... FAIL -> FAULT")
+    for weight, ok, verdict in ((-60, True, "ok"), (-60, False, "FAIL -60"), (20, True, "ok +20"),
+                                (20, False, "FAIL")):
+        track = {"name": "frontend:api", "ok": ok, "weight": weight}
+        shown = render_status({"vrrp": [{"name": "y", "tracks": [track]}]}).splitlines()[2]
+        assert shown.endswith(f"frontend:api {verdict}"), shown
     assert render_status({}).splitlines() == ["node -", "VRRP      none on this node"]
 
 

@@ -54,7 +54,8 @@ FULL = {
         "master": None, "since": "2026-11-26T23:00:00Z",
         "tracks": [{"name": "interface:eth1", "ok": False, "weight": 0, "health": "0/1 DOWN"}],
         "adverts_sent": 0, "adverts_received": 3, "invalid": {"checksum": 2, "unknown_peer": 1},
-        "transitions": 1, "fault_reasons": ["track:interface:eth1"], "master_advert_interval": 1.0,
+        "transitions": 1, "fault_reasons": ["track:interface:eth1"],
+        "fault_reason": "track interface:eth1 is failing (weight 0)", "master_advert_interval": 1.0,
         "unicast_peers": ["198.18.0.12"], "handing_over": False,
     }],
     "frontends": [{
@@ -64,7 +65,8 @@ FULL = {
         "backends": [{
             "address": "[2001:db8::21]:6443", "state": "down", "weight": 1, "active_connections": 0,
             "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
-            "health": "0/2 DOWN", "last_error": "HTTP 503", "check_latency_seconds": 0.004,
+            "health": "0/2 DOWN", "last_error": "HTTP 503", "health_reason": "HTTP 503",
+            "check_latency_seconds": 0.004,
             "checks": 5, "check_failures": 5, "passive_failures": 1,
         }],
     }],

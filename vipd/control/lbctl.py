@@ -178,10 +178,14 @@ def _track(track: Track) -> str:
     name = _text(track.get("name"))
     if len(name) > TRACK_NAME_WIDTH:
         name = name[:TRACK_NAME_WIDTH - 3] + "..."
-    weight = track.get("weight")
-    verdict = "ok" if track.get("ok") else "FAIL"
-    if weight is not None:
-        verdict += "(fault)" if weight == 0 else f"({weight:+d})"
+    # What the track does to the instance now: a failing weight-0 track is a FAULT, a failing
+    # negative weight and a passing positive weight change the priority.
+    weight, ok = track.get("weight"), bool(track.get("ok"))
+    verdict = "ok" if ok else "FAIL"
+    if not ok and weight == 0:
+        verdict += " -> FAULT"
+    elif isinstance(weight, int) and weight and (weight > 0) == ok:
+        verdict += f" {weight:+d}"
     return f"{name} {verdict}"
 
 

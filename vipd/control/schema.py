@@ -71,6 +71,8 @@ class VrrpInstance(TypedDict):
         "packets dropped, counted by reason (only reasons seen)")]]
     transitions: NotRequired[Annotated[Count, Doc("state changes since start")]]
     fault_reasons: NotRequired[Annotated[list[str], Doc("why the instance is in FAULT, e.g. `link:eth0`")]]
+    fault_reason: NotRequired[Annotated[str | None, Doc(
+        "the fault_reasons in words (`link eth0 is down`), or null when there is no fault")]]
     master_advert_interval: NotRequired[Annotated[Seconds, Doc("the master's advertisement interval")]]
     unicast_peers: NotRequired[Annotated[list[str], Doc("empty: multicast")]]
     handing_over: NotRequired[Annotated[bool, Doc("a stopping master waiting for a successor")]]
@@ -90,6 +92,8 @@ class Backend(TypedDict):
     health: NotRequired[Annotated[str | None, Doc(
         "rise/fall progress as HAProxy shows it: `2/2 UP`, `0/3 DOWN`")]]
     last_error: NotRequired[Annotated[str | None, Doc("why the last failed check failed, or null")]]
+    health_reason: NotRequired[Annotated[str | None, Doc(
+        "why the backend is failing its checks now (the last failing check), or null while they pass")]]
     check_latency_seconds: NotRequired[Annotated[Seconds | None, Doc(
         "duration of the last health check, or null before the first")]]
     checks: NotRequired[Annotated[Count, Doc("active health checks run")]]

@@ -492,6 +492,20 @@ class VrrpInstance:
 
     # ---------------------------------------------------------------- status
 
+    def _fault_reason(self) -> str | None:
+        words = []
+        for reason in sorted(self.fault_reasons):
+            kind, _, what = reason.partition(":")
+            if kind == "link":
+                words.append(f"link {what} is down")
+            elif kind == "track":
+                words.append(f"track {what} is failing (weight 0)")
+            elif kind == "no_address":
+                words.append(f"no usable address on {self.config.interface}")
+            else:
+                words.append(reason)
+        return "; ".join(words) or None
+
     def status(self) -> dict:
         c = self.config
         invalid = {reason: n for reason, n in self.rx_errors.counts.items() if n}
@@ -512,6 +526,7 @@ class VrrpInstance:
             "invalid": invalid,
             "transitions": self.transitions,
             "fault_reasons": sorted(self.fault_reasons),
+            "fault_reason": self._fault_reason(),
             "master_advert_interval": self.router.master_adver_interval,
             "unicast_peers": list(c.unicast_peers),
             "handing_over": self.router.handing_over,
