@@ -21,6 +21,12 @@ Decisions beyond the RFC:
   of our own.
 - StateChanged comes after the actions that realise the new state, so notify scripts see the
   VIPs already added or removed.
+- Maintenance (``MaintenanceChanged``) is an operator's planned hand-over that does not stop the
+  router: a MASTER resigns as on Shutdown (priority-0 adverts, VIPs kept until the successor is
+  heard), then becomes BACKUP, holding the VIPs quietly for ``hold_quietly`` seconds (the
+  successor's bridge) for connections in flight. While maintenance is on the router never arms its
+  master-down timer, so it never becomes MASTER, not as the last router nor as address owner.
+  Turned off, it rejoins as a BACKUP with a fresh master-down timer (preempt rules apply).
 """
 from __future__ import annotations
 
@@ -117,6 +123,13 @@ class FaultCleared:
 
 
 @dataclass(frozen=True)
+class MaintenanceChanged:
+    on: bool
+    # After the hand-over, how long to keep the VIPs quietly for connections in flight; 0: drop them.
+    hold_quietly: float = 0.0
+
+
+@dataclass(frozen=True)
 class Timeout:
     pass
 
@@ -171,7 +184,8 @@ class Stopped:
     pass
 
 
-Event = Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared | Timeout
+Event = (Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared
+         | MaintenanceChanged | Timeout)
 Action = (SendAdvert | AddVips | RemoveVips | HoldVipsQuietly | ReleaseVips | PrepareBridge | SendGratuitous
           | StateChanged | Stopped)
 
@@ -194,6 +208,12 @@ class VrrpRouter:
         self.handover_deadline: float | None = None
         self.new_master_heard = False
         self.holds_vips_quietly = False
+        self.maintenance = False
+        # Maintenance: the VIPs kept quietly after a hand-over, until then.
+        self.quiet_release_deadline: float | None = None
+        self._maintenance_handover = False
+        self._hold_quietly = 0.0
+        self._successor: str | None = None
         self._drain = False
         self._down_timer: float | None = None
         self._adver_timer: float | None = None
@@ -207,6 +227,7 @@ class VrrpRouter:
             PriorityChanged: self._on_priority_changed,
             FaultRaised: self._on_fault_raised,
             FaultCleared: self._on_fault_cleared,
+            MaintenanceChanged: self._on_maintenance,
             Timeout: self._on_timeout,
         }
 
@@ -227,7 +248,8 @@ class VrrpRouter:
     def next_deadline(self) -> float | None:
         if self.stopped or self.holds_vips_quietly:
             return None
-        pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline) if t is not None]
+        pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline,
+                               self.quiet_release_deadline) if t is not None]
         return min(pending, default=None)
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -273,8 +295,7 @@ class VrrpRouter:
         actions: list[Action] = []
         while not self.stopped and not self.holds_vips_quietly:
             if self.handover_deadline is not None and self.handover_deadline <= now:
-                actions += self._finish_shutdown(
-                    "shutdown:handover_complete" if self.new_master_heard else "shutdown:handover_timeout")
+                actions += self._end_handover(now, "handover_complete" if self.new_master_heard else "handover_timeout")
             elif self._adver_timer is not None and self._adver_timer <= now:
                 priority = RESIGN_PRIORITY if self.handing_over else self.effective_priority
                 actions.append(SendAdvert(priority))
@@ -284,6 +305,9 @@ class VrrpRouter:
                 self._adver_timer = following if following > now else now + self.params.advert_interval
             elif self._down_timer is not None and self._down_timer <= now:
                 actions += self._become_master(now, self._takeover_reason)
+            elif self.quiet_release_deadline is not None and self.quiet_release_deadline <= now:
+                self.quiet_release_deadline = None
+                actions.append(ReleaseVips("maintenance:handover_done"))
             else:
                 break
         return actions
@@ -297,7 +321,7 @@ class VrrpRouter:
         return self._start(now, "startup")
 
     def _start(self, now: float, reason: str) -> list[Action]:
-        if self.effective_priority == OWNER_PRIORITY:
+        if self.effective_priority == OWNER_PRIORITY and not self.maintenance:
             return self._become_master(now, reason)
         self.master_adver_interval = self.params.advert_interval
         return self._become_backup(now, reason, master=None)
@@ -308,8 +332,9 @@ class VrrpRouter:
         if self.handing_over:
             if event.priority != RESIGN_PRIORITY and not self.new_master_heard:
                 self.new_master_heard = True
+                self._successor = event.src
                 if self.params.handover_linger <= 0:
-                    return self._finish_shutdown("shutdown:handover_complete")
+                    return self._end_handover(now, "handover_complete")
                 assert self.handover_deadline is not None
                 self.handover_deadline = min(self.handover_deadline, now + self.params.handover_linger)
             return []
@@ -318,6 +343,14 @@ class VrrpRouter:
         return self._on_advert_as_master(event, now)
 
     def _on_advert_as_backup(self, event: AdvertReceived, now: float) -> list[Action]:
+        if self.maintenance:
+            # Follow who is master, for the status; never prepare to take over.
+            if event.priority != RESIGN_PRIORITY:
+                self._learn_interval(event.interval)
+                self.master = event.src
+            elif self.master is None or address_rank(self.master) == address_rank(event.src):
+                self.master = None
+            return []
         if event.priority == RESIGN_PRIORITY:
             # A resigning ex-master repeats priority 0 during handover; once another master is
             # heard, those repeats say nothing about whether the current master is alive.
@@ -381,7 +414,7 @@ class VrrpRouter:
 
     def _on_fault_raised(self, event: FaultRaised, now: float) -> list[Action]:
         reason = f"fault:{event.reason}"
-        if self.handing_over:
+        if self.handing_over and not self._maintenance_handover:
             return self._finish_shutdown(f"shutdown:{reason}")
         if self.state is State.FAULT:
             return []
@@ -402,9 +435,14 @@ class VrrpRouter:
         # A second stop request means "now": stop waiting for the new master, or for the drain.
         if self.holds_vips_quietly:
             return self._release("shutdown")
+        # Only a planned hand-over leaves connections worth draining.
+        if self.handing_over and self._maintenance_handover:
+            # The maintenance hand-over already under way becomes the stop's.
+            self._maintenance_handover = False
+            self._drain = event.drain and event.handover
+            return [] if event.handover else self._finish_shutdown("shutdown")
         if self.handing_over:
             return self._finish_shutdown("shutdown")
-        # Only a planned hand-over leaves connections worth draining.
         self._drain = event.drain and event.handover
         if self.state is State.MASTER and event.handover and self.params.handover_timeout > 0:
             self.handover_deadline = now + self.params.handover_timeout
@@ -415,10 +453,14 @@ class VrrpRouter:
 
     def _finish_shutdown(self, reason: str) -> list[Action]:
         old = self.state
-        hold = old is State.MASTER and self._drain
+        held = self.quiet_release_deadline is not None     # since a maintenance hand-over
+        self.quiet_release_deadline = None
+        hold = (old is State.MASTER or held) and self._drain
         actions: list[Action] = []
         if old is State.MASTER:
             actions.append(HoldVipsQuietly() if hold else RemoveVips())
+        elif held and not hold:
+            actions.append(ReleaseVips(reason))
         if old is not State.INIT:
             actions.append(StateChanged(old, State.INIT, reason))
         self._enter(State.INIT, master=None)
@@ -428,6 +470,50 @@ class VrrpRouter:
         self.stopped = True
         actions.append(Stopped())
         return actions
+
+    def _on_maintenance(self, event: MaintenanceChanged, now: float) -> list[Action]:
+        if event.on == self.maintenance:
+            return []
+        self.maintenance = event.on
+        if not event.on:
+            actions: list[Action] = []
+            if self.quiet_release_deadline is not None:
+                self.quiet_release_deadline = None
+                actions.append(ReleaseVips("maintenance_off"))
+            # A hand-over under way completes; its end re-arms the timer.
+            if self.state is State.BACKUP:
+                self._arm_down_timer(now + self.master_down_interval)
+            return actions
+        self._hold_quietly = event.hold_quietly
+        if self.state is State.BACKUP:
+            self._down_timer = None
+        if self.state is not State.MASTER or self.handing_over:
+            return []
+        self._maintenance_handover = True
+        self.new_master_heard = False
+        self._successor = None
+        if self.params.handover_timeout > 0:
+            self.handover_deadline = now + self.params.handover_timeout
+            self._adver_timer = now + self.params.advert_interval
+            return [SendAdvert(RESIGN_PRIORITY)]
+        return [SendAdvert(RESIGN_PRIORITY)] + self._end_handover(now, "")
+
+    def _end_handover(self, now: float, how: str) -> list[Action]:
+        if not self._maintenance_handover:
+            return self._finish_shutdown(f"shutdown:{how}" if how else "shutdown")
+        self._maintenance_handover = False
+        hold = self._hold_quietly > 0
+        actions: list[Action] = [HoldVipsQuietly() if hold else RemoveVips()]
+        self._enter(State.BACKUP, master=self._successor)
+        if hold:
+            self.quiet_release_deadline = now + self._hold_quietly
+        if not self.maintenance:
+            self._arm_down_timer(now + self.master_down_interval)
+        actions.append(StateChanged(State.MASTER, State.BACKUP, f"maintenance:{how}" if how else "maintenance"))
+        return actions
+
+    def _arm_down_timer(self, deadline: float) -> None:
+        self._down_timer = None if self.maintenance else deadline
 
     def _on_drained(self, event: Drained, now: float) -> list[Action]:
         return self._release("drained") if self.holds_vips_quietly else []
@@ -439,12 +525,15 @@ class VrrpRouter:
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         old = self.state
+        # Rejoined after maintenance before its quiet hold ended: the quiet VIPs go first.
+        released: list[Action] = [ReleaseVips("master")] if self.quiet_release_deadline is not None else []
+        self.quiet_release_deadline = None
         self._enter(State.MASTER, master=self.params.primary_address)
         self.master_adver_interval = self.params.advert_interval
         self._adver_timer = now + self.params.advert_interval
         # VIPs and gratuitous ARP before the advert: a resigning master releases the VIPs when it
         # hears our advert, and by then clients must already be sent here.
-        return [
+        return released + [
             AddVips(), SendGratuitous(), SendAdvert(self.effective_priority),
             StateChanged(old, State.MASTER, reason),
         ]
@@ -452,7 +541,7 @@ class VrrpRouter:
     def _become_backup(self, now: float, reason: str, master: str | None) -> list[Action]:
         old = self.state
         self._enter(State.BACKUP, master=master)
-        self._down_timer = now + self.master_down_interval
+        self._arm_down_timer(now + self.master_down_interval)
         actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
         actions.append(StateChanged(old, State.BACKUP, reason))
         return actions
@@ -463,5 +552,6 @@ class VrrpRouter:
         self._down_timer = None
         self._adver_timer = None
         self.handover_deadline = None
+        self._maintenance_handover = False
         self._takeover_reason = "master_down_timer"
         self._outranked_master_since = None
