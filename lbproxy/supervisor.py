@@ -22,12 +22,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import lbproxy
 from lbproxy import ipc
 from lbproxy.config import FrontendConfig, ProxyConfig
-from lbproxy.healthcheck import HealthChecker
+from lbproxy.healthcheck import HealthChecker, Override
 from lbproxy.status import TrafficTotals, frontend_status
 from lbproxy.sysctl import enable_request_migration
 
@@ -85,9 +85,12 @@ class _Generation:
 
 
 class ProxySupervisor:
-    def __init__(self, config: ProxyConfig, on_serving: OnServing | None = None) -> None:
+    def __init__(self, config: ProxyConfig, on_serving: OnServing | None = None,
+                 overrides: Mapping[str, Mapping[str, Override]] | None = None) -> None:
         self.config = config
         self.on_serving = on_serving
+        # The operator's runtime overrides to start with (frontend -> backend address -> Override).
+        self.initial_overrides = overrides or {}
         self.serving: dict[str, bool] = {}   # each frontend's verdict, as last pushed
         self.checkers: dict[str, HealthChecker] = {}
         self.current: _Generation | None = None
@@ -197,6 +200,15 @@ class ProxySupervisor:
         else:
             checker.enable(address)
 
+    def set_weight(self, frontend: str, address: str, weight: int | None) -> int | None:
+        """A runtime weight (None or the configured one: back to the config); the override in force."""
+        checker = self.checkers.get(frontend)
+        if checker is None:
+            raise KeyError(f"no frontend {frontend!r}")
+        if address not in checker.backends:
+            raise KeyError(f"no backend {address!r} in frontend {frontend!r}")
+        return checker.set_weight(address, weight)
+
     def status(self) -> list[dict]:
         counters = self.totals.frontends(w.stats for w in self.workers)
         out = []
@@ -262,7 +274,9 @@ class ProxySupervisor:
     def _configure_message(self, config: ProxyConfig) -> dict:
         states = {name: {a: bh.state for a, bh in checker.backends.items()}
                   for name, checker in self.checkers.items()}
-        return {"op": "configure", "workers": config.workers, "states": states,
+        weights = {name: {a: bh.weight for a, bh in checker.backends.items() if bh.weight_override is not None}
+                   for name, checker in self.checkers.items()}
+        return {"op": "configure", "workers": config.workers, "states": states, "weights": weights,
                 "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
 
     async def _read(self, worker: _Worker) -> None:
@@ -380,7 +394,7 @@ class ProxySupervisor:
     # --- health
 
     async def _add_checker(self, frontend: FrontendConfig) -> None:
-        checker = HealthChecker(frontend, self._health_changed)
+        checker = HealthChecker(frontend, self._health_changed, dict(self.initial_overrides.get(frontend.name, {})))
         self.checkers[frontend.name] = checker
         await checker.start()
 
@@ -391,7 +405,9 @@ class ProxySupervisor:
                 await checker.stop()
 
     def _health_changed(self, frontend: str, address: str, state: str) -> None:
-        message = {"op": "state", "frontend": frontend, "address": address, "state": state}
+        # State and weight in one message: a worker never balances over a weight-0 backend as up.
+        message = {"op": "state", "frontend": frontend, "address": address, "state": state,
+                   "weight": self.checkers[frontend].backends[address].weight}
         for worker in self.workers:
             worker.send(message)
         self._update_serving()

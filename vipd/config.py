@@ -13,6 +13,7 @@ from vipd.control.client import DEFAULT_CONTROL_SOCKET
 from vipd.vrrp.config import VrrpConfig, parse_vrrp
 
 DEFAULT_PATH = "/etc/vipd/vipd.toml"
+DEFAULT_STATE_DIR = "/var/lib/vipd"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -28,6 +29,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
+    state_dir: str = DEFAULT_STATE_DIR      # runtime drains, weights, maintenance (vipd.runtime_state)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Config:
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
-        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level"))
+        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "state_dir"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -55,7 +57,9 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         metrics_listen=s.get("metrics_listen", str, None, check=host_port),
         workers=s.get("workers", int, None, check=between(1, 256)) or default_workers(),
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
-                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info")
+                        else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
+        state_dir=s.get("state_dir", str, DEFAULT_STATE_DIR, check=lambda v: None if os.path.isabs(v)
+                        else "must be an absolute path") or DEFAULT_STATE_DIR)
 
 
 def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:

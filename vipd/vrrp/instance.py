@@ -41,6 +41,10 @@ def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
 
 
 class VrrpInstance:
+    """A VIP owner (vipd.owner.VipOwner)."""
+
+    kind = "vrrp"
+
     def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
                  addresses: AddressWorker, serving: Mapping[str, bool] | None = None,
                  bridge: handover.BridgePlan = handover.BridgePlan(),
@@ -74,6 +78,7 @@ class VrrpInstance:
         self._resigned = asyncio.Event()     # stopped, or holding the VIPs quietly for the drain
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
+        self._maintenance = False
         self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
         self.plan_bridge(bridge)
         self.quiet = handover.QuietHold(config.vrid, f"vrrp {config.name}")
@@ -81,6 +86,25 @@ class VrrpInstance:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def state(self) -> str:
+        return self.router.state.value
+
+    @property
+    def maintenance(self) -> bool:
+        return self._maintenance
+
+    def set_maintenance(self, on: bool) -> None:
+        """Out of service (a MASTER hands over first) or back; before start() too."""
+        if on == self._maintenance:
+            return
+        self._maintenance = on
+        if self._started:
+            log.info("vrrp %s: maintenance %s", self.name, "on: never master until it is off" if on else "off")
+        # Connections in flight stay with us for as long as the successor bridges them back.
+        hold = self.bridge.seconds if self.bridge.ports else 0.0
+        self._dispatch(fsm.MaintenanceChanged(on, hold_quietly=hold))
 
     # ---------------------------------------------------------------- configuration
 
@@ -319,6 +343,8 @@ class VrrpInstance:
             self._report_bug(f"handling {event!r}", exc)
             actions = []
         self._execute(actions)
+        if self.router.stopped or self.router.holds_vips_quietly:
+            self._resigned.set()
         self._schedule()
 
     def _report_bug(self, what: str, exc: Exception) -> None:
@@ -369,8 +395,9 @@ class VrrpInstance:
             self._hold_quietly()
         elif isinstance(action, fsm.ReleaseVips):
             log.info("vrrp %s: releasing the VIPs held quietly (%s)", self.name, action.reason)
-            self._vip_change = asyncio.ensure_future(self.quiet.release(
-                lambda vips: self.addresses.remove(self.config.interface, vips)))
+            # Queued now, so a later AddVips (rejoining after maintenance) comes after it.
+            removed = self.addresses.remove(self.config.interface, self.quiet.vips)
+            self._vip_change = asyncio.ensure_future(self.quiet.release(lambda vips: removed))
         elif isinstance(action, fsm.PrepareBridge):
             self.bridge.prepare(action.predecessor, [v.ip for v in self._managed_vips()])
         elif isinstance(action, fsm.SendGratuitous):
@@ -402,7 +429,6 @@ class VrrpInstance:
     def _hold_quietly(self) -> None:
         self._give_up_vips()
         self.quiet.hold(self._managed_vips())
-        self._resigned.set()
 
     def _give_up_vips(self) -> None:
         # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
@@ -485,4 +511,5 @@ class VrrpInstance:
             "master_advert_interval": self.router.master_adver_interval,
             "unicast_peers": list(c.unicast_peers),
             "handing_over": self.router.handing_over,
+            "maintenance": self._maintenance,
         }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.config import VrrpConfig
@@ -23,9 +23,12 @@ log = logging.getLogger("vipd.vrrp")
 
 class VrrpService:
     def __init__(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan = BridgePlan(),
-                 serving: Mapping[str, bool] | None = None) -> None:
+                 serving: Mapping[str, bool] | None = None,
+                 maintenance: Callable[[str], bool] = lambda name: False) -> None:
         self.configs = configs
         self.bridge = bridge
+        # Whether an instance starts in maintenance (the daemon's runtime state), asked at creation.
+        self.maintenance = maintenance
         # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
         self.serving: dict[str, bool] = dict(serving or {})
         self.instances: dict[str, VrrpInstance] = {}
@@ -48,8 +51,10 @@ class VrrpService:
         self._addresses = AddressWorker()
 
     def _new_instance(self, vrrp) -> VrrpInstance:
-        return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, serving=self.serving, bridge=self.bridge)
+        instance = VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
+                                addresses=self._addresses, serving=self.serving, bridge=self.bridge)
+        instance.set_maintenance(self.maintenance(vrrp.name))
+        return instance
 
     async def _start_instances(self, configs) -> None:
         created = [self._new_instance(v) for v in configs]
