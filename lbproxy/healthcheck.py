@@ -325,8 +325,8 @@ class HealthChecker:
             "address": bh.address,
             "state": bh.state,
             "weight": bh.weight,
-            "overrides": {k: v for k, v in (("drain", bh.drained), ("weight", bh.weight_override))
-                          if v not in (None, False)},
+            "overrides": {**({"drain": True} if bh.drained else {}),
+                          **({} if bh.weight_override is None else {"weight": bh.weight_override})},
             "health": bh.counter.describe(),
             "last_error": bh.last_error,
             "check_latency_seconds": bh.last_check_latency,
