@@ -193,6 +193,7 @@ def test_preempting_backup_ignores_a_lower_master_and_takes_over():
     router.handle(advert(100), 2.0)
     assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
     actions = router.handle(Timeout(), router.next_deadline())
+    assert actions[0] == PrepareBridge(PEER)          # connections in flight there are bridged back
     assert actions[-1] == StateChanged(State.BACKUP, State.MASTER, "preempt")
 
 
@@ -272,6 +273,18 @@ def test_master_yields_to_a_higher_priority():
     assert router.master == PEER
     assert router.master_adver_interval == 2.0
     assert router.next_deadline() == pytest.approx(now + 6.0 + 156 * 2.0 / 256)
+
+
+def test_a_master_that_yields_holds_the_vips_quietly_for_quiet_hold():
+    router = started_master(priority=100, advert_interval=1.0, quiet_hold=4.0)
+    now = between_adverts(router)
+    assert router.handle(advert(200), now) == [
+        SendAdvert(100), HoldVipsQuietly(), StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert"),
+    ]
+    assert router.quiet_release_deadline == pytest.approx(now + 4.0)
+    router.handle(advert(200), now + 1.0)
+    assert router.handle(Timeout(), now + 4.0) == [ReleaseVips("quiet_hold_over")]
+    assert router.next_deadline() == pytest.approx(now + 1.0 + router.master_down_interval)
 
 
 @pytest.mark.parametrize(
@@ -864,15 +877,17 @@ def scenarios(draw):
         st.tuples(st.floats(0, 8), st.none() | st.lists(st.integers(0, 2), min_size=count, max_size=count)),
         max_size=5,
     ))
-    return version, interval, priorities, start_offsets, settled_for, phases
+    quiet_hold = draw(st.sampled_from([0.0, 2 * interval]))
+    return version, interval, priorities, start_offsets, settled_for, phases, quiet_hold
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_property_one_highest_master_after_any_partition_heals(scenario):
-    version, interval, priorities, start_offsets, settled_for, phases = scenario
+    version, interval, priorities, start_offsets, settled_for, phases, quiet_hold = scenario
     addresses = ADDRESSES[:len(priorities)]
-    segment = Segment(*(sim_router(a, p, version, interval) for a, p in zip(addresses, priorities)),
+    segment = Segment(*(sim_router(a, p, version, interval, quiet_hold=quiet_hold)
+                        for a, p in zip(addresses, priorities)),
                       delay=interval / 100)
     for address, offset in sorted(zip(addresses, start_offsets), key=lambda pair: pair[1]):
         segment.run_until(offset * interval)
@@ -985,7 +1000,7 @@ def test_property_router_stays_self_consistent(priority, version, handover_timeo
 
 # --- maintenance ---------------------------------------------------------------------------
 
-MAINTENANCE = MaintenanceChanged(True, hold_quietly=6.0)
+MAINTENANCE = MaintenanceChanged(True)
 
 
 def assert_never_master(router: VrrpRouter, now: float, until: float) -> None:
@@ -998,7 +1013,7 @@ def assert_never_master(router: VrrpRouter, now: float, until: float) -> None:
 
 
 def test_maintenance_on_a_master_hands_over_like_a_stop_and_stays_backup():
-    router = started_master(handover_timeout=10.0, advert_interval=1.0)
+    router = started_master(handover_timeout=10.0, advert_interval=1.0, quiet_hold=6.0)
     start = router.next_deadline() - 1.0
     assert router.handle(MAINTENANCE, start + 0.5) == [SendAdvert(0)]
     assert router.state is State.MASTER and router.handing_over and router.maintenance
@@ -1013,7 +1028,7 @@ def test_maintenance_on_a_master_hands_over_like_a_stop_and_stays_backup():
     assert router.master == PEER
     assert router.next_deadline() == pytest.approx(linger_end + 6.0)
     assert router.handle(advert(150, src=PEER), linger_end + 1.0) == []
-    assert router.handle(Timeout(), linger_end + 6.0) == [ReleaseVips("maintenance:handover_done")]
+    assert router.handle(Timeout(), linger_end + 6.0) == [ReleaseVips("quiet_hold_over")]
     assert_never_master(router, linger_end + 6.0, linger_end + 1000.0)
 
 
@@ -1073,7 +1088,7 @@ def test_maintenance_off_without_preempt_follows_the_lower_master():
 
 
 def test_maintenance_off_during_the_quiet_hold_releases_first():
-    router = started_master(handover_timeout=5.0, handover_linger=0.0)
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, quiet_hold=6.0)
     now = between_adverts(router)
     router.handle(MAINTENANCE, now)
     assert router.handle(advert(150, src=PEER), now + 0.1)[0] == HoldVipsQuietly()
@@ -1083,7 +1098,7 @@ def test_maintenance_off_during_the_quiet_hold_releases_first():
 
 
 def test_maintenance_off_during_the_handover_completes_it_then_rejoins():
-    router = started_master(handover_timeout=5.0, handover_linger=0.0, preempt=True)
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, preempt=True, quiet_hold=6.0)
     now = between_adverts(router)
     router.handle(MAINTENANCE, now)
     assert router.handle(MaintenanceChanged(False), now + 0.1) == []
@@ -1093,13 +1108,13 @@ def test_maintenance_off_during_the_handover_completes_it_then_rejoins():
     router.handle(advert(90, src=PEER), now + 1.0)
     rejoin = router.handle(Timeout(), router.next_deadline())
     # Preempting its lower successor: the VIPs held quietly go before they are taken back.
-    assert rejoin[:2] == [ReleaseVips("master"), AddVips()]
+    assert rejoin[:3] == [PrepareBridge(PEER), ReleaseVips("master"), AddVips()]
     assert rejoin[-1] == StateChanged(State.BACKUP, State.MASTER, "preempt")
 
 
 @pytest.mark.parametrize("drain", [True, False])
 def test_a_stop_during_the_maintenance_hold(drain):
-    router = started_master(handover_timeout=5.0, handover_linger=0.0)
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, quiet_hold=6.0)
     now = between_adverts(router)
     router.handle(MAINTENANCE, now)
     router.handle(advert(150, src=PEER), now + 0.1)
@@ -1149,14 +1164,14 @@ def test_a_fault_during_the_maintenance_handover_is_a_fault():
 
 @VERSIONS
 def test_sim_maintenance_hands_over_cleanly_and_never_takes_the_vips_back(version, interval):
-    segment = Segment(sim_router(A, 200, version, interval, handover_timeout=5 * interval),
-                      sim_router(B, 150, version, interval))
+    segment = Segment(sim_router(A, 200, version, interval, handover_timeout=5 * interval, quiet_hold=3 * interval),
+                      sim_router(B, 150, version, interval, quiet_hold=3 * interval))
     segment.start()
     segment.run_for(10 * interval)
     assert segment.masters() == [A]
     segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
     maintenance_at = segment.now
-    segment.feed(A, MaintenanceChanged(True, hold_quietly=3 * interval))
+    segment.feed(A, MaintenanceChanged(True))
     segment.run_for(10 * interval)
     assert segment.masters() == [B] and segment.quiet_vips == set()
     assert segment.routers[A].state is State.BACKUP and segment.routers[A].master == B
@@ -1164,35 +1179,40 @@ def test_sim_maintenance_hands_over_cleanly_and_never_takes_the_vips_back(versio
     segment.kill(B)                                   # the last router left stays BACKUP
     segment.run_for(20 * interval)
     assert segment.masters() == [] and segment.became_master(A, after=maintenance_at) == []
-    segment.boot(sim_router(B, 150, version, interval))
+    segment.boot(sim_router(B, 150, version, interval, quiet_hold=3 * interval))
     segment.run_for(10 * interval)
     assert segment.masters() == [B]
     back_at = segment.now
     segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
     segment.feed(A, MaintenanceChanged(False))
-    segment.run_for(20 * interval)
+    segment.run_for(2 * interval + segment.routers[A].master_down_interval)
+    # Preempted, B keeps the VIPs quietly for what A bridges back to it, then lets them go.
     assert segment.masters() == [A] and segment.became_master(A, after=back_at)
+    assert segment.quiet_vips == {B}
+    segment.run_for(3 * interval)
+    assert segment.quiet_vips == set() and segment.holding_vips == {A}
 
 
-maintenance_events = st.builds(MaintenanceChanged, st.booleans(), st.sampled_from([0.0, 1.5]))
+maintenance_events = st.builds(MaintenanceChanged, st.booleans())
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     priority=st.integers(1, 255),
     handover_timeout=st.sampled_from([0.0, 2.5]),
+    quiet_hold=st.sampled_from([0.0, 1.5]),
     preempt=st.booleans(),
     opening=st.sampled_from(sorted(OPENINGS)),
     steps=steps_of(running_events | maintenance_events, 30),
     stop=st.sampled_from(STOPS),
     stopping=steps_of(running_events | maintenance_events | shutdowns, 10),
 )
-def test_property_never_master_in_maintenance_after_the_handover(priority, handover_timeout, preempt, opening,
-                                                                 steps, stop, stopping):
+def test_property_never_master_in_maintenance_after_the_handover(priority, handover_timeout, quiet_hold, preempt,
+                                                                 opening, steps, stop, stopping):
     """Whatever happens around it: once a hand-over for maintenance is over, the router is not MASTER
     until maintenance is off; VIPs are active only in MASTER and quiet only while held for a
     hand-over; the timers never point to the past."""
-    router = make_router(priority=priority, handover_timeout=handover_timeout, preempt=preempt)
+    router = make_router(priority=priority, handover_timeout=handover_timeout, preempt=preempt, quiet_hold=quiet_hold)
     model = dict(vips=NO_VIPS, state=State.INIT, stopped=False, maintenance=False)
 
     def execute(actions):

@@ -21,12 +21,16 @@ Decisions beyond the RFC:
   of our own.
 - StateChanged comes after the actions that realise the new state, so notify scripts see the
   VIPs already added or removed.
+- A MASTER that yields to another's advert (preempted, a healed split brain) holds the VIPs quietly
+  for ``quiet_hold`` seconds instead of removing them, and a BACKUP that preempts a master it heard
+  prepares the bridge back to it (PrepareBridge): connections in flight there finish, as on a
+  planned stop. ``quiet_hold`` 0 removes the VIPs at once (RFC behaviour).
 - Maintenance (``MaintenanceChanged``) is an operator's planned hand-over that does not stop the
   router: a MASTER resigns as on Shutdown (priority-0 adverts, VIPs kept until the successor is
-  heard), then becomes BACKUP, holding the VIPs quietly for ``hold_quietly`` seconds (the
-  successor's bridge) for connections in flight. While maintenance is on the router never arms its
-  master-down timer, so it never becomes MASTER, not as the last router nor as address owner.
-  Turned off, it rejoins as a BACKUP with a fresh master-down timer (preempt rules apply).
+  heard), then becomes BACKUP, holding the VIPs quietly for ``quiet_hold`` seconds. While
+  maintenance is on the router never arms its master-down timer, so it never becomes MASTER, not as
+  the last router nor as address owner. Turned off, it rejoins as a BACKUP with a fresh
+  master-down timer (preempt rules apply).
 """
 from __future__ import annotations
 
@@ -59,6 +63,9 @@ class RouterParams:
     # trail its first advert, and a client that still resolves the VIP to us must not hit a host
     # that has just dropped the address (a lost SYN costs the client a 1 s retransmit).
     handover_linger: float = 0.25
+    # How long a master that gives the VIPs up to another router keeps them quietly for the
+    # connections in flight its successor bridges back (the successor's bridge time); 0: at once.
+    quiet_hold: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +81,8 @@ class RouterParams:
             problems.append(f"handover_timeout {self.handover_timeout} must be >= 0")
         if self.handover_linger < 0:
             problems.append(f"handover_linger {self.handover_linger} must be >= 0")
+        if self.quiet_hold < 0:
+            problems.append(f"quiet_hold {self.quiet_hold} must be >= 0")
         try:
             ipaddress.ip_address(self.primary_address)
         except ValueError:
@@ -125,8 +134,6 @@ class FaultCleared:
 @dataclass(frozen=True)
 class MaintenanceChanged:
     on: bool
-    # After the hand-over, how long to keep the VIPs quietly for connections in flight; 0: drop them.
-    hold_quietly: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,8 +219,8 @@ class VrrpRouter:
         # Maintenance: the VIPs kept quietly after a hand-over, until then.
         self.quiet_release_deadline: float | None = None
         self._maintenance_handover = False
-        self._hold_quietly = 0.0
         self._successor: str | None = None
+        self._preempted: str | None = None     # the lower master a preempting BACKUP ignores
         self._drain = False
         self._down_timer: float | None = None
         self._adver_timer: float | None = None
@@ -307,7 +314,7 @@ class VrrpRouter:
                 actions += self._become_master(now, self._takeover_reason)
             elif self.quiet_release_deadline is not None and self.quiet_release_deadline <= now:
                 self.quiet_release_deadline = None
-                actions.append(ReleaseVips("maintenance:handover_done"))
+                actions.append(ReleaseVips("quiet_hold_over"))
             else:
                 break
         return actions
@@ -369,8 +376,10 @@ class VrrpRouter:
             self._down_timer = now + self.master_down_interval
             self.master = event.src
             self._takeover_reason = "master_down_timer"
+            self._preempted = None
         else:
             self._takeover_reason = "preempt"
+            self._preempted = event.src
         return []
 
     def _accepts_as_master(self, event: AdvertReceived, now: float) -> bool:
@@ -395,7 +404,8 @@ class VrrpRouter:
             # One last advert of ours before stepping down: after a split brain heals, the winner
             # may never have heard us, and only our advert makes it re-announce the VIPs to the
             # clients that followed us (its lower-priority rule below).
-            return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src)
+            return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src,
+                                                                               hold=True)
         self._adver_timer = now + self.params.advert_interval
         return [SendAdvert(self.effective_priority), SendGratuitous()]
 
@@ -484,7 +494,6 @@ class VrrpRouter:
             if self.state is State.BACKUP:
                 self._arm_down_timer(now + self.master_down_interval)
             return actions
-        self._hold_quietly = event.hold_quietly
         if self.state is State.BACKUP:
             self._down_timer = None
         if self.state is not State.MASTER or self.handing_over:
@@ -501,16 +510,7 @@ class VrrpRouter:
     def _end_handover(self, now: float, how: str) -> list[Action]:
         if not self._maintenance_handover:
             return self._finish_shutdown(f"shutdown:{how}" if how else "shutdown")
-        self._maintenance_handover = False
-        hold = self._hold_quietly > 0
-        actions: list[Action] = [HoldVipsQuietly() if hold else RemoveVips()]
-        self._enter(State.BACKUP, master=self._successor)
-        if hold:
-            self.quiet_release_deadline = now + self._hold_quietly
-        if not self.maintenance:
-            self._arm_down_timer(now + self.master_down_interval)
-        actions.append(StateChanged(State.MASTER, State.BACKUP, f"maintenance:{how}" if how else "maintenance"))
-        return actions
+        return self._become_backup(now, f"maintenance:{how}" if how else "maintenance", self._successor, hold=True)
 
     def _arm_down_timer(self, deadline: float) -> None:
         self._down_timer = None if self.maintenance else deadline
@@ -525,9 +525,11 @@ class VrrpRouter:
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         old = self.state
-        # Rejoined after maintenance before its quiet hold ended: the quiet VIPs go first.
+        # Master again before a quiet hold ended: the quiet VIPs go first.
         released: list[Action] = [ReleaseVips("master")] if self.quiet_release_deadline is not None else []
         self.quiet_release_deadline = None
+        if reason == "preempt" and self._preempted is not None:
+            released.insert(0, PrepareBridge(self._preempted))
         self._enter(State.MASTER, master=self.params.primary_address)
         self.master_adver_interval = self.params.advert_interval
         self._adver_timer = now + self.params.advert_interval
@@ -538,11 +540,17 @@ class VrrpRouter:
             StateChanged(old, State.MASTER, reason),
         ]
 
-    def _become_backup(self, now: float, reason: str, master: str | None) -> list[Action]:
+    def _become_backup(self, now: float, reason: str, master: str | None, hold: bool = False) -> list[Action]:
+        """`hold`: another router takes the VIPs over; keep them quietly for `quiet_hold`."""
         old = self.state
         self._enter(State.BACKUP, master=master)
         self._arm_down_timer(now + self.master_down_interval)
-        actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
+        actions: list[Action] = []
+        if old is State.MASTER and hold and self.params.quiet_hold > 0:
+            self.quiet_release_deadline = now + self.params.quiet_hold
+            actions.append(HoldVipsQuietly())
+        elif old is State.MASTER:
+            actions.append(RemoveVips())
         actions.append(StateChanged(old, State.BACKUP, reason))
         return actions
 
@@ -554,4 +562,5 @@ class VrrpRouter:
         self.handover_deadline = None
         self._maintenance_handover = False
         self._takeover_reason = "master_down_timer"
+        self._preempted = None
         self._outranked_master_since = None

@@ -54,6 +54,9 @@ class VrrpInstance:
         self.channels = channels
         self.addresses = addresses
         self.clock = clock
+        self._started = False
+        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
+        self.plan_bridge(bridge)
         self.router = fsm.VrrpRouter(self._params(NO_ADDRESS[config.family]))
         self._receive_checks = self._checks_for(config)
         self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, serving)
@@ -74,13 +77,10 @@ class VrrpInstance:
         self._garp: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[tuple, bytes] = {}
-        self._started = False
         self._resigned = asyncio.Event()     # stopped, or holding the VIPs quietly for the drain
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
         self._maintenance = False
-        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
-        self.plan_bridge(bridge)
         self.quiet = handover.QuietHold(config.vrid, f"vrrp {config.name}")
 
     @property
@@ -102,9 +102,7 @@ class VrrpInstance:
         self._maintenance = on
         if self._started:
             log.info("vrrp %s: maintenance %s", self.name, "on: never master until it is off" if on else "off")
-        # Connections in flight stay with us for as long as the successor bridges them back.
-        hold = self.bridge.seconds if self.bridge.ports else 0.0
-        self._dispatch(fsm.MaintenanceChanged(on, hold_quietly=hold))
+        self._dispatch(fsm.MaintenanceChanged(on))
 
     # ---------------------------------------------------------------- configuration
 
@@ -118,7 +116,10 @@ class VrrpInstance:
         return fsm.RouterParams(
             vrid=c.vrid, version=c.version, priority=c.priority, advert_interval=c.advert_interval,
             primary_address=primary, preempt=c.preempt, preempt_delay=c.preempt_delay,
-            handover_timeout=c.effective_handover_timeout)
+            handover_timeout=c.effective_handover_timeout,
+            # Given up to another router, the VIPs stay (quietly) while its bridge sends us our
+            # connections in flight; without a bridge (no proxy ports, IPv6) they go at once.
+            quiet_hold=self.bridge.seconds if self.bridge.ports else 0.0)
 
     @staticmethod
     def _checks_for(c: VrrpConfig) -> dict:
@@ -281,6 +282,8 @@ class VrrpInstance:
         ARP silence)."""
         self.bridge.ports = plan.ports if self.config.family == socket.AF_INET else ()
         self.bridge.seconds = plan.seconds
+        if self._started:
+            self._execute(self.router.update_params(self._params(self.router.params.primary_address), self.clock()))
 
     def _on_link(self, name: str) -> None:
         if name == self.config.interface:
