@@ -151,8 +151,8 @@ def weight(ctx: typer.Context, frontend: str, backend: str,
 def maintenance(ctx: typer.Context, switch: Switch = typer.Argument(..., metavar="on|off"),
                 instance: str | None = typer.Argument(None, help="One VRRP instance; default: all.")) -> None:
     """Take this node's VIPs out of service (a master hands over first) or back. Kept across restarts."""
-    answer: MaintenanceAnswer = checked(call(ctx.obj, "POST", maintenance_path(switch.value, instance),
-                                             RELOAD_TIMEOUT), MaintenanceAnswer)
+    answer: MaintenanceAnswer = checked(call(ctx.obj, "POST", maintenance_path(switch.value, instance)),
+                                        MaintenanceAnswer)
     for owner in answer.get("owners", []):
         state = _text(owner.get("state"))
         doing = " (handing the VIPs over)" if owner.get("maintenance") and state == "MASTER" else ""
