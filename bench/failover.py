@@ -16,6 +16,9 @@ same phase; --phase random puts it anywhere in the advert interval, as a real fa
 "VIP on backup" is from the fault to the kernel adding the VIP on edge-2 (`ip monitor address` in
 its namespace); for `partition` it is from the heal until edge-2 removed it again (one master).
 Client columns cover 0.5 s before the fault until 1.5 s after that event. Each cell is the median of --rounds.
+
+--plot FILE draws the first round of each cell as a timeline (matplotlib; PNG, SVG or PDF by the
+suffix): a row per fault, a column per implementation and advert interval.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ from pathlib import Path
 import _common
 from _common import Cluster, edges
 
-from vipd.lab import connclient
+from vipd.lab import connclient, timeline
 
 SCENARIOS = ("kill", "term", "link", "partition")
+FAULT_LABELS = {"kill": "kill -9", "term": "SIGTERM", "link": "link cut", "partition": "partition"}
 # keepalived 2.2.7, measured earlier on this lab: VIP on the backup after the fault (s), by advert interval.
 KEEPALIVED_REFERENCE = {
     ("kill", 1.0): 3.30, ("kill", 0.1): 0.28,
@@ -49,7 +53,9 @@ MASTER_AGE_BEFORE_PARTITION = 6.0
 NOISE = 0.03          # seconds: differences below this are scheduling noise on a shared box
 
 
-def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds: float, phase: str) -> dict:
+def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds: float, phase: str,
+             plot: bool = False) -> tuple[dict, timeline.Panel | None]:
+    """The run's numbers, and its timeline when `plot`."""
     e = cluster.edge_lab
     cluster.reset()
     cluster.configure(interval)
@@ -57,6 +63,9 @@ def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds
     t_master = time.monotonic()
     watch = _common.AddressWatch(e.edges[1], edges.VIP)
     tap = _common.AdvertTap(e.edges[1])
+    running = lambda i: i in cluster.daemons and cluster.daemons[i].poll() is None
+    holders = timeline.HolderSampler(e, running).start() if plot else None
+    t_heal = None
     client = e.start_client(interval=0.01, duration=120, timeout=3)
     try:
         time.sleep(1.0)
@@ -96,12 +105,20 @@ def run_once(cluster: Cluster, scenario: str, interval: float, partition_seconds
         attempts = e.finish_client(client)
         watch.close()
         tap.close()
+        if holders is not None:
+            holders.stop()
     steady = connclient.summarize(attempts, None, t_fault)
     # From half a second before the fault, so the longest gap spans the last reply before it.
     during = connclient.summarize(attempts, t_fault - 0.5, t_end)
-    return {"took": took, "since_advert": None if heard is None else t_fault - heard,
-            "steady_failed": steady["failed"], "longest_gap": longest_gap(attempts, t_fault - 0.5, t_end),
-            **{k: during[k] for k in ("failed", "slow", "requests", "errors")}}
+    result = {"took": took, "since_advert": None if heard is None else t_fault - heard,
+              "steady_failed": steady["failed"], "longest_gap": longest_gap(attempts, t_fault - 0.5, t_end),
+              **{k: during[k] for k in ("failed", "slow", "requests", "errors")}}
+    panel = None
+    if holders is not None:
+        panel = timeline.Panel(f"{cluster.impl} · {scenario} · advert {interval:g} s", attempts, holders.changes,
+                               t_fault, FAULT_LABELS[scenario], max(t_fault - 1.0, attempts[0].start if attempts else 0), t_end,
+                               marks=[(t_heal, "heal")] if t_heal is not None else [])
+    return result, panel
 
 
 def longest_gap(attempts: list[connclient.Attempt], since: float, until: float) -> float:
@@ -125,6 +142,8 @@ def main() -> int:
                              "the full master-down interval, same for every run) or at a random point "
                              "of the advert interval")
     parser.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
+    parser.add_argument("--plot", metavar="FILE", help="also draw each cell's first run as a timeline "
+                        "(what the client saw, who held the VIP, the fault) to FILE (needs matplotlib)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args()
     impls = _common.parse_list(args.impl, _common.IMPLEMENTATIONS, "impl")
@@ -132,12 +151,13 @@ def main() -> int:
     intervals = _common.parse_floats(args.interval, "interval")
     if not 1 <= args.rounds <= 50:
         raise SystemExit("--rounds: expected 1..50")
-    reason = _common.missing(impls, extra=("tcpdump",))
+    reason = _common.missing(impls, extra=("tcpdump",)) or (timeline.matplotlib_missing() if args.plot else None)
     if reason:
         print(f"failover bench: {reason}", file=sys.stderr)
         return 2
 
     runs: dict[tuple, list[dict]] = {}
+    panels: dict[tuple, timeline.Panel] = {}
     with _common.lab_session("vipd-bench-failover-", args.keep) as (lab, workdir):
         edge_lab = edges.build(lab, workdir / "lab", advert_interval=intervals[0], preempt=True)
         for impl in impls:
@@ -146,8 +166,11 @@ def main() -> int:
                 for scenario in scenarios:
                     for interval in intervals:
                         for n in range(args.rounds):
-                            result = run_once(cluster, scenario, interval, args.partition_seconds, args.phase)
+                            result, panel = run_once(cluster, scenario, interval, args.partition_seconds,
+                                                     args.phase, plot=bool(args.plot) and n == 0)
                             runs.setdefault((scenario, interval, impl), []).append(result)
+                            if panel is not None:
+                                panels[(scenario, interval, impl)] = panel
                             print(f"{impl:10s} {scenario:9s} advert {interval:g}s round {n + 1}: "
                                   f"VIP {_common.fmt(result['took'], ' s')}, gap {result['longest_gap']:.2f} s, "
                                   f"failed {result['failed']}, slow {result['slow']}"
@@ -157,6 +180,13 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([{"scenario": s, "interval": i, "impl": m, "runs": r}
                                                for (s, i, m), r in runs.items()], indent=1))
+    if args.plot and panels:
+        # Row-major: a row per fault, a column per implementation and interval.
+        order = [(s, i, m) for s in scenarios for m in impls for i in intervals]
+        timeline.save([panels[k] for k in order if k in panels], args.plot, columns=len(impls) * len(intervals),
+                      title=f"failover as a client saw it: a new connection to the VIP every 10 ms "
+                            f"(fault phase: {args.phase})")
+        print(f"timeline drawn: {args.plot}")
     print(f"\nfault phase: {args.phase}; median of {args.rounds} run(s) per row; client: new TCP "
           f"connection to the VIP every 10 ms\n")
     print(table(runs, scenarios, intervals, impls))

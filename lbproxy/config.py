@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from lbproxy.configreader import (
+    Findings,
     Section,
+    belongs_in,
     between,
+    foreign,
     host_port,
     non_negative,
     one_of,
     positive,
+    renamed,
     show,
     split_host_port,
 )
+from lbproxy.host import Host
 
 
 class Balance(enum.StrEnum):
@@ -28,6 +34,55 @@ class HealthType(enum.StrEnum):
     TCP = "tcp"
     HTTP = "http"
     HTTPS = "https"
+
+
+# nginx's and HAProxy's words for our balance algorithms.
+BALANCE_ALIASES = {"roundrobin": Balance.ROUND_ROBIN, "leastconn": Balance.LEAST_CONN,
+                   "source": Balance.SOURCE_HASH, "hash": Balance.SOURCE_HASH, "random": Balance.RANDOM2}
+
+ACTIVE_CHECKS = "vipd checks backends actively"
+TO_BACKENDS = "vipd sends to this [[frontend]]'s [[frontend.backend]] tables"
+# How nginx (stream) and HAProxy (mode tcp) name what these tables hold; see Section.
+HINTS = {
+    "frontend": {
+        "server": foreign("nginx", "vipd: a [[frontend.backend]] table with address = ..."),
+        "upstream": foreign("nginx", TO_BACKENDS),
+        "proxy_pass": foreign("nginx", TO_BACKENDS),
+        "proxy_connect_timeout": renamed("nginx", "connect_timeout"),
+        "proxy_timeout": renamed("nginx", "idle_timeout"),
+        "proxy_next_upstream_tries": renamed("nginx", "retries"),
+        "least_conn": foreign("nginx", 'vipd: balance = "least_conn"'),
+        "hash": foreign("nginx", 'vipd: balance = "source_hash"'),
+        "random": foreign("nginx", 'vipd: balance = "random2"'),
+        "max_fails": foreign("nginx", f"{ACTIVE_CHECKS}: fall in [frontend.health]"),
+        "fail_timeout": foreign("nginx", f"{ACTIVE_CHECKS}: interval in [frontend.health]"),
+        "bind": renamed("HAProxy", "listen"),
+        "maxconn": renamed("HAProxy", "max_connections"),
+        "inter": foreign("HAProxy", "vipd: interval in [frontend.health]"),
+        "check": foreign("HAProxy", "vipd: a [frontend.health] table"),
+        "default_backend": foreign("HAProxy", TO_BACKENDS),
+        "use_backend": foreign("HAProxy", TO_BACKENDS),
+        "timeout": foreign("HAProxy", "vipd has connect_timeout, idle_timeout, half_close_timeout, "
+                                      "and timeout in [frontend.health]"),
+        **{key: belongs_in("[frontend.health]") for key in ("interval", "rise", "fall", "type", "path", "expect")},
+        **{key: belongs_in("a [[frontend.backend]] table") for key in ("address", "weight")},
+    },
+    "frontend.backend": {
+        "server": renamed("nginx", "address"),
+        "max_conns": renamed("nginx", "max_connections"),
+        "maxconn": renamed("HAProxy", "max_connections"),
+        "max_fails": foreign("nginx", f"{ACTIVE_CHECKS}: fall in [frontend.health]"),
+        "fail_timeout": foreign("nginx", f"{ACTIVE_CHECKS}: interval in [frontend.health]"),
+        "inter": foreign("HAProxy", "vipd: interval in [frontend.health]"),
+        "check": foreign("HAProxy", "vipd: the frontend's [frontend.health] table"),
+        **{key: belongs_in("[frontend.health]") for key in ("interval", "timeout", "rise", "fall")},
+    },
+    "frontend.health": {
+        "inter": renamed("HAProxy", "interval"),
+        "max_fails": foreign("nginx", "vipd calls it fall"),
+        "uri": renamed("HAProxy", "path"),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +123,7 @@ class FrontendConfig:
     retries: int = 2
     drain_timeout: float = 30.0
     health: HealthConfig = field(default_factory=HealthConfig)
+    access_log: bool = False       # one line per closed connection, in the worker's log
 
 
 @dataclass(frozen=True)
@@ -76,6 +132,7 @@ class ProxyConfig:
     frontends: tuple[FrontendConfig, ...]
     workers: int
     log_level: str = "info"
+    log_format: str = "text"       # lbproxy.logsetup.LogFormat
 
     def frontend(self, name: str) -> FrontendConfig | None:
         return next((f for f in self.frontends if f.name == name), None)
@@ -95,6 +152,10 @@ def parse_health(problems: list[str], where: str, table: Any) -> HealthConfig:
         s.error("expect", "must list at least one status")
     interval = s.get("interval", float, 2.0, check=positive)
     timeout = s.get("timeout", float, 1.0, check=positive)
+    if interval and timeout and timeout > interval:
+        # It works (probes never overlap: the next waits for the last), only more slowly.
+        s.warn("timeout", f"{timeout:g} is longer than interval {interval:g}: a backend that does not "
+                          f"answer is probed every {timeout:g}s, not every {interval:g}s")
     return HealthConfig(
         type=kind or "tcp", path=path or "/healthz", expect=tuple(expect or (200,)),
         interval=interval or 2.0, timeout=timeout or 1.0,
@@ -118,12 +179,12 @@ def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig 
 def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfig | None:
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
-        "max_connections", "retries", "drain_timeout", "health", "backend"))
+        "max_connections", "retries", "drain_timeout", "health", "backend", "access_log"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
     balance = s.get("balance", str, "round_robin",
-                    check=one_of(Balance))
+                    check=one_of(Balance, BALANCE_ALIASES))
     values = {
         "connect_timeout": s.get("connect_timeout", float, 2.0, check=positive),
         "idle_timeout": s.get("idle_timeout", float, 600.0, check=positive),
@@ -131,6 +192,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "max_connections": s.get("max_connections", int, 20000, check=between(1, 10_000_000)),
         "retries": s.get("retries", int, 2, check=between(0, 100)),
         "drain_timeout": s.get("drain_timeout", float, 30.0, check=non_negative),
+        "access_log": s.get("access_log", bool, False),
     }
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]
@@ -162,3 +224,18 @@ def check_frontends(problems: list[str], frontends: list[FrontendConfig]) -> Non
         listens.setdefault(f.listen, i)
 
 
+def check_frontends_on_host(problems: Findings, frontends: Iterable[FrontendConfig], host: Host,
+                            vips: Iterable[str] = ()) -> None:
+    """Warnings about this host now: a listen address it does not hold (the listener binds it
+    anyway, with IP_FREEBIND) unless it is one of `vips`, which this node adds when master."""
+    ours = set(vips)
+    for i, f in enumerate(frontends):
+        try:
+            ip = ipaddress.ip_address(f.listen_host)
+        except ValueError:
+            continue
+        if ip.is_unspecified or str(ip) in ours or host.holds_address(str(ip)):
+            continue
+        problems.warnings.append(
+            f"frontend[{i}].listen: {ip} is not an address of this host now; the listener binds it "
+            f"anyway and serves once it is there (a VIP of another daemon?)")

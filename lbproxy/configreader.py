@@ -1,20 +1,68 @@
 """Reading a TOML config into typed values while collecting every problem (not just the first)
-as `key.path: what is wrong`, so a check can print them all, like `nginx -t`."""
+as `key.path: what is wrong`, so a check can print them all, like `nginx -t`. An unknown key is
+explained: the name another tool (keepalived, nginx, HAProxy) gives it, or a close spelling."""
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+# {table shape ("vrrp.track": `[[vrrp.track]]`, "" the top level): {unknown key: why it is unknown}}
+Hints = Mapping[str, Mapping[str, str]]
 
 
 class ConfigError(Exception):
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = list(warnings)
+
+
+class Findings(list):
+    """What reading a config found. The list itself holds the problems (each one refuses the
+    config), so parsers append to it like to any list; `warnings` holds what may be fine at run
+    time (shown, never refusing); `hints` explains unknown keys."""
+
+    def __init__(self, hints: Hints | None = None) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+        self.hints: Hints = hints or {}
+
+
+def renamed(tool: str, ours: str) -> str:
+    return f"{tool}'s name; vipd calls it {ours}"
+
+
+def foreign(tool: str, advice: str) -> str:
+    return f"{tool}'s name; {advice}"
+
+
+def belongs_in(table: str) -> str:
+    return f"it belongs in {table}"
+
+
+def table_shape(where: str) -> str:
+    """'vrrp[0].track[1]' -> 'vrrp.track': the table as its TOML header names it."""
+    return re.sub(r"\[\d+\]", "", where)
+
+
+def unknown_key(key: str, known: tuple[str, ...], hints: Mapping[str, str]) -> str:
+    spelled = key.replace("-", "_").lower()
+    if spelled in hints:
+        return f"unknown key ({hints[spelled]})"
+    close = difflib.get_close_matches(spelled, known, n=1)
+    return f'unknown key; did you mean "{close[0]}"?' if close else "unknown key"
+
+
+def hidden(value: Any) -> str:
+    """A secret as a message may show it: never its text."""
+    return f"<hidden, {len(value.encode())} bytes>" if isinstance(value, str) else "<hidden>"
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -46,9 +94,10 @@ class Section:
         self.table = table if isinstance(table, dict) else {}
         if not isinstance(table, dict):
             self.error("", f"must be a table, got {type(table).__name__}")
+        hints = getattr(problems, "hints", {}).get(table_shape(where), {})
         for key in self.table:
             if key not in known:
-                self.error(key, "unknown key")
+                self.error(key, unknown_key(key, known, hints))
 
     def path(self, key: str) -> str:
         if not key:
@@ -58,8 +107,14 @@ class Section:
     def error(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path(key)}: {message}")
 
+    def warn(self, key: str, message: str) -> None:
+        self.problems.warnings.append(f"{self.path(key)}: {message}")
+
     def get(self, key: str, kind: type | tuple, default: Any = None, required: bool = False,
-            check: Callable[[Any], str | None] | None = None) -> Any:
+            check: Callable[[Any], str | None] | None = None, secret: bool = False) -> Any:
+        """The value, or `default` after recording why it is not usable; a `secret` value never
+        appears in a message."""
+        shown = hidden if secret else show
         if key not in self.table:
             if required:
                 self.error(key, "is required")
@@ -74,7 +129,7 @@ class Section:
             ok = isinstance(value, kinds)
         if not ok:
             names = " or ".join(k.__name__ for k in kinds)
-            self.error(key, f"must be {names}, got {show(value)}")
+            self.error(key, f"must be {names}, got {shown(value)}")
             return default
         if isinstance(value, float) and not math.isfinite(value):
             self.error(key, f"must be a finite number, got {value}")
@@ -82,7 +137,9 @@ class Section:
         if check is not None:
             problem = check(value)
             if problem:
-                self.error(key, problem if ", got " in problem else f"{problem}, got {show(value)}")
+                if secret or ", got " not in problem:
+                    problem = f"{problem.partition(', got ')[0]}, got {shown(value)}"
+                self.error(key, problem)
                 return default
         return value
 
@@ -134,9 +191,20 @@ def host_port(value: str) -> str | None:
 
 
 
-def one_of(vocabulary: type[enum.StrEnum]) -> Callable[[Any], str | None]:
-    names = ", ".join(v.value for v in vocabulary)
-    return lambda v: None if v in vocabulary._value2member_map_ else f"must be one of {names}"
+def one_of(vocabulary: type[enum.StrEnum], aliases: Mapping[str, str] | None = None
+           ) -> Callable[[Any], str | None]:
+    """A check for a word of `vocabulary`; a refused word is answered with the member it most
+    likely means: `aliases` (other tools' words for our members), else a close spelling."""
+    values = [v.value for v in vocabulary]
+    names = ", ".join(values)
+
+    def check(value: Any) -> str | None:
+        if value in values:
+            return None
+        spelled = value.replace("-", "_").lower()
+        meant = (aliases or {}).get(spelled) or next(iter(difflib.get_close_matches(spelled, values, n=1)), None)
+        return f"must be one of {names}, got {show(value)}" + (f'; did you mean "{meant}"?' if meant else "")
+    return check
 
 
 

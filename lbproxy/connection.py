@@ -16,6 +16,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
+from lbproxy.accesslog import Result, client_text
 from lbproxy.balance import Candidate
 from lbproxy.config import BackendConfig
 from lbproxy.listener import AcceptedSocket
@@ -101,11 +102,12 @@ class BackendSlot:
 class _Leg(asyncio.Protocol):
     """One side of a proxied connection. `forward` writes to the other side's transport."""
 
-    __slots__ = ("conn", "slot", "transport", "peer", "forward", "eof", "lost", "moved")
+    __slots__ = ("conn", "slot", "transport", "peer", "forward", "eof", "lost", "moved", "nbytes")
 
     def __init__(self, conn: "Connection", slot: BackendSlot) -> None:
         self.conn = conn
         self.slot = slot
+        self.nbytes = 0                      # read on this leg: the access log's bytes in / out
         self.transport = None
         self.peer: _Leg | None = None
         self.forward = None
@@ -140,6 +142,8 @@ class _Leg(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
+        if exc is not None and self.conn.outcome is None:
+            self.conn.outcome = Result.RESET
         self.conn.leg_lost(self)
 
 
@@ -171,6 +175,7 @@ class _BulkReader(asyncio.BufferedProtocol):
             leg.slot.bytes_in += nbytes
         else:
             leg.slot.bytes_out += nbytes
+        leg.nbytes += nbytes
         leg.moved = True
 
     def eof_received(self) -> bool:
@@ -197,6 +202,7 @@ class ClientLeg(_Leg):
         self.forward(data)
         size = len(data)
         self.slot.bytes_in += size
+        self.nbytes += size
         self.moved = True
         if size >= BULK_SWITCH:
             self.go_bulk(True)
@@ -218,6 +224,7 @@ class BackendLeg(_Leg):
         self.forward(data)
         size = len(data)
         self.slot.bytes_out += size
+        self.nbytes += size
         self.moved = True
         if size >= BULK_SWITCH:
             self.go_bulk(False)
@@ -232,15 +239,19 @@ class BackendLeg(_Leg):
 class Connection:
     """A client connection from accept to close: connect (with retries), then two legs."""
 
-    __slots__ = ("frontend", "fd", "family", "client_ip", "slot", "attempts", "tried",
+    __slots__ = ("frontend", "fd", "family", "client_ip", "client_port", "slot", "attempts", "tried",
                  "deadline", "pending", "client", "backend", "half_closed_at", "quiet_since",
-                 "aborting", "keepalive", "retry", "local_deadline")
+                 "aborting", "keepalive", "retry", "local_deadline", "started", "outcome", "target")
 
-    def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str) -> None:
+    def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str, client_port: int = 0) -> None:
         self.frontend = frontend
         self.fd = fd
         self.family = family
         self.client_ip = client_ip
+        self.client_port = client_port
+        self.started = time.monotonic()
+        self.outcome: Result | None = None   # set by what ends the connection early; None: ok
+        self.target: str | None = None       # the last backend tried, for the access log
         self.slot: BackendSlot | None = None
         self.attempts = 0
         self.tried = _NOTHING_TRIED
@@ -266,6 +277,7 @@ class Connection:
             return
         slot = fe.slots[candidate.index]
         self.slot = slot
+        self.target = slot.address
         self.attempts += 1
         candidate.active += 1
         slot.total += 1
@@ -319,6 +331,7 @@ class Connection:
     def give_up(self, reason: str) -> None:
         fe = self.frontend
         fe.failed += 1
+        self.outcome = Result.CONNECT_FAILED
         fe.log_failure(reason)
         self._close_fd()
         self._finish()
@@ -346,6 +359,7 @@ class Connection:
             return
         log.debug("%s: client transport failed: %s", self.frontend.name, exc)
         client.lost = True
+        self.outcome = self.outcome or Result.RESET
         if self.backend.lost:
             self._finish()
         else:
@@ -375,8 +389,9 @@ class Connection:
             if leg is not None and leg.transport is not None and not leg.lost:
                 leg.transport.close()
 
-    def abort(self) -> None:
+    def abort(self, outcome: Result = Result.RESET) -> None:
         """Drop the connection now (timeouts, end of a drain): reset both sides."""
+        self.outcome = self.outcome or outcome
         if self.client is None:
             self.aborting = True
             if self.pending is not None and not self.pending.done():
@@ -411,9 +426,18 @@ class Connection:
         for leg in (self.client, self.backend):
             if leg is not None:              # break the cycles so the legs die by refcount
                 leg.peer = leg.forward = None
+        if fe.access_log is not None:
+            self._log_access(fe)
         self.client = self.backend = None
         if self.slot is not None:
             self.slot.candidate.active -= 1
             self.slot = None
         if not fe.connections:
             fe.idle_event()
+
+    def _log_access(self, fe: "Frontend") -> None:
+        outcome = self.outcome or (Result.OK if self.client is not None else Result.CONNECT_FAILED)
+        bytes_in = self.client.nbytes if self.client is not None else 0
+        bytes_out = self.backend.nbytes if self.backend is not None else 0
+        fe.access_log.closed(fe.name, client_text(self.client_ip, self.client_port), self.target, outcome,
+                             bytes_in, bytes_out, time.monotonic() - self.started)

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 
+from lbproxy.accesslog import AccessLog, Result, client_text
 from lbproxy.balance import make_balancer
 from lbproxy.config import FrontendConfig
 from lbproxy.connection import LOCAL_ERRORS, BackendSlot, Connection, ReportFailure
@@ -25,10 +26,13 @@ class Frontend:
     """One [[frontend]] inside one worker: its listener, backends, balancer and connections."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: FrontendConfig, workers: int,
-                 states: dict[str, str], report_failure: ReportFailure, weights: dict[str, int] | None = None) -> None:
+                 states: dict[str, str], report_failure: ReportFailure,
+                 access_log: AccessLog | None = None, weights: dict[str, int] | None = None) -> None:
         self.loop = loop
         self.name = config.name
         self.report_failure = report_failure
+        self._access_log = access_log
+        self.access_log: AccessLog | None = None
         self.connections: set[Connection] = set()
         self.connecting: dict[Connection, None] = {}
         self.accepted = self.refused = self.failed = 0
@@ -47,6 +51,7 @@ class Frontend:
         """Apply a (re)loaded frontend: backends keep their counters by address; `weights` are the
         runtime ones that replace the configured."""
         self.config = config
+        self.access_log = self._access_log if config.access_log else None
         self.max_connections = -(-config.max_connections // max(workers, 1))
         slots = []
         for index, backend in enumerate(config.backends):
@@ -101,19 +106,21 @@ class Frontend:
                 self._pause_accepting()
                 return
             self.backoff = 0.0
-            self.take(fd, address[0])
+            self.take(fd, address)
             if self._resume_handle is not None:
                 return                               # out of descriptors: backing off
 
-    def take(self, fd: int, client_ip: str) -> None:
+    def take(self, fd: int, address: tuple) -> None:
         self.accepted += 1
         if len(self.connections) >= self.max_connections:
             os.close(fd)
             self.refused += 1
             self._rate_limited("max_connections", "%s: max_connections (%d in this worker) reached; "
                                "closing new connections", self.name, self.max_connections)
+            if self.access_log is not None:
+                self.access_log.closed(self.name, client_text(address[0], address[1]), None, Result.REFUSED, 0, 0, 0.0)
             return
-        conn = Connection(self, fd, self.family, client_ip)
+        conn = Connection(self, fd, self.family, address[0], address[1])
         self.connections.add(conn)
         conn.connect()
 
@@ -147,7 +154,7 @@ class Frontend:
             except OSError:
                 break
             taken += 1
-            self.take(fd, address[0])
+            self.take(fd, address)
         self.listener.close()
         self.listener = None
         self.accepting = False
@@ -184,7 +191,7 @@ class Frontend:
                 # peer that never closes the other direction must not pin it for idle_timeout.
                 log.debug("%s: closing a connection quiet for %.1fs%s", self.name, now - conn.quiet_since,
                           " (half-closed)" if conn.half_closed_at else "")
-                conn.abort()
+                conn.abort(Result.TIMEOUT)
 
     def abort_all(self) -> None:
         for conn in list(self.connections):

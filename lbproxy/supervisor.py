@@ -27,6 +27,8 @@ from typing import Callable, Mapping
 import lbproxy
 from lbproxy import ipc
 from lbproxy.config import FrontendConfig, ProxyConfig
+from lbproxy.events import OnEvent, ProxyEvent
+from lbproxy.health import BackendState
 from lbproxy.healthcheck import HealthChecker, Override
 from lbproxy.status import TrafficTotals, frontend_status
 from lbproxy.sysctl import enable_request_migration
@@ -86,9 +88,13 @@ class _Generation:
 
 class ProxySupervisor:
     def __init__(self, config: ProxyConfig, on_serving: OnServing | None = None,
+                 on_event: OnEvent | None = None,
                  overrides: Mapping[str, Mapping[str, Override]] | None = None) -> None:
         self.config = config
         self.on_serving = on_serving
+        self.on_event = on_event
+        self._all_down: dict[str, bool] = {}   # each frontend's all_down, as last told on_event
+        self._states: dict[tuple[str, str], str] = {}   # each backend's state, as last heard
         # The operator's runtime overrides to start with (frontend -> backend address -> Override).
         self.initial_overrides = overrides or {}
         self.serving: dict[str, bool] = {}   # each frontend's verdict, as last pushed
@@ -154,6 +160,8 @@ class ProxySupervisor:
                 self._spawn_task(self._retire(previous, None))
             self._update_serving()
         await self._stop_checkers(removed)
+        self._states = {key: state for key, state in self._states.items()
+                        if key[0] in self.checkers and key[1] in self.checkers[key[0]].backends}
         self._update_serving()
 
     async def stop_accepting(self) -> None:
@@ -256,6 +264,7 @@ class ProxySupervisor:
             worker.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "lbproxy.worker", "--ipc-fd", str(child.fileno()),
                 "--name", worker.name, "--log-level", generation.config.log_level,
+                "--log-format", generation.config.log_format,
                 pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
         except OSError as exc:
             parent.close()
@@ -333,6 +342,8 @@ class ProxySupervisor:
             delay = 0.0 if failures == 0 else min(RESTART_BACKOFF[0] * 2 ** (failures - 1), RESTART_BACKOFF[1])
             log.error("proxy: worker %s (pid %d) %s after %.1fs; restarting it in %.1fs",
                       worker.name, worker.proc.pid, how, ran, delay)
+            self._event(ProxyEvent.WORKER_RESTART, {"worker": worker.name, "pid": worker.proc.pid, "exit": how,
+                                                    "ran_seconds": round(ran, 3), "restart_in": delay})
             loop = asyncio.get_running_loop()
             generation.respawns[worker.slot] = loop.call_later(
                 delay, lambda: self._spawn_task(self._respawn(generation, worker.slot)))
@@ -410,7 +421,32 @@ class ProxySupervisor:
                    "weight": self.checkers[frontend].backends[address].weight}
         for worker in self.workers:
             worker.send(message)
+        self._report_health(frontend, address, state)
         self._update_serving()
+
+    def _report_health(self, frontend: str, address: str, state: str) -> None:
+        """Health verdicts as events; drains and enables are the operator's, who reports them."""
+        checker = self.checkers.get(frontend)
+        if checker is None:
+            return
+        bh = checker.backends.get(address)
+        old = self._states.get((frontend, address), BackendState.UP)   # backends start up
+        self._states[(frontend, address)] = state
+        if bh is not None and old != state and BackendState.DRAIN not in (old, state):
+            self._event(ProxyEvent.BACKEND_STATE, {
+                "frontend": frontend, "backend": address, "old": str(old), "new": str(state),
+                "reason": bh.last_error if state == BackendState.DOWN else None,
+                "health": bh.counter.describe()})
+        if self._all_down.get(frontend, False) != checker.all_down:
+            self._all_down[frontend] = checker.all_down
+            self._event(ProxyEvent.FRONTEND_ALL_DOWN, {"frontend": frontend, "all_down": checker.all_down})
+
+    def _event(self, kind: ProxyEvent, fields: dict) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:
+                log.exception("proxy: on_event callback failed")
 
     def _update_serving(self) -> None:
         """Decide each frontend's `serving` (listening in a worker of the current generation and

@@ -19,7 +19,8 @@ import time
 
 import uvloop
 
-from lbproxy import ipc
+from lbproxy import ipc, logsetup
+from lbproxy.accesslog import AccessLog
 from lbproxy.frontend import Frontend
 
 log = logging.getLogger("lbproxy.worker")
@@ -39,6 +40,7 @@ class Worker:
         self._failures: dict[tuple[str, str], list] = {}
         self._flush_scheduled = False
         self._next_sweep = 0.0
+        self.access_log = AccessLog()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -86,7 +88,8 @@ class Worker:
                 continue
             if fe is not None:
                 self._retire(fe)
-            fe = Frontend(loop, config, self.workers, fe_states, self.report_failure, weights.get(config.name))
+            fe = Frontend(loop, config, self.workers, fe_states, self.report_failure, self.access_log,
+                          weights.get(config.name))
             try:
                 fe.listen()
             except OSError as exc:
@@ -167,6 +170,7 @@ class Worker:
                 self._next_sweep = now + min([1.0] + [min(fe.config.idle_timeout, fe.config.half_close_timeout) / 4
                                                       for fe in frontends])
             if now >= next_stats:
+                self.access_log.flush()
                 self.send_stats()
                 next_stats = now + ipc.STATS_INTERVAL
             step = min([0.25] + [fe.config.connect_timeout / 5 for fe in frontends])
@@ -184,13 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ipc-fd", type=int, required=True)
     parser.add_argument("--name", default="worker")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default=logsetup.LogFormat.TEXT, choices=list(logsetup.LogFormat))
     args = parser.parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    # The same format as the master's (vipd.daemon): no timestamps when journald adds them.
-    stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"{stamp}%(levelname)s %(name)s[{args.name}]: %(message)s")
+    # The master's format (vipd.daemon), with the worker's name.
+    listener = logsetup.setup(args.log_level, args.log_format, worker=args.name)
+    try:
+        return _serve(args)
+    finally:
+        listener.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         os.nice(NICE)
     except OSError as exc:

@@ -19,6 +19,9 @@ else
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-pip iproute2 nftables iputils-ping procps curl util-linux \
     keepalived nginx libnginx-mod-stream haproxy wrk tcpdump systemd >/dev/null
+  # The status page's browser test drives Debian's Chromium (a large package, but CI must run that
+  # test) through Playwright; Playwright's own browser download cannot work on an offline host.
+  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # A venv made before python3-venv was installed has a python but no pip: make it again.

@@ -1,41 +1,78 @@
 """`vipd run | check | import | demo | manifest`."""
 from __future__ import annotations
 
+import inspect
 import sys
+from typing import Callable
 
 import typer
 
 from vipd import __version__
-from vipd.config import DEFAULT_PATH
+from vipd.config import DEFAULT_PATH, EXIT_REFUSED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="VRRP virtual IP daemon with a built-in L4 load balancer (keepalived + nginx in one).")
 
 ConfigOption = typer.Option(DEFAULT_PATH, "-c", "--config", help="The TOML config file.")
+FileOnlyOption = typer.Option(False, "--file-only", help="Check the file alone, not against this host "
+                              "(its programs, interfaces, addresses): for a config meant for another machine.")
+
+CHECK_HELP = f"""
+\b
+Exit status: 0 when the config is good, {EXIT_REFUSED} when it is refused.
+Each problem (what can never work) is one line on stderr:
+  FILE: key.path: reason
+Each warning (what may be fine at run time, such as an interface that
+is not there yet) is one line on stderr too, and refuses nothing:
+  FILE: WARNING: key.path: reason"""
+
+RUN_HELP = f"""
+\b
+Exit status: 0 after SIGTERM or SIGINT, 1 when a part cannot start,
+{EXIT_REFUSED} when the config is refused (as `check` refuses it: one line per problem);
+the config's warnings are logged at start."""
 
 
-@app.command()
+def summarized(typer_app: typer.Typer, name: str | None = None, details: str = "") -> Callable:
+    """`typer_app.command`, with the docstring's whole first line as the summary in `--help`
+    (click cuts it at the first period or 45 characters) and `details` after the docstring."""
+    def register(function: Callable) -> Callable:
+        doc = inspect.cleandoc(function.__doc__ or "")
+        return typer_app.command(name, short_help=doc.split("\n\n")[0].replace("\n", " "),
+                                 help=doc + "\n" + details if details else doc)(function)
+    return register
+
+
+def check_config(path: str, summary: Callable, file_only: bool, **required: bool) -> None:
+    """`vipd check` / `lbproxy check`: problems and warnings on stderr, the verdict on stdout."""
+    from vipd.config import THIS_HOST, ConfigError, load
+    try:
+        loaded = load(path, host=None if file_only else THIS_HOST, **required)
+    except ConfigError as exc:
+        for line in exc.problems + exc.warnings:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    for line in loaded.warnings:
+        typer.echo(line, err=True)
+    typer.echo(f"{path}: ok ({summary(loaded)})")
+
+
+@summarized(app, details=RUN_HELP)
 def run(config: str = ConfigOption) -> None:
     """Run every [[vrrp]] instance and [[frontend]] of the config, in the foreground."""
     from vipd.daemon import run_daemon
     raise typer.Exit(run_daemon(config, with_vrrp=True))
 
 
-@app.command()
-def check(config: str = ConfigOption) -> None:
-    """Validate a config and exit: 0 when good, else one line per problem."""
-    from vipd.config import ConfigError, load
-    try:
-        loaded = load(config, require_vrrp=True)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(problem, err=True)
-        raise typer.Exit(1)
-    typer.echo(f"{config}: ok ({len(loaded.vrrp)} vrrp instance(s), {len(loaded.frontends)} frontend(s))")
+@summarized(app, details=CHECK_HELP)
+def check(config: str = ConfigOption, file_only: bool = FileOnlyOption) -> None:
+    """Validate a config and exit: 0 when good (warnings included), 2 when refused."""
+    check_config(config, lambda c: f"{len(c.vrrp)} vrrp instance(s), {len(c.frontends)} frontend(s)",
+                 file_only, require_vrrp=True)
 
 
-@app.command("import")
+@summarized(app, "import")
 def import_config(
     keepalived: str = typer.Option(None, "--keepalived", metavar="FILE", help="A keepalived.conf."),
     nginx: str = typer.Option(None, "--nginx", metavar="FILE", help="An nginx.conf with a stream block."),
@@ -67,20 +104,23 @@ def import_config(
     typer.echo(result.toml, nl=False)
 
 
-@app.command()
+@summarized(app)
 def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the daemons' logs."),
+    plot: str = typer.Option(None, "--plot", metavar="FILE",
+                             help="Also draw what the client saw as an image (PNG, SVG or PDF by FILE's "
+                                  "suffix; needs matplotlib)."),
 ) -> None:
     """Build a namespace lab (2 edges, 3 backends, 1 client), fail the master over, report."""
     from vipd.lab.demo import run_demo
-    raise typer.Exit(run_demo(verbose=verbose))
+    raise typer.Exit(run_demo(verbose=verbose, plot=plot))
 
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Print a deployment manifest for a config.")
 app.add_typer(manifest_app, name="manifest")
 
 
-@manifest_app.command("static-pod")
+@summarized(manifest_app, "static-pod")
 def static_pod(
     config: str = ConfigOption,
     image: str = typer.Option(None, "--image", help="The container image with vipd in it "
@@ -90,11 +130,12 @@ def static_pod(
     from vipd.config import ConfigError, load
     from vipd.manifest import DEFAULT_IMAGE, static_pod_yaml
     try:
-        loaded = load(config, require_vrrp=True)
+        # The file alone: the pod runs in its image, whose programs this host does not show.
+        loaded = load(config, require_vrrp=True, host=None)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(problem, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_REFUSED)
     typer.echo(static_pod_yaml(loaded, image or DEFAULT_IMAGE), nl=False)
 
 

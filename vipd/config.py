@@ -1,5 +1,6 @@
 """The one TOML config file: the node, its VRRP instances (vipd.vrrp.config) and its frontends
-(lbproxy.config), validated together; every problem is reported as `FILE: key.path: reason`."""
+(lbproxy.config), validated together; every problem is reported as `FILE: key.path: reason`,
+every warning (what may be fine at run time) as `FILE: WARNING: key.path: reason`."""
 from __future__ import annotations
 
 import os
@@ -7,14 +8,59 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbproxy.config import FrontendConfig, ProxyConfig, check_frontends, parse_frontend
-from lbproxy.configreader import ConfigError, Section, between, host_port, read_toml
+from lbproxy import config as proxyconfig
+from lbproxy.config import (
+    FrontendConfig,
+    ProxyConfig,
+    check_frontends,
+    check_frontends_on_host,
+    parse_frontend,
+)
+from lbproxy.configreader import (
+    ConfigError,
+    Findings,
+    Section,
+    between,
+    foreign,
+    host_port,
+    one_of,
+    read_toml,
+    renamed,
+)
+from lbproxy.host import Host
+from lbproxy.logsetup import LogFormat
 from vipd.control.client import DEFAULT_CONTROL_SOCKET
-from vipd.vrrp.config import VrrpConfig, parse_vrrp
+from vipd.vrrp import config as vrrpconfig
+from vipd.vrrp.config import VrrpConfig, check_vrrp_on_host, parse_vrrp
 
 DEFAULT_PATH = "/etc/vipd/vipd.toml"
 DEFAULT_STATE_DIR = "/var/lib/vipd"
+EXIT_REFUSED = 2            # the exit status of every command that refuses a config (check, run)
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# How keepalived, nginx and HAProxy name the top level and the node; see Section.
+HINTS = {
+    "": {
+        "vrrp_instance": renamed("keepalived", "[[vrrp]]"),
+        "vrrp_script": foreign("keepalived", "vipd: a [[vrrp.track]] table with script = ..., in its [[vrrp]]"),
+        "global_defs": renamed("keepalived", "[node]"),
+        "stream": foreign("nginx", "vipd: [[frontend]] tables"),
+        "upstream": foreign("nginx", "vipd: [[frontend.backend]] tables inside a [[frontend]]"),
+        "server": foreign("nginx", "vipd: [[frontend.backend]] tables inside a [[frontend]]"),
+        "listen": foreign("HAProxy", "vipd: a [[frontend]] table"),
+        "backend": foreign("HAProxy", "vipd: [[frontend.backend]] tables inside a [[frontend]]"),
+        "global": foreign("HAProxy", "vipd: [node]"),
+        "defaults": foreign("HAProxy", "vipd sets these in each [[frontend]]"),
+    },
+    "node": {
+        "router_id": renamed("keepalived", "name"),
+        "worker_processes": renamed("nginx", "workers"),
+        "nbthread": foreign("HAProxy", "vipd: workers (processes)"),
+        "nbproc": renamed("HAProxy", "workers"),
+    },
+    **vrrpconfig.HINTS,
+    **proxyconfig.HINTS,
+}
 
 
 def default_workers() -> int:
@@ -30,6 +76,7 @@ class NodeConfig:
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
     state_dir: str = DEFAULT_STATE_DIR      # runtime drains, weights, maintenance (vipd.runtime_state)
+    log_format: LogFormat = LogFormat.TEXT
 
 
 @dataclass(frozen=True)
@@ -38,18 +85,20 @@ class Config:
     node: NodeConfig
     vrrp: tuple[VrrpConfig, ...] = ()
     frontends: tuple[FrontendConfig, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)    # printed lines
 
     def frontend(self, name: str) -> FrontendConfig | None:
         return next((f for f in self.frontends if f.name == name), None)
 
     @property
     def proxy(self) -> ProxyConfig:
-        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level)
+        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format)
 
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
-        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "state_dir"))
+        "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format",
+        "state_dir"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -58,6 +107,7 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         workers=s.get("workers", int, None, check=between(1, 256)) or default_workers(),
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
                         else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
+        log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"),
         state_dir=s.get("state_dir", str, DEFAULT_STATE_DIR, check=lambda v: None if os.path.isabs(v)
                         else "must be an absolute path") or DEFAULT_STATE_DIR)
 
@@ -79,11 +129,22 @@ def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[F
     check_frontends(problems, frontends)
 
 
+def _check_on_host(problems: Findings, node: NodeConfig, vrrps: list[VrrpConfig],
+                   frontends: list[FrontendConfig], host: Host) -> None:
+    for i, v in enumerate(vrrps):
+        check_vrrp_on_host(problems, f"vrrp[{i}]", v, host)
+    check_frontends_on_host(problems, frontends, host, vips=(str(ip.ip) for v in vrrps for ip in v.virtual_ips))
+    if frontends and node.workers > host.cpu_count():
+        problems.warnings.append(f"node.workers: {node.workers} workers for {host.cpu_count()} CPUs; "
+                                 "more processes than CPUs only add switching")
+
+
 def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = False,
-          require_frontend: bool = False) -> Config:
+          require_frontend: bool = False, host: Host | None = None) -> Config:
     """`require_vrrp`: something to run (what `vipd run` needs); `require_frontend`: at least one
-    [[frontend]] (what `lbproxy run` needs)."""
-    problems: list[str] = []
+    [[frontend]] (what `lbproxy run` needs); `host`: also check the config against this host
+    (its programs, interfaces, addresses), else only the file's own meaning."""
+    problems = Findings(HINTS)
     top = Section(problems, "", data, ("node", "vrrp", "frontend"))
     node = _parse_node(problems, data.get("node", {}))
     vrrps = [v for w, t in top.tables("vrrp") if (v := parse_vrrp(problems, w, t)) is not None]
@@ -94,11 +155,20 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
         problems.append("vrrp: nothing to run: no [[vrrp]] and no [[frontend]]")
     if not problems and require_frontend and not frontends:
         problems.append("frontend: lbproxy needs at least one [[frontend]]")
+    if not problems and host is not None:
+        _check_on_host(problems, node, vrrps, frontends, host)
+    warnings = [f"{path}: WARNING: {w}" for w in problems.warnings]
     if problems:
-        raise ConfigError([f"{path}: {p}" for p in problems])
-    return Config(path=path, node=node, vrrp=tuple(vrrps), frontends=tuple(frontends))
+        raise ConfigError([f"{path}: {p}" for p in problems], warnings)
+    return Config(path=path, node=node, vrrp=tuple(vrrps), frontends=tuple(frontends), warnings=tuple(warnings))
 
 
-def load(path: str | os.PathLike, *, require_vrrp: bool = False, require_frontend: bool = False) -> Config:
-    """Read and validate a config file; ConfigError lists every problem, one line each."""
-    return parse(read_toml(path), str(path), require_vrrp=require_vrrp, require_frontend=require_frontend)
+THIS_HOST = Host()
+
+
+def load(path: str | os.PathLike, *, require_vrrp: bool = False, require_frontend: bool = False,
+         host: Host | None = THIS_HOST) -> Config:
+    """Read and validate a config file, also against `host` (None: the file alone); ConfigError
+    lists every problem, one line each; the config's `warnings` what may be fine at run time."""
+    return parse(read_toml(path), str(path), require_vrrp=require_vrrp, require_frontend=require_frontend,
+                 host=host)

@@ -12,24 +12,20 @@ import signal
 import sys
 from typing import Any
 
+from lbproxy import logsetup
 from vipd import config as configmod
+from vipd.events import EventLog, Kind, Level, describe_proxy_event
 from vipd.owner import VipOwner
 from vipd.runtime_state import Invalid, RuntimeState, StateFile, decode_weight
 from vipd.sdnotify import SystemdNotifier
 
 log = logging.getLogger("vipd")
 
+STATUS_PAGE_EVENTS = 30
+
 
 class StartError(Exception):
     """A component could not start; the message is one line for the operator."""
-
-
-def setup_logging(level: str = "info") -> None:
-    under_journal = "JOURNAL_STREAM" in os.environ
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
-                        stream=sys.stderr, force=True)
 
 
 def describe(exc: BaseException) -> str:
@@ -51,6 +47,7 @@ class Daemon:
         # The operator's runtime overrides, as saved in node.state_dir; the components mirror them.
         self.runtime = RuntimeState()
         self.state_file: StateFile | None = None
+        self.events = EventLog()
 
     def load(self) -> configmod.Config:
         loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
@@ -89,15 +86,28 @@ class Daemon:
             self.proxy.set_drain(frontend, backend, drained)
         except KeyError as exc:
             raise ControlError(404, exc.args[0] if exc.args else f"unknown {frontend}/{backend}") from None
-        action = "draining" if drained else "enabled"
-        log.info("frontend %s backend %s: %s (by lbctl)", frontend, backend, action)
         self.runtime.set_drain(frontend, backend, drained)
         # Enabled is not a state: the backend is up or down again, as its health says.
-        return self._backend_answer(frontend, backend, ("state",), self._save_runtime())
+        answer = self._backend_answer(frontend, backend, ("state",), self._save_runtime())
+        state = answer["state"]
+        self.events.emit(Kind.BACKEND_DRAIN if drained else Kind.BACKEND_ENABLE, f"{frontend}/{backend}",
+                         f"frontend {frontend} backend {backend}: {'draining' if drained else 'enabled'} "
+                         f"(by lbctl), now {state}",
+                         {"frontend": frontend, "backend": backend, "state": state, "by": "lbctl"}, logger=log)
+        return answer
+
+    def _backend_status(self, frontend: str, backend: str) -> dict:
+        """The backend's entry of the status document; KeyError saying what is not there."""
+        found = next((f for f in self.proxy.status() if f["name"] == frontend), None)
+        if found is None:
+            raise KeyError(f"no frontend {frontend!r}")
+        for b in found["backends"]:
+            if b["address"] == backend:
+                return b
+        raise KeyError(f"no backend {backend!r} in frontend {frontend!r}")
 
     def _backend_answer(self, frontend: str, backend: str, keys: tuple[str, ...], warning: str | None) -> dict:
-        found = next(b for f in self.proxy.status() if f["name"] == frontend
-                     for b in f["backends"] if b["address"] == backend)
+        found = self._backend_status(frontend, backend)
         answer = {"frontend": frontend, "backend": backend, **{k: found[k] for k in keys}}
         return answer | ({"warning": warning} if warning else {})
 
@@ -111,11 +121,18 @@ class Daemon:
         if self.proxy is None:
             raise ControlError(404, f"no frontend {frontend!r}: this node runs no [[frontend]]")
         try:
+            old = self._backend_status(frontend, backend)["weight"]
             override = self.proxy.set_weight(frontend, backend, weight)
         except KeyError as exc:
             raise ControlError(404, exc.args[0]) from None
         self.runtime.set_weight(frontend, backend, override)
-        return self._backend_answer(frontend, backend, ("weight", "state", "overrides"), self._save_runtime())
+        answer = self._backend_answer(frontend, backend, ("weight", "state", "overrides"), self._save_runtime())
+        self.events.emit(Kind.BACKEND_WEIGHT, f"{frontend}/{backend}",
+                         f"frontend {frontend} backend {backend}: weight {old} -> {answer['weight']} "
+                         f"({'runtime override' if override is not None else 'as configured'}, by lbctl)",
+                         {"frontend": frontend, "backend": backend, "weight": answer["weight"], "old": old,
+                          "by": "lbctl"}, logger=log)
+        return answer
 
     def vip_owners(self) -> list[VipOwner]:
         return list(self.vrrp.instances.values()) if self.vrrp is not None else []
@@ -134,7 +151,9 @@ class Daemon:
         self.runtime.set_maintenance(mode == "on", owner, names)
         for o in owners:
             o.set_maintenance(self.runtime.in_maintenance(o.name))
-        log.info("maintenance %s for %s (by lbctl)", mode, owner or "every VIP owner")
+        self.events.emit(Kind.MAINTENANCE, owner or "*",
+                         f"maintenance {mode} for {owner or 'every VIP owner'} (by lbctl)",
+                         {"on": mode == "on", "instance": owner, "by": "lbctl"}, logger=log)
         warning = self._save_runtime()
         answer = {"maintenance": mode == "on", "owners": [
             {"name": o.name, "kind": o.kind, "state": o.state, "maintenance": o.maintenance}
@@ -182,15 +201,22 @@ class Daemon:
             raise ControlError(400, "config refused, running config kept: " + "; ".join(result["errors"]))
         return result
 
+    def _recent_events(self) -> list[dict]:
+        return [event.to_dict() for event in self.events.recent(STATUS_PAGE_EVENTS)]
+
     # --- lifecycle
 
     def _frontend_serving(self, name: str, serving: bool) -> None:
         if self.vrrp is not None:
             self.vrrp.frontend_serving(name, serving)
 
+    def _proxy_event(self, kind, fields: dict) -> None:
+        subject, message, level = describe_proxy_event(kind, fields)
+        self.events.emit(Kind(kind), subject, message, fields, level=level, logged=True)
+
     async def _start_proxy(self, cfg: configmod.Config) -> None:
         from lbproxy.supervisor import ProxySupervisor
-        self.proxy = ProxySupervisor(cfg.proxy, on_serving=self._frontend_serving,
+        self.proxy = ProxySupervisor(cfg.proxy, on_serving=self._frontend_serving, on_event=self._proxy_event,
                                      overrides=self._backend_overrides())
         await self.proxy.start()
 
@@ -198,18 +224,19 @@ class Daemon:
         from vipd.vrrp.service import VrrpService
         # The proxy started first; from here on its verdicts arrive through _frontend_serving.
         self.vrrp = VrrpService(cfg.vrrp, _bridge_plan(cfg), serving=self.proxy.serving if self.proxy else None,
-                                maintenance=self.runtime.in_maintenance)
+                                emit=self.events.emit, maintenance=self.runtime.in_maintenance)
         await self.vrrp.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
         from vipd.control.server import ControlServer
-        self.control = ControlServer(node.control_socket, self, group=node.control_group)
+        self.control = ControlServer(node.control_socket, self, group=node.control_group, events=self.events)
         await self.control.start()
 
     async def _start_metrics(self, node: configmod.NodeConfig) -> None:
         if node.metrics_listen:
             from vipd.control.metrics import MetricsServer
-            self.metrics = MetricsServer(node.metrics_listen, self.status_document)
+            self.metrics = MetricsServer(node.metrics_listen, self.status_document,
+                                         events=self._recent_events)
             await self.metrics.start()
 
     async def start(self, cfg: configmod.Config) -> None:
@@ -271,23 +298,31 @@ class Daemon:
         except configmod.ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
-            log.error("reload refused: the running config stays in force")
+            self._reload_event(False, f"reload of {self.path} refused: the running config stays in force",
+                               errors=exc.problems)
             self.notifier.ready(self.summary())
             return {"ok": False, "errors": exc.problems}
         try:
             await self.apply(new)
         except Exception as exc:
-            log.error("reload failed part-way: %s", describe(exc))
             log.debug("reload failure", exc_info=True)
+            self._reload_event(False, f"reload of {self.path} failed part-way: {describe(exc)}",
+                               errors=[describe(exc)])
             self.notifier.ready(self.summary())
             return {"ok": False, "errors": [describe(exc)]}
-        log.info("reloaded %s: %s", self.path, self.summary())
+        self._reload_event(True, f"reloaded {self.path}: {self.summary()}", summary=self.summary())
         self.notifier.ready(self.summary())
         return {"ok": True, "config": self.path, "summary": self.summary()}
 
+    def _reload_event(self, ok: bool, message: str, **fields) -> None:
+        self.events.emit(Kind.RELOAD, self.path, message,
+                         {"ok": ok, "config": self.path, **fields},
+                         level=Level.INFO if ok else Level.ERROR, logger=log)
+
     async def stop(self) -> None:
         self.notifier.stopping()
-        log.info("stopping: resigning VRRP, then draining connections")
+        self.events.emit(Kind.DAEMON_STOP, self.path, "stopping: resigning VRRP, then draining connections",
+                         {"pid": os.getpid()}, logger=log)
         if self.vrrp is not None:
             await self.vrrp.shutdown(handover=True, keep_vips=self.proxy is not None)
         if self.proxy is not None:
@@ -295,6 +330,7 @@ class Daemon:
             await self.proxy.drain()
         if self.vrrp is not None:
             await self.vrrp.release()
+        self.events.close()    # followers get the last events, then the end of their stream
         if self.control is not None:
             await self.control.stop()
         if self.metrics is not None:
@@ -325,7 +361,8 @@ class Daemon:
             return 1
         watchdog = asyncio.create_task(self._watchdog())
         self.notifier.ready(self.summary())
-        log.info("running %s (pid %d): %s", self.path, os.getpid(), self.summary())
+        self.events.emit(Kind.DAEMON_START, self.path, f"running {self.path} (pid {os.getpid()}): {self.summary()}",
+                         {"pid": os.getpid(), "config": self.path, "summary": self.summary()}, logger=log)
         while True:
             command, reply = await self.commands.get()
             if command == "reload":
@@ -355,11 +392,15 @@ def run_daemon(path: str, with_vrrp: bool = True) -> int:
     try:
         cfg = daemon.load()
     except configmod.ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    setup_logging(cfg.node.log_level)
+        for line in exc.problems + exc.warnings:
+            print(line, file=sys.stderr)
+        return configmod.EXIT_REFUSED
+    listener = logsetup.setup(cfg.node.log_level, cfg.node.log_format)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
     try:
         return asyncio.run(daemon.run(cfg))
     except KeyboardInterrupt:
         return 130
+    finally:
+        listener.stop()

@@ -7,31 +7,28 @@ import sys
 
 import typer
 
-from vipd.config import DEFAULT_PATH
+from vipd.cli import CHECK_HELP, RUN_HELP, FileOnlyOption, check_config, summarized
+
+DEFAULT_PATH = "/etc/vipd/lbproxy.toml"     # where systemd/lbproxy.service reads it
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="L4 TCP load balancer with active health checks (the proxy half of vipd).")
 
+ConfigOption = typer.Option(DEFAULT_PATH, "-c", "--config", help="The TOML config file.")
 
-@app.command()
-def run(config: str = typer.Option(DEFAULT_PATH, "-c", "--config", help="The TOML config file.")) -> None:
+
+@summarized(app, details=RUN_HELP)
+def run(config: str = ConfigOption) -> None:
     """Run every [[frontend]] of the config in the foreground (SIGHUP reloads, SIGTERM drains)."""
     from vipd.daemon import run_daemon
     raise typer.Exit(run_daemon(config, with_vrrp=False))
 
 
-@app.command()
-def check(config: str = typer.Option(DEFAULT_PATH, "-c", "--config", help="The TOML config file.")) -> None:
-    """Validate a config for `lbproxy run` and exit: 0 when good, else one line per problem."""
-    from vipd.config import ConfigError, load
-    try:
-        loaded = load(config, require_frontend=True)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(problem, err=True)
-        raise typer.Exit(1)
-    typer.echo(f"{config}: ok ({len(loaded.frontends)} frontend(s))")
+@summarized(app, details=CHECK_HELP)
+def check(config: str = ConfigOption, file_only: bool = FileOnlyOption) -> None:
+    """Validate a config for `lbproxy run` and exit: 0 when good (warnings included), 2 when refused."""
+    check_config(config, lambda c: f"{len(c.frontends)} frontend(s)", file_only, require_frontend=True)
 
 
 @app.callback()

@@ -119,10 +119,10 @@ def test_exec_start_pre_checks_what_exec_start_needs(tmp_path, name):
     path, good = run_check(GOOD_CONFIG)
     assert good.returncode == 0 and good.stdout.startswith(f"{path}: ok ("), good.stderr
     path, bad = run_check(GOOD_CONFIG.replace("vrid = 51", "vrid = 0"))
-    assert (bad.returncode, bad.stderr) == (1, f"{path}: vrrp[0].vrid: must be 1..255, got 0\n")
+    assert (bad.returncode, bad.stderr) == (2, f"{path}: vrrp[0].vrid: must be 1..255, got 0\n")
     path, only_vrrp = run_check(VRRP_ONLY_CONFIG)
     if name == "lbproxy.service":
         assert (only_vrrp.returncode, only_vrrp.stderr) == (
-            1, f"{path}: frontend: lbproxy needs at least one [[frontend]]\n")
+            2, f"{path}: frontend: lbproxy needs at least one [[frontend]]\n")
     else:
         assert only_vrrp.returncode == 0, only_vrrp.stderr

@@ -166,10 +166,13 @@ def test_metrics_scraped(lab, tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_vipd_demo_runs_and_reports(lab):
+def test_vipd_demo_runs_and_reports(lab, tmp_path):
     del lab  # only for the root/netns skip
-    done = subprocess.run([sys.executable, "-m", "vipd", "demo"], capture_output=True, text=True, timeout=170)
+    plot = tmp_path / "timeline.png"
+    done = subprocess.run([sys.executable, "-m", "vipd", "demo", "--plot", str(plot)], capture_output=True,
+                          text=True, timeout=170)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"timeline drawn: {plot}" in done.stdout
     out = done.stdout
     for needle in ("kill -9 of the master", "graceful stop of the master", "Who held the VIP", "lbctl status"):
         assert needle in out, out

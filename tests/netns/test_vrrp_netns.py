@@ -199,7 +199,7 @@ def test_failing_track_script_moves_the_vip(lab, tmp_path, preempt):
     flag = tmp_path / "unhealthy"
     a, b = nodes = build(lab, tmp_path, [150, 100])
     a.write([api(150, preempt=preempt)],
-            {"api": [{"script": f"test ! -e {flag}", "interval": 0.1, "timeout": 1.0, "rise": 2, "fall": 2,
+            {"api": [{"script": f"test ! -e {flag}", "interval": 0.5, "timeout": 0.4, "rise": 2, "fall": 2,
                       "weight": -60}]})
     start_in_order(nodes)
     flag.touch()

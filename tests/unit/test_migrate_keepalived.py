@@ -60,6 +60,7 @@ def test_unicast_v2_with_password_includes_and_overrides():
     assert api.notify.master == "/usr/local/bin/vip-notify.sh master 'api vip'"
     assert api.notify.backup == "/usr/local/bin/vip-notify.sh backup"
     assert api.notify.fault == "/usr/local/bin/vip-notify.sh fault" and api.notify.stop is None
+    assert api.notify.generic == "/usr/local/bin/vip-notify-all.sh"      # keepalived's generic notify
     # IPv6 needs VRRPv3 (keepalived switches too), and v3 allows a 0.5 s advert.
     assert (api6.name, api6.version, api6.advert_interval) == ("API6", 3, 0.5)
     assert [str(v) for v in api6.virtual_ips] == ["2001:db8::100/64"] and api6.auth_pass is None
@@ -71,8 +72,6 @@ def test_unicast_v2_with_password_includes_and_overrides():
         f"{f}:34: 198.18.1.100/24 dev eth1: not translated: vipd puts an instance's addresses on its own "
         "interface (eth0)",
         f"{f}:41: chk_gone: not translated: no vrrp_script with this name",
-        f"{f}:46: notify /usr/local/bin/vip-notify-all.sh: not translated: keepalived's generic notify script; "
-        "vipd runs one script per state (notify_master, ...)",
         f"{f}:57: vrrp_sync_group VG1: not translated: vipd has no sync groups; each [[vrrp]] instance elects "
         "on its own",
         f"{INPUTS / 'keepalived.d' / 'scripts.conf'}:10: vrrp_script chk_unused: not translated: "

@@ -65,3 +65,55 @@ def request(socket_path: str, method: str, path: str, timeout: float = 10.0) -> 
     if not isinstance(body, dict):
         body = {"error": f"unexpected answer: {str(body)[:200]}"}
     return status, body
+
+
+class Stream:
+    """A streaming answer of newline-delimited JSON (GET /v1/events?follow=1). `status` and, for a
+    refusal (>= 400), `error` come first; iterating yields one dict per line until the daemon ends
+    the stream. Raises OSError like `request` when the socket cannot be reached."""
+
+    def __init__(self, socket_path: str, path: str, timeout: float = 10.0) -> None:
+        self._conn = _UnixHTTPConnection(socket_path, timeout)
+        try:
+            self._conn.request("GET", path)
+            self._response = self._conn.getresponse()
+        except http.client.HTTPException as exc:
+            self._conn.close()
+            raise ConnectionError(errno.EPROTO, f"bad answer from the control socket: {exc!r}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+        self.status = self._response.status
+        self.error: str | None = None
+        if self.status >= 400:
+            raw = self._response.read()
+            self.close()
+            try:
+                self.error = str(json.loads(raw.decode("utf-8")).get("error"))
+            except (UnicodeDecodeError, ValueError, AttributeError):
+                self.error = raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {self.status}"
+        elif self._conn.sock is not None:
+            self._conn.sock.settimeout(None)      # events come when they come
+
+    def __iter__(self):
+        if self.error is not None:
+            return
+        try:
+            while True:
+                try:
+                    line = self._response.readline()
+                except http.client.IncompleteRead:
+                    return                        # the daemon went away mid-chunk
+                if not line:
+                    return
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._conn.close()

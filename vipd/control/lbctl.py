@@ -1,8 +1,10 @@
 """lbctl: the operator's view of one vipd node, over its control socket."""
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -11,6 +13,7 @@ import typer
 from lbproxy.health import BackendState
 from vipd.control.client import (
     DEFAULT_CONTROL_SOCKET,
+    Stream,
     backend_path,
     maintenance_path,
     request,
@@ -18,6 +21,7 @@ from vipd.control.client import (
 )
 from vipd.control.schema import (
     DrainAnswer,
+    EventsAnswer,
     MaintenanceAnswer,
     ReloadAnswer,
     StatusDocument,
@@ -25,6 +29,7 @@ from vipd.control.schema import (
     WeightAnswer,
     check,
 )
+from vipd.events import Kind, render_line
 
 STATUS_TIMEOUT = 10.0
 # A reload re-creates changed VRRP instances and proxy workers; give it room.
@@ -66,8 +71,17 @@ def fail(message: str) -> NoReturn:
 
 def call(socket_path: str, method: str, path: str, timeout: float = STATUS_TIMEOUT) -> dict:
     """Ask the daemon; any failure becomes one line on stderr and exit 1."""
-    try:
+    with unreachable_fails(socket_path, timeout):
         status, body = request(socket_path, method, path, timeout)
+    if status >= 400:
+        fail(str(body.get("error") or f"vipd answered HTTP {status}"))
+    return body
+
+
+@contextlib.contextmanager
+def unreachable_fails(socket_path: str, timeout: float):
+    try:
+        yield
     except PermissionError:
         fail(f"cannot reach vipd at {socket_path}: permission denied "
              f"(run as root or a member of the control group)")
@@ -77,9 +91,6 @@ def call(socket_path: str, method: str, path: str, timeout: float = STATUS_TIMEO
         fail(f"vipd at {socket_path} did not answer within {timeout:g} s")
     except OSError as exc:
         fail(f"cannot reach vipd at {socket_path}: {exc.strerror or exc}")
-    if status >= 400:
-        fail(str(body.get("error") or f"vipd answered HTTP {status}"))
-    return body
 
 
 def checked(answer: dict, document: type) -> Any:
@@ -167,6 +178,42 @@ def reload(ctx: typer.Context) -> None:
     answer: ReloadAnswer = checked(call(ctx.obj, "POST", "/v1/reload", RELOAD_TIMEOUT), ReloadAnswer)
     config, summary = answer.get("config"), answer.get("summary")
     typer.echo("reloaded" + (f" {config}" if config else "") + (f": {summary}" if summary else ""))
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events as they happen."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    last: int = typer.Option(None, "--last", "-n", min=0, metavar="N", help="Only the newest N held events."),
+) -> None:
+    """The node's event stream: transitions with reasons, health changes, drains, reloads."""
+    query = f"?limit={last}" if last is not None else ""
+    show = (lambda r: json.dumps(r, separators=(",", ":"))) if as_json else render_line
+    try:
+        if not follow:
+            answer: EventsAnswer = checked(call(ctx.obj, "GET", "/v1/events" + query), EventsAnswer)
+            for record in answer.get("events", []):
+                typer.echo(show(record))
+            return
+        with unreachable_fails(ctx.obj, STATUS_TIMEOUT):
+            stream = Stream(ctx.obj, "/v1/events?follow=1" + query.replace("?", "&"), STATUS_TIMEOUT)
+        if stream.error is not None:
+            fail(stream.error)
+        last_kind = None
+        with unreachable_fails(ctx.obj, STATUS_TIMEOUT):
+            for record in stream:
+                last_kind = record.get("kind")
+                typer.echo(show(record))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(0)
+    except BrokenPipeError:
+        # The reader of our output left (`| head`): nothing more to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0)
+    fail("vipd stopped; the event stream ended" if last_kind == Kind.DAEMON_STOP
+         else "the event stream ended (vipd stopped or restarted its control socket)")
 
 
 def _text(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Prometheus metrics built from the status document at scrape time.
+"""Prometheus metrics built from the status document at scrape time; the same listener serves the
+live status page at / and the document itself at /status.json (vipd.control.statuspage), read-only.
 
 The status document (vipd.control.schema) is the one source of truth: there is no second set
 of counters to keep in step. A field missing from the document, or not matching its schema,
@@ -7,6 +8,7 @@ the loop thread like every other reader of the components' state.
 """
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from typing import Any, Callable, Iterator
@@ -23,6 +25,7 @@ from lbproxy.configreader import split_host_port
 from lbproxy.health import BackendState
 from vipd.control.schema import Frontend, StatusDocument, VrrpInstance, check
 from vipd.control.server import serve_app
+from vipd.control.statuspage import HEADERS, StatusPage, render_error
 from vipd.vrrp.fsm import State
 
 log = logging.getLogger("vipd.metrics")
@@ -161,12 +164,15 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class MetricsServer:
-    """Prometheus text at http://LISTEN/metrics."""
+    """Prometheus text at http://LISTEN/metrics, the status page at / and the status document at
+    /status.json; GET and HEAD only. `events` returns the recent events for the page, if any."""
 
-    def __init__(self, listen: str, status: Callable[[], dict]) -> None:
+    def __init__(self, listen: str, status: Callable[[], dict],
+                 events: Callable[[], list[dict]] | None = None) -> None:
         self.listen = listen
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(status))
+        self.page = StatusPage(status, events)
         self.address: tuple[str, int] | None = None
         self._runner = None
 
@@ -185,9 +191,12 @@ class MetricsServer:
             raise
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/status.json", self._status_json)
         self._runner = await serve_app(app, sock)
         self.address = sock.getsockname()[:2]
-        log.info("metrics on http://%s/metrics", self.listen if port else f"{host}:{self.address[1]}")
+        where = self.listen if port else f"{host}:{self.address[1]}"
+        log.info("metrics on http://%s/metrics, status page on http://%s/", where, where)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -199,3 +208,24 @@ class MetricsServer:
 
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+    async def _page(self, request):
+        from aiohttp import web
+
+        try:
+            body, code = self.page.html(), 200
+        except Exception as exc:
+            log.exception("cannot render the status page")
+            body, code = render_error(str(exc) or type(exc).__name__, self.page.clock()), 503
+        return web.Response(text=body, status=code, content_type="text/html", charset="utf-8", headers=HEADERS)
+
+    async def _status_json(self, request):
+        from aiohttp import web
+
+        try:
+            body, code = json.dumps(self.page.document(), indent=2) + "\n", 200
+        except Exception as exc:
+            log.exception("cannot read the status document")
+            body, code = json.dumps({"error": str(exc) or type(exc).__name__}) + "\n", 503
+        return web.Response(text=body, status=code, content_type="application/json",
+                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})

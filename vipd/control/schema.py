@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from lbproxy.config import Balance
 from lbproxy.health import BackendState
+from vipd.events import Kind, Level
 from vipd.vrrp.fsm import State
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -178,12 +179,30 @@ class ReloadAnswer(TypedDict):
     summary: Annotated[str, Doc("what runs now, e.g. `1 vrrp instance(s), 1 frontend(s)`")]
 
 
+class Event(TypedDict):
+    """One record of the node's event stream: GET /v1/events, one per line of its `follow=1`
+    stream and of `lbctl events --json`."""
+    seq: Annotated[int, Range(1), Doc("position in the stream, increasing by one per event since the "
+                                      "daemon started; an `events.dropped` record carries the last it stands for")]
+    time: Annotated[str, Doc("UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`")]
+    kind: Kind
+    subject: Annotated[str, Doc("what it is about: an instance, `FRONTEND/BACKEND`, a worker, the config file")]
+    level: Level
+    message: Annotated[str, Doc("one line for a person")]
+    fields: Annotated[dict[str, Any], Doc("the kind's details, e.g. old, new and reason of a transition")]
+
+
+class EventsAnswer(TypedDict):
+    """The answer to GET /v1/events?after=SEQ&limit=N: the newest N held events after SEQ, oldest first."""
+    events: list[Event]
+
+
 class ErrorAnswer(TypedDict):
     """Any refused or failed call (HTTP 4xx/5xx): one line for the operator."""
     error: str
 
 
-DOCUMENTS = (StatusDocument, DrainAnswer, ReloadAnswer, WeightAnswer, MaintenanceAnswer, ErrorAnswer)
+DOCUMENTS = (StatusDocument, DrainAnswer, ReloadAnswer, WeightAnswer, MaintenanceAnswer, EventsAnswer, ErrorAnswer)
 
 
 # --- rendering the typed dicts as JSON Schema
@@ -192,6 +211,8 @@ _SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", type
 
 
 def _render(hint: Any, defs: dict[str, dict]) -> dict:
+    if hint is Any:
+        return {}
     origin = typing.get_origin(hint)
     if origin is Annotated:
         schema = dict(_render(hint.__origin__, defs))

@@ -2,14 +2,19 @@
 asyncio loop (aiohttp, imported only when a server starts)."""
 from __future__ import annotations
 
+import asyncio
 import errno
 import grp
 import inspect
+import json
 import logging
 import os
 import socket
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vipd.events import EventLog, Subscription
 
 log = logging.getLogger("vipd.control")
 
@@ -17,6 +22,8 @@ SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o755
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+# On stop, how long followers stuck writing to a reader that does not read get before they are cut.
+FOLLOWER_GRACE = 1.0
 
 
 class ControlError(Exception):
@@ -45,12 +52,15 @@ async def serve_app(app, sock: socket.socket):
 
 class ControlServer:
     """Serves `handlers` (async status(), drain(f, b), enable(f, b), reload(), weight(f, b, n),
-    maintenance(mode, owner=None)) on a unix socket."""
+    maintenance(mode, owner=None)) and `events` (the node's EventLog, GET /v1/events) on a unix socket."""
 
-    def __init__(self, path: str, handlers: Any, group: str | None = None) -> None:
+    def __init__(self, path: str, handlers: Any, group: str | None = None,
+                 events: "EventLog | None" = None) -> None:
         self.path = path
         self.handlers = handlers
         self.group = group
+        self.events = events
+        self._followers: dict["Subscription", tuple[asyncio.Task, Any]] = {}   # -> (handler, request)
         self._runner = None
         self._inode: tuple[int, int] | None = None
 
@@ -63,6 +73,7 @@ class ControlServer:
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/drain", self._drain)
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/enable", self._enable)
         app.router.add_post("/v1/reload", self._reload)
+        app.router.add_get("/v1/events", self._events)
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/weight/{weight}", self._weight)
         app.router.add_post("/v1/maintenance/{mode}", self._maintenance)
         app.router.add_post("/v1/maintenance/{mode}/{owner}", self._maintenance)
@@ -74,6 +85,7 @@ class ControlServer:
         log.info("control socket listening on %s", self.path)
 
     async def stop(self) -> None:
+        await self._end_followers()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,6 +189,61 @@ class ControlServer:
     async def _maintenance(self, request):
         m = request.match_info
         return await self._call("maintenance", m["mode"], *([m["owner"]] if "owner" in m else []))
+
+    async def _events(self, request):
+        """?after=SEQ: only events after that one; ?limit=N: the newest N of those; ?follow=1: a
+        stream of newline-delimited JSON, those first, then every new event, until the daemon stops."""
+        from aiohttp import web
+
+        if self.events is None:
+            raise ControlError(404, "this node keeps no event stream")
+        after = _count_param(request, "after", 0)
+        limit = _count_param(request, "limit", None)
+        follow = request.query.get("follow", "0")
+        if follow not in ("0", "1", "true", "false"):
+            raise ControlError(400, f"follow must be 0 or 1, got {follow!r}")
+        if follow in ("0", "false"):
+            return web.json_response({"events": [e.to_dict() for e in self.events.recent(limit, after)]})
+        subscription = self.events.subscribe(backlog=limit, after_seq=after)
+        self._followers[subscription] = (asyncio.current_task(), request)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            async for event in subscription:
+                await response.write(json.dumps(event.to_dict(), separators=(",", ":")).encode() + b"\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass    # the reader left, or did not read and was cut off at stop
+        finally:
+            subscription.close()
+            self._followers.pop(subscription, None)
+        return response
+
+    async def _end_followers(self) -> None:
+        followers, self._followers = dict(self._followers), {}
+        for subscription in followers:
+            subscription.close()
+        if not followers:
+            return
+        tasks = {task: request for task, request in followers.values()}
+        _, stuck = await asyncio.wait(tasks, timeout=FOLLOWER_GRACE)
+        for task in stuck:
+            if tasks[task].transport is not None:
+                tasks[task].transport.abort()     # its pending write fails; the handler ends
+        if stuck:
+            _, still = await asyncio.wait(stuck, timeout=FOLLOWER_GRACE)
+            for task in still:
+                task.cancel()
+
+
+def _count_param(request, name: str, default: int | None) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise ControlError(400, f"{name} must be a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 async def _errors_as_json(request, handler):

@@ -9,37 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from vipd.lab import connclient, edges
+from vipd.lab import connclient, edges, timeline
 from vipd.lab.netns import Lab, unavailable_reason
-
-
-class Timeline:
-    """Who holds the VIP, sampled every 50 ms in a thread while the demo drives events."""
-
-    def __init__(self, edge_lab: edges.EdgeLab, t0: float) -> None:
-        self.edge_lab = edge_lab
-        self.t0 = t0
-        self.changes: list[tuple[float, str]] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        last = None
-        while not self.stopped.is_set():
-            holders = self.edge_lab.holders()
-            now = "+".join(f"edge-{i + 1}" for i in holders) or "nobody"
-            if now != last:
-                self.changes.append((time.monotonic() - self.t0, now))
-                last = now
-            self.stopped.wait(0.05)
-
-    def __enter__(self) -> "Timeline":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.thread.join(2)
 
 
 def _say(t0: float, text: str) -> None:
@@ -54,11 +25,17 @@ def _describe(summary: dict) -> str:
     return text
 
 
-def run_demo(verbose: bool = False) -> int:
+def run_demo(verbose: bool = False, plot: str | None = None) -> int:
     reason = unavailable_reason()
     if reason:
         print(f"vipd demo: {reason}; run it as root on Linux with iproute2", file=sys.stderr)
         return 1
+    if plot is not None:
+        reason = timeline.matplotlib_missing() or (
+            None if Path(plot).resolve().parent.is_dir() else f"--plot: no directory {Path(plot).parent}")
+        if reason:
+            print(f"vipd demo: {reason}", file=sys.stderr)
+            return 2
     if shutil.which("nft") is None:
         print("vipd demo: note: nftables is not installed (not needed for the demo)", file=sys.stderr)
 
@@ -81,7 +58,8 @@ def run_demo(verbose: bool = False) -> int:
         if not edges.wait_for(lambda: edge.state(1) == "BACKUP", 20):
             return _fail(edge, "edge-2 did not come up as backup")
         _say(t0, "edge-2 (priority 100) is BACKUP")
-        with Timeline(edge, t0) as timeline:
+        running = lambda i: i in edge.procs and edge.procs[i].poll() is None
+        with timeline.HolderSampler(edge, running) as holders:
             client = edge.start_client(interval=0.01, duration=45)
             time.sleep(3)
             t_kill = time.monotonic()
@@ -114,8 +92,8 @@ def run_demo(verbose: bool = False) -> int:
         edges.wait_for(lambda: edge.state(1) == "BACKUP", 20)
 
         print("\nWho held the VIP:")
-        for at, holder in timeline.changes:
-            print(f"  {at:6.2f}s  {holder}")
+        for at, holder in holders.changes:
+            print(f"  {at - t0:6.2f}s  {holder}")
         print("\nWhat the client saw:")
         phases = [
             ("steady, before the kill", None, t_kill),
@@ -127,6 +105,14 @@ def run_demo(verbose: bool = False) -> int:
             print(f"  {name:30s} {_describe(connclient.summarize(attempts, since, until))}")
         total = connclient.summarize(attempts)
         print(f"  {'whole run':30s} {_describe(total)}")
+        if plot is not None:
+            timeline.save([
+                timeline.Panel("kill -9 of the master (edge-1)", attempts, holders.changes, t_kill,
+                               "kill -9", t_kill - 1.0, t_restart),
+                timeline.Panel("graceful stop of the master (edge-2: SIGTERM)", attempts, holders.changes,
+                               t_term, "SIGTERM", t_term - 1.0, t_end),
+            ], plot, title="vipd demo: a new connection to the VIP every 10 ms, through two failovers")
+            print(f"\ntimeline drawn: {plot}")
         for i in (0, 1):
             print(f"\n$ lbctl status    # on edge-{i + 1}")
             print(edge.lbctl(i, "status").stdout.rstrip())

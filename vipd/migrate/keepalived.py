@@ -48,7 +48,6 @@ WHY_TOP = {
 }
 WHY_INSTANCE = {
     "state": "vipd elects by priority; there is no configured start state",
-    "notify": "keepalived's generic notify script; vipd runs one script per state (notify_master, ...)",
     "track_file": "vipd has no file tracks",
     "track_process": "vipd has no process tracks; a script track (pidof NAME) does it",
     "track_bfd": "vipd has no BFD",
@@ -483,6 +482,11 @@ class _Translator:
                 notify.set(state, command_line(item.args), self.source(item))
             elif item is not None:
                 self.skip(item, "names no script")
+        generic = last.get("notify")
+        if generic is not None and generic.args:
+            notify.set("notify", command_line(generic.args), self.source(generic))
+        elif generic is not None:
+            self.skip(generic, "names no script")
         if notify.values:
             table.set("notify", notify)
         return table
@@ -645,7 +649,7 @@ INSTANCE_KEYS = {
     "interface", "virtual_router_id", "priority", "advert_int", "virtual_ipaddress", "version",
     "vrrp_version", "nopreempt", "preempt", "preempt_delay", "unicast_src_ip", "unicast_peer",
     "garp_master_repeat", "garp_interval", "gna_interval", "authentication", "track_script",
-    "track_interface", "notify_master", "notify_backup", "notify_fault", "notify_stop",
+    "track_interface", "notify_master", "notify_backup", "notify_fault", "notify_stop", "notify",
 }
 
 

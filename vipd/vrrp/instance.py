@@ -16,6 +16,7 @@ import socket
 import time
 from typing import Callable, Mapping
 
+from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import fsm, handover, packet
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
@@ -48,8 +49,9 @@ class VrrpInstance:
     def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
                  addresses: AddressWorker, serving: Mapping[str, bool] | None = None,
                  bridge: handover.BridgePlan = handover.BridgePlan(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, emit: Emit = log_only) -> None:
         self.config = config
+        self.emit = emit
         self.interfaces = interfaces
         self.channels = channels
         self.addresses = addresses
@@ -314,7 +316,11 @@ class VrrpInstance:
         self.fault_reasons = reasons
         priority = self.tracks.effective_priority(self.config.priority)
         if priority != self.router.effective_priority:
-            log.info("vrrp %s: effective priority %d -> %d", self.name, self.router.effective_priority, priority)
+            old = self.router.effective_priority
+            failing = [t["name"] for t in self.tracks.status() if not t["ok"]]
+            self.emit(Kind.VRRP_PRIORITY, self.name, f"vrrp {self.name}: effective priority {old} -> {priority}"
+                      + (f" (failing: {', '.join(failing)})" if failing else ""),
+                      {"old": old, "new": priority, "failing": failing}, logger=log)
             self._dispatch(fsm.PriorityChanged(priority))
         if reasons and self.router.state is not fsm.State.FAULT:
             self._dispatch(fsm.FaultRaised(sorted(reasons)[0]))
@@ -409,7 +415,7 @@ class VrrpInstance:
             self._on_state_changed(action)
         elif isinstance(action, fsm.Stopped):
             self._resigned.set()
-            self.notify.push(self.config.notify.stop, "STOP", self.router.effective_priority, self._vip_change)
+            self.notify.transition(self.config.notify, "STOP", self.router.effective_priority, self._vip_change)
 
     def _send_advert(self, priority: int) -> None:
         src = self.router.params.primary_address
@@ -442,13 +448,16 @@ class VrrpInstance:
     def _on_state_changed(self, change: fsm.StateChanged) -> None:
         self.since = _utc_now()
         self.transitions += 1
-        level = logging.WARNING if change.new is fsm.State.FAULT else logging.INFO
-        log.log(level, "vrrp %s: %s -> %s (%s), priority %d, master %s", self.name, change.old.value,
-                change.new.value, change.reason, self.router.effective_priority, self.router.master or "unknown")
+        priority, master = self.router.effective_priority, self.router.master
+        self.emit(Kind.VRRP_STATE, self.name,
+                  f"vrrp {self.name}: {change.old.value} -> {change.new.value} ({change.reason}), "
+                  f"priority {priority}, master {master or 'unknown'}",
+                  {"old": change.old.value, "new": change.new.value, "reason": change.reason,
+                   "priority": priority, "master": master},
+                  level=Level.WARNING if change.new is fsm.State.FAULT else Level.INFO, logger=log)
         if change.new is not fsm.State.MASTER:
             self._cancel_garp()
-        self.notify.push(self.config.notify.for_state(change.new.value), change.new.value,
-                         self.router.effective_priority, self._vip_change)
+        self.notify.transition(self.config.notify, change.new.value, priority, self._vip_change)
 
     # ---------------------------------------------------------------- gratuitous ARP / NA
 

@@ -1,4 +1,6 @@
-"""Notify scripts: run on VRRP transitions with the arguments NAME STATE PRIORITY.
+"""Notify scripts: run on VRRP transitions with the arguments NAME STATE PRIORITY; the generic
+`notify` script (keepalived's form) with TYPE NAME STATE PRIORITY, e.g. `INSTANCE api MASTER 150`,
+after the state's own script.
 
 One queue and one runner task per instance, so the scripts run strictly in the order of the
 transitions and never hold up the state machine. A job may wait for a future first (the VIP
@@ -10,11 +12,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from vipd.vrrp.config import Notify
 from vipd.vrrp.tracks import cancel_and_wait, run_command
 
 log = logging.getLogger("vipd.vrrp")
 
 DEFAULT_TIMEOUT = 30.0
+GENERIC_TYPE = "INSTANCE"     # keepalived's $1: INSTANCE or GROUP (vipd has no sync groups)
 
 
 @dataclass
@@ -23,6 +27,7 @@ class NotifyJob:
     state: str
     priority: int
     after: asyncio.Future | None = None
+    generic: bool = False
 
 
 class NotifyQueue:
@@ -33,16 +38,23 @@ class NotifyQueue:
         self._runner: asyncio.Task | None = None
         self.completed = 0
 
-    def push(self, script: str | None, state: str, priority: int, after: asyncio.Future | None = None) -> None:
+    def transition(self, notify: Notify, state: str, priority: int, after: asyncio.Future | None = None) -> None:
+        """The scripts `notify` names for entering `state`: the state's own, then the generic one."""
+        self.push(notify.for_state(state), state, priority, after)
+        self.push(notify.generic, state, priority, after, generic=True)
+
+    def push(self, script: str | None, state: str, priority: int, after: asyncio.Future | None = None,
+             generic: bool = False) -> None:
         if not script:
             return
-        self._queue.put_nowait(NotifyJob(script, state, priority, after))
+        self._queue.put_nowait(NotifyJob(script, state, priority, after, generic))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name=f"notify {self.name}")
 
     def argv(self, job: NotifyJob) -> list[str]:
         # The script line may carry its own arguments; ours are appended after them.
-        return ["/bin/sh", "-c", f'{job.script} "$@"', "vipd-notify", self.name, job.state, str(job.priority)]
+        kind = [GENERIC_TYPE] if job.generic else []
+        return ["/bin/sh", "-c", f'{job.script} "$@"', "vipd-notify", *kind, self.name, job.state, str(job.priority)]
 
     async def _run(self) -> None:
         while not self._queue.empty():

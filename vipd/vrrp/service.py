@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Callable, Mapping
 
+from vipd.events import Emit, log_only
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.config import VrrpConfig
 from vipd.vrrp.handover import BridgePlan
@@ -23,9 +24,10 @@ log = logging.getLogger("vipd.vrrp")
 
 class VrrpService:
     def __init__(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan = BridgePlan(),
-                 serving: Mapping[str, bool] | None = None,
+                 serving: Mapping[str, bool] | None = None, emit: Emit = log_only,
                  maintenance: Callable[[str], bool] = lambda name: False) -> None:
         self.configs = configs
+        self.emit = emit
         self.bridge = bridge
         # Whether an instance starts in maintenance (the daemon's runtime state), asked at creation.
         self.maintenance = maintenance
@@ -52,7 +54,8 @@ class VrrpService:
 
     def _new_instance(self, vrrp) -> VrrpInstance:
         instance = VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                                addresses=self._addresses, serving=self.serving, bridge=self.bridge)
+                                addresses=self._addresses, serving=self.serving, bridge=self.bridge,
+                                emit=self.emit)
         instance.set_maintenance(self.maintenance(vrrp.name))
         return instance
 
