@@ -138,7 +138,7 @@ class Proxies:
             else:
                 conf = d / "lbproxy.toml"
                 conf.write_text(lbproxy_conf(d, w))
-                argv = ["nice", "-n", "-10", sys.executable, "-m", "lbproxy", "run", "-c", str(conf)]
+                argv = ["nice", "-n", "-10", sys.executable, "-m", "vipd.proxycli", "run", "-c", str(conf)]
             log = open(d / f"{name}.out", "ab")
             self.procs[name] = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                cwd=str(Path(__file__).resolve().parents[1]))

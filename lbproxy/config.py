@@ -124,6 +124,9 @@ class FrontendConfig:
     drain_timeout: float = 30.0
     health: HealthConfig = field(default_factory=HealthConfig)
     access_log: bool = False       # one line per closed connection, in the worker's log
+    buffer_size: int = 16384                 # bytes: largest read, and each transport's high-water mark
+    max_connections_per_source: int = 0      # per client address; 0: unlimited
+    client_first_byte_timeout: float = 0.0   # seconds the client has to send its first byte; 0: off
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class ProxyConfig:
     workers: int
     log_level: str = "info"
     log_format: str = "text"       # lbproxy.logsetup.LogFormat
+    worker_user: str | None = None     # workers drop root to this user (node.worker_user)
 
     def frontend(self, name: str) -> FrontendConfig | None:
         return next((f for f in self.frontends if f.name == name), None)
@@ -179,7 +183,8 @@ def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig 
 def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfig | None:
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
-        "max_connections", "retries", "drain_timeout", "health", "backend", "access_log"))
+        "max_connections", "retries", "drain_timeout", "health", "backend", "access_log",
+        "buffer_size", "max_connections_per_source", "client_first_byte_timeout"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -193,6 +198,12 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "retries": s.get("retries", int, 2, check=between(0, 100)),
         "drain_timeout": s.get("drain_timeout", float, 30.0, check=non_negative),
         "access_log": s.get("access_log", bool, False),
+        # nginx's stream proxy_buffer_size is 16k; below 4 KiB every read is a system call for a
+        # few bytes, above 16 MiB the kernel's own socket buffers are the better place.
+        "buffer_size": s.get("buffer_size", int, 16384, check=between(4096, 16 * 1024 * 1024)),
+        "max_connections_per_source": s.get("max_connections_per_source", int, 0,
+                                            check=between(0, 10_000_000)),
+        "client_first_byte_timeout": s.get("client_first_byte_timeout", float, 0.0, check=non_negative),
     }
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]

@@ -1,7 +1,12 @@
 """One proxied connection: a client leg and a backend leg, two asyncio Protocols on uvloop
 transports tied like Twisted's portforward. What one leg reads is written to the other, and when
 a transport's write buffer passes its high-water mark the other leg stops reading until it
-drains, so a connection never holds more than one read chunk plus one write buffer per direction.
+drains below the low-water mark.
+
+Userspace buffering is bounded by the frontend's `buffer_size`: every read is at most that long
+(uvloop reads into the frontend's ReadBuffer) and each transport's high-water mark is that size,
+so one direction holds at most 2 x buffer_size (high water, then one read). Nothing resumes a
+leg's reading while its peer's transport is above the mark, whatever the order of events.
 
 Nothing is read from the client before its backend connection is up, so a failed connect can be
 retried on another backend without losing a byte.
@@ -30,11 +35,21 @@ log = logging.getLogger("lbproxy.worker")
 # not reported as passive health failures and make the accept loop back off instead.
 LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 _NOTHING_TRIED: frozenset[int] = frozenset()
-BULK_CHUNK = 512 * 1024    # one read of a bulk flow
-BULK_SWITCH = 64 * 1024    # a read at least this large marks a bulk flow
-# The worker-wide read buffer of bulk flows. Reads never interleave (one loop, one thread), so
-# one buffer serves every connection; it is replaced when a peer transport keeps a reference.
-_bulk_buffer = [memoryview(bytearray(BULK_CHUNK))]
+
+
+class ReadBuffer:
+    """Where a frontend's legs read: reads never interleave (one loop, one thread), so one buffer
+    of `buffer_size` bytes serves every connection. A write that the kernel did not take whole
+    keeps a reference to it in the peer transport; the legs then read into a fresh one."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, size: int) -> None:
+        self.view = memoryview(bytearray(size))
+
+    def renew(self) -> None:
+        self.view = memoryview(bytearray(len(self.view)))
+
 
 ReportFailure = Callable[[str, str, str], None]   # (frontend, backend address, reason)
 
@@ -99,30 +114,49 @@ class BackendSlot:
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
 
 
-class _Leg(asyncio.Protocol):
-    """One side of a proxied connection. `forward` writes to the other side's transport."""
+class _Leg(asyncio.BufferedProtocol):
+    """One side of a proxied connection: reads into the frontend's ReadBuffer and relays to
+    `out`, the other side's transport. `blocked`: this leg's own transport is above its
+    high-water mark, so its peer must not read."""
 
-    __slots__ = ("conn", "slot", "transport", "peer", "forward", "eof", "lost", "moved", "nbytes")
+    __slots__ = ("conn", "slot", "buffer", "transport", "peer", "out", "eof", "lost", "moved", "blocked",
+                 "nbytes")
 
     def __init__(self, conn: "Connection", slot: BackendSlot) -> None:
         self.conn = conn
         self.slot = slot
-        self.nbytes = 0                      # read on this leg: the access log's bytes in / out
+        self.buffer: ReadBuffer = conn.frontend.read_buffer
         self.transport = None
         self.peer: _Leg | None = None
-        self.forward = None
+        self.out = None
         self.eof = False
         self.lost = False
         self.moved = False
+        self.blocked = False
+        self.nbytes = 0                      # read on this leg: the access log's bytes in / out
 
     def __call__(self) -> "_Leg":
         # The protocol factory of create_connection / connect_accepted_socket.
         return self
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer.view
+
+    def relay(self, nbytes: int) -> None:
+        out, buffer = self.out, self.buffer
+        if out.get_write_buffer_size():
+            out.write(bytes(buffer.view[:nbytes]))      # queued behind older bytes: keep only these
+        else:
+            out.write(buffer.view[:nbytes])
+            if out.get_write_buffer_size():
+                buffer.renew()                           # the transport holds on to the view
+
     def pause_writing(self) -> None:
+        self.blocked = True
         self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.blocked = False
         peer = self.peer
         if not peer.eof:
             peer.transport.resume_reading()
@@ -147,50 +181,6 @@ class _Leg(asyncio.Protocol):
         self.conn.leg_lost(self)
 
 
-    def go_bulk(self, inbound: bool) -> None:
-        if self.peer.transport is not None and not self.lost:
-            self.transport.set_protocol(_BulkReader(self, inbound))
-
-
-class _BulkReader(asyncio.BufferedProtocol):
-    """A leg's reader once its flow turned out to be bulk: uvloop reads straight into the shared
-    buffer and the peer transport writes from it, so no bytes object is made (and copied) per
-    256 KiB chunk. Small messages stay on data_received, which costs one call per read, not two."""
-
-    __slots__ = ("leg", "inbound")
-
-    def __init__(self, leg: _Leg, inbound: bool) -> None:
-        self.leg = leg
-        self.inbound = inbound
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _bulk_buffer[0]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        leg = self.leg
-        leg.forward(_bulk_buffer[0][:nbytes])
-        if leg.peer.transport.get_write_buffer_size():
-            _bulk_buffer[0] = memoryview(bytearray(BULK_CHUNK))   # the peer still holds the old one
-        if self.inbound:
-            leg.slot.bytes_in += nbytes
-        else:
-            leg.slot.bytes_out += nbytes
-        leg.nbytes += nbytes
-        leg.moved = True
-
-    def eof_received(self) -> bool:
-        return self.leg.eof_received()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.leg.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.leg.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.leg.resume_writing()
-
-
 class ClientLeg(_Leg):
     __slots__ = ()
 
@@ -198,14 +188,11 @@ class ClientLeg(_Leg):
         self.transport = transport
         self.conn.tie(self, transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.forward(data)
-        size = len(data)
-        self.slot.bytes_in += size
-        self.nbytes += size
+    def buffer_updated(self, nbytes: int) -> None:
+        self.slot.bytes_in += nbytes
+        self.nbytes += nbytes
         self.moved = True
-        if size >= BULK_SWITCH:
-            self.go_bulk(True)
+        self.relay(nbytes)
 
 
 class BackendLeg(_Leg):
@@ -214,24 +201,24 @@ class BackendLeg(_Leg):
     def __init__(self, conn: "Connection", slot: BackendSlot) -> None:
         super().__init__(conn, slot)
         self.held = None
-        self.forward = self._hold
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.conn.connected(self, transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.forward(data)
-        size = len(data)
-        self.slot.bytes_out += size
-        self.nbytes += size
+    def buffer_updated(self, nbytes: int) -> None:
+        self.slot.bytes_out += nbytes
+        self.nbytes += nbytes
         self.moved = True
-        if size >= BULK_SWITCH:
-            self.go_bulk(False)
+        if self.out is None:
+            self._hold(nbytes)
+        else:
+            self.relay(nbytes)
 
-    def _hold(self, data: bytes) -> None:
-        # The backend spoke before the client's transport is up (one loop turn): keep the
-        # chunk and stop reading until the tie.
+    def _hold(self, nbytes: int) -> None:
+        # The backend spoke before the client's transport is up: keep this one read and stop
+        # reading; the tie sends it on and resumes only if the client side has room.
+        data = bytes(self.buffer.view[:nbytes])
         self.held = data if self.held is None else self.held + data
         self.transport.pause_reading()
 
@@ -241,7 +228,8 @@ class Connection:
 
     __slots__ = ("frontend", "fd", "family", "client_ip", "client_port", "slot", "attempts", "tried",
                  "deadline", "pending", "client", "backend", "half_closed_at", "quiet_since",
-                 "aborting", "keepalive", "retry", "local_deadline", "started", "outcome", "target")
+                 "aborting", "keepalive", "retry", "local_deadline", "tied_at", "awaiting_client",
+                 "started", "outcome", "target")
 
     def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str, client_port: int = 0) -> None:
         self.frontend = frontend
@@ -265,6 +253,8 @@ class Connection:
         self.keepalive = False
         self.retry: asyncio.TimerHandle | None = None
         self.local_deadline = 0.0
+        self.tied_at = 0.0
+        self.awaiting_client = False      # the client has not spoken yet, and it has a deadline
 
     # --- connecting: the client is a bare descriptor until a backend answers
 
@@ -349,7 +339,9 @@ class Connection:
         client.peer = leg
         leg.peer = client
         self.client = client
-        client.forward = transport.write
+        client.out = transport
+        high = fe.config.buffer_size
+        transport.set_write_buffer_limits(high, high // 4)
         fd, self.fd = self.fd, -1
         _drive(fe.loop.connect_accepted_socket(client, AcceptedSocket(self.family, fd)), self._client_done)
 
@@ -368,12 +360,15 @@ class Connection:
     def tie(self, client: ClientLeg, transport) -> None:
         """The client transport is up: from now on both legs splice directly."""
         backend = self.backend
-        backend.forward = transport.write
-        self.quiet_since = time.monotonic()
+        high = self.frontend.config.buffer_size
+        transport.set_write_buffer_limits(high, high // 4)
+        backend.out = transport
+        self.tied_at = self.quiet_since = time.monotonic()
+        self.awaiting_client = self.frontend.config.client_first_byte_timeout > 0
         if backend.held is not None:
             held, backend.held = backend.held, None
-            transport.write(held)
-            if not backend.eof and not backend.lost:
+            transport.write(held)            # past high water, the client leg is blocked
+            if not (backend.eof or backend.lost or client.blocked):
                 backend.transport.resume_reading()
         if backend.lost:
             transport.close()
@@ -423,9 +418,10 @@ class Connection:
         self.frontend = None
         fe.connecting.pop(self, None)
         fe.connections.discard(self)
+        fe.source_closed(self.client_ip)
         for leg in (self.client, self.backend):
             if leg is not None:              # break the cycles so the legs die by refcount
-                leg.peer = leg.forward = None
+                leg.peer = leg.out = None
         if fe.access_log is not None:
             self._log_access(fe)
         self.client = self.backend = None

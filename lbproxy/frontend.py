@@ -1,5 +1,11 @@
 """A frontend inside one worker: its listener, the accept loop, its backends and balancer, and
-the one periodic sweep of connect, idle and half-close timeouts (no timer per connection).
+the one periodic sweep of connect, first-byte, idle and half-close timeouts (no timer per
+connection).
+
+Limits are per worker: max_connections and max_connections_per_source are each split evenly
+(rounded up) over the workers, as the kernel spreads connections (also one source's, by port)
+over their SO_REUSEPORT listeners. A source may so be refused a little before its limit in
+total, or admitted up to workers - 1 beyond it; a refusal counts in `refused`.
 """
 from __future__ import annotations
 
@@ -13,7 +19,13 @@ import time
 from lbproxy.accesslog import AccessLog, Result, client_text
 from lbproxy.balance import make_balancer
 from lbproxy.config import FrontendConfig
-from lbproxy.connection import LOCAL_ERRORS, BackendSlot, Connection, ReportFailure
+from lbproxy.connection import (
+    LOCAL_ERRORS,
+    BackendSlot,
+    Connection,
+    ReadBuffer,
+    ReportFailure,
+)
 from lbproxy.health import BackendState
 from lbproxy.listener import make_listener, set_keepalive
 
@@ -35,6 +47,8 @@ class Frontend:
         self.access_log: AccessLog | None = None
         self.connections: set[Connection] = set()
         self.connecting: dict[Connection, None] = {}
+        self.sources: dict[str, int] = {}            # open connections per client address
+        self.read_buffer: ReadBuffer | None = None
         self.accepted = self.refused = self.failed = 0
         self.listener: socket.socket | None = None
         self.accepting = False
@@ -53,6 +67,9 @@ class Frontend:
         self.config = config
         self.access_log = self._access_log if config.access_log else None
         self.max_connections = -(-config.max_connections // max(workers, 1))
+        self.max_per_source = -(-config.max_connections_per_source // max(workers, 1))
+        if self.read_buffer is None or len(self.read_buffer.view) != config.buffer_size:
+            self.read_buffer = ReadBuffer(config.buffer_size)    # open connections keep theirs
         slots = []
         for index, backend in enumerate(config.backends):
             slot = self._slots.get(backend.address)
@@ -120,9 +137,26 @@ class Frontend:
             if self.access_log is not None:
                 self.access_log.closed(self.name, client_text(address[0], address[1]), None, Result.REFUSED, 0, 0, 0.0)
             return
-        conn = Connection(self, fd, self.family, address[0], address[1])
+        client_ip = address[0]
+        from_source = self.sources.get(client_ip, 0)
+        if self.max_per_source and from_source >= self.max_per_source:
+            os.close(fd)
+            self.refused += 1
+            self._rate_limited("max_connections_per_source", "%s: max_connections_per_source (%d in this "
+                               "worker) reached by %s; closing its new connections", self.name,
+                               self.max_per_source, client_ip)
+            if self.access_log is not None:
+                self.access_log.closed(self.name, client_text(client_ip, address[1]), None, Result.REFUSED, 0, 0, 0.0)
+            return
+        self.sources[client_ip] = from_source + 1
+        conn = Connection(self, fd, self.family, client_ip, address[1])
         self.connections.add(conn)
         conn.connect()
+
+    def source_closed(self, client_ip: str) -> None:
+        left = self.sources.pop(client_ip) - 1
+        if left:
+            self.sources[client_ip] = left
 
     def local_resource_error(self, what: str, exc: OSError) -> None:
         self._rate_limited("resources", "%s: %s: %s; pausing accepts, existing connections carry on",
@@ -172,10 +206,20 @@ class Frontend:
     def sweep_idle(self, now: float) -> None:
         idle = self.config.idle_timeout
         half = self.config.half_close_timeout
+        first_byte = self.config.client_first_byte_timeout
         for conn in list(self.connections):
             client, backend = conn.client, conn.backend
             if client is None or client.transport is None:
                 continue
+            if conn.awaiting_client:
+                # `moved` is only ever set by a read or the end of file, so it says the client spoke.
+                if client.moved or client.eof or not first_byte:
+                    conn.awaiting_client = False
+                elif now - conn.tied_at >= first_byte:
+                    self._rate_limited("first_byte", "%s: client_first_byte_timeout (%gs): closing "
+                                       "connections whose client sent nothing", self.name, first_byte)
+                    conn.abort()
+                    continue
             if not conn.keepalive:
                 # The client leg inherits keepalive from the listener. The backend leg gets it
                 # here, on its first sweep: probes start after KEEPALIVE_IDLE anyway, and the

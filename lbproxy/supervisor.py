@@ -6,9 +6,11 @@ HealthChecker per frontend: each backend's state goes to every worker, and each 
 `serving` (listening, and a backend up) to `on_serving` whenever it changes. Nothing asks back.
 Workers push counters every half second and report failed connects as passive health failures.
 
-Workers are spawned (`python -m lbproxy.worker`), never forked from the running loop, one per
-slot of a *generation*. A crashed worker is replaced in its slot, at once after a long life and
-with exponential backoff when it keeps dying young. A reload that only touches backends (or
+Workers are spawned (`python -I`, in `/`, so neither the environment nor the working directory
+decides what they import), never forked from the running loop, one per slot of a *generation*.
+A crashed worker is replaced in its slot, at once after a long life and with exponential backoff
+when it keeps dying young; so is a hung one, killed when it sends nothing (its stats come every
+STATS_INTERVAL) for HEARTBEAT_TIMEOUT. A reload that only touches backends (or
 timeouts, balance, limits) is pushed to the running workers; one that changes listeners or the
 worker count boots a new generation next to the old one (SO_REUSEPORT) and only then tells the
 old one to stop accepting and drain.
@@ -16,6 +18,7 @@ old one to stop accepting and drain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -40,6 +43,11 @@ STABLE_AFTER = 10.0          # a worker that lived this long is restarted at onc
 RESTART_BACKOFF = (0.5, 30.0)
 ACK_TIMEOUT = 5.0
 EXIT_GRACE = 10.0            # beyond the drain timeout, before a worker is killed
+HEARTBEAT_TIMEOUT = 5.0      # silence after which a worker counts as hung (it reports every 0.5 s)
+HEARTBEAT_CHECK = 0.5
+# The worker's entry point: imports this very lbproxy (argv[1]), also from a source tree that is
+# not installed, although -I keeps PYTHONPATH and the working directory off sys.path.
+WORKER_BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); from lbproxy.worker import main; sys.exit(main())"
 
 OnServing = Callable[[str, bool], None]    # (frontend name, serving), on every change
 
@@ -66,6 +74,7 @@ class _Worker:
         self.expected_exit = False
         self.error: str | None = None
         self.stats: dict = {}
+        self.heard = 0.0             # when the worker last sent anything; 0: not yet
 
     def send(self, message: dict) -> None:
         if self.channel is not None:
@@ -107,6 +116,7 @@ class ProxySupervisor:
         self._generations = 0
         self.totals = TrafficTotals()
         self._tasks: set[asyncio.Task] = set()
+        self._heartbeat: asyncio.Task | None = None
 
     # --- lifecycle
 
@@ -123,12 +133,18 @@ class ProxySupervisor:
             raise
         self.current = generation
         self.accepting = True
+        self._heartbeat = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         log.info("proxy: %d frontend(s) listening in %d worker(s)", len(self.config.frontends),
                  len(generation.workers))
         self._update_serving()
 
     async def reload(self, config: ProxyConfig) -> None:
         old = self.config
+        if config.worker_user != old.worker_user:
+            # Listeners of one SO_REUSEPORT group must belong to one user: the old generation's
+            # would refuse the new one's. A restart applies it.
+            log.warning("proxy: node.worker_user changes take effect at the next restart")
+            config = dataclasses.replace(config, worker_user=old.worker_user)
         listeners = lambda c: ({(f.name, f.listen) for f in c.frontends}, c.workers)
         for frontend in config.frontends:
             if frontend.name in self.checkers:
@@ -191,6 +207,8 @@ class ProxySupervisor:
             worker.accepting = False
             worker.send({"op": "drain", "timeout": timeout})
         await self._wait_exits(workers, timeout)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stop_checkers(list(self.checkers))
@@ -256,16 +274,15 @@ class ProxySupervisor:
     async def _spawn(self, generation: _Generation, slot: int) -> _Worker:
         worker = _Worker(generation, slot)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        # The worker must import this very lbproxy, also from a source tree that is not installed.
         root = os.path.dirname(os.path.dirname(os.path.abspath(lbproxy.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        config = generation.config
+        argv = [sys.executable, "-I", "-c", WORKER_BOOT, root, "--ipc-fd", str(child.fileno()),
+                "--name", worker.name, "--log-level", config.log_level, "--log-format", config.log_format]
+        if config.worker_user:
+            argv += ["--user", config.worker_user]
         try:
             worker.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lbproxy.worker", "--ipc-fd", str(child.fileno()),
-                "--name", worker.name, "--log-level", generation.config.log_level,
-                "--log-format", generation.config.log_format,
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
+                *argv, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, cwd="/")
         except OSError as exc:
             parent.close()
             raise ProxyError(f"cannot start a proxy worker: {exc.strerror or exc}") from None
@@ -293,6 +310,7 @@ class ProxySupervisor:
             message = await worker.channel.receive()
             if message is None:
                 return
+            worker.heard = time.monotonic()
             op = message["op"]
             if op == "stats":
                 frontends = message.get("frontends")
@@ -348,6 +366,28 @@ class ProxySupervisor:
             generation.respawns[worker.slot] = loop.call_later(
                 delay, lambda: self._spawn_task(self._respawn(generation, worker.slot)))
         self._update_serving()
+
+    async def _watch_heartbeats(self) -> None:
+        """Kill workers that went silent; _watch then respawns them as after a crash."""
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT_CHECK)
+            now = time.monotonic()
+            stalled, last = now - last > 4 * HEARTBEAT_CHECK, now
+            for worker in list(self.workers):
+                if stalled:
+                    # This loop itself was held up: what the workers sent is still unread.
+                    worker.heard = worker.heard and now
+                    continue
+                silent = now - (worker.heard or worker.started)
+                if silent > (HEARTBEAT_TIMEOUT if worker.heard else BOOT_TIMEOUT) and worker.proc.returncode is None:
+                    log.error("proxy: worker %s (pid %d) sent nothing for %.1fs; killing it",
+                              worker.name, worker.proc.pid, silent)
+                    worker.heard = now               # one kill per silence
+                    try:
+                        worker.proc.kill()
+                    except ProcessLookupError:
+                        pass
 
     async def _respawn(self, generation: _Generation, slot: int) -> None:
         generation.respawns.pop(slot, None)

@@ -1,6 +1,9 @@
-"""A proxy worker process: `python -m lbproxy.worker --ipc-fd N`, spawned by the supervisor.
+"""A proxy worker process: `lbproxy.worker.main` run by `python -I` (see supervisor.WORKER_BOOT)
+with `--ipc-fd N`, spawned by the supervisor.
 
-It runs uvloop at nice +10, opens its own SO_REUSEPORT listener per frontend, and obeys only
+Before anything else it sheds what it does not need (lbproxy.privileges: all capabilities but
+NET_BIND_SERVICE, root when `--user` is given, and its claim on memory under pressure). It runs
+uvloop at nice +10, opens its own SO_REUSEPORT listener per frontend, and obeys only
 its master: SIGTERM/SIGINT/SIGHUP are ignored (systemd or a terminal may signal the whole
 group; the master decides the stop order), and end-of-file on the IPC channel means the master
 is gone, so the worker drains and exits instead of serving on as an orphan.
@@ -19,13 +22,14 @@ import time
 
 import uvloop
 
-from lbproxy import ipc, logsetup
+from lbproxy import ipc, logsetup, privileges
 from lbproxy.accesslog import AccessLog
 from lbproxy.frontend import Frontend
 
 log = logging.getLogger("lbproxy.worker")
 
 EXIT_LISTEN_FAILED = 3
+EXIT_PRIVILEGES = 4
 NICE = 10
 MAX_FAILURES_REPORTED = 100
 
@@ -167,14 +171,21 @@ class Worker:
             if now >= self._next_sweep:
                 for fe in frontends:
                     fe.sweep_idle(now)
-                self._next_sweep = now + min([1.0] + [min(fe.config.idle_timeout, fe.config.half_close_timeout) / 4
-                                                      for fe in frontends])
+                self._next_sweep = now + min([1.0] + [_sweep_step(fe.config) for fe in frontends])
             if now >= next_stats:
                 self.access_log.flush()
                 self.send_stats()
                 next_stats = now + ipc.STATS_INTERVAL
             step = min([0.25] + [fe.config.connect_timeout / 5 for fe in frontends])
             await asyncio.sleep(max(step, 0.01))
+
+
+def _sweep_step(config) -> float:
+    """A quarter of the frontend's shortest timeout: each one fires at most 25% late."""
+    timeouts = [config.idle_timeout, config.half_close_timeout]
+    if config.client_first_byte_timeout:
+        timeouts.append(config.client_first_byte_timeout)
+    return min(timeouts) / 4
 
 
 async def _main(fd: int, name: str) -> int:
@@ -189,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="worker")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default=logsetup.LogFormat.TEXT, choices=list(logsetup.LogFormat))
+    parser.add_argument("--user", help="drop root to this user before serving")
     args = parser.parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
@@ -205,6 +217,17 @@ def _serve(args: argparse.Namespace) -> int:
         os.nice(NICE)
     except OSError as exc:
         log.warning("%s: cannot lower priority: %s", args.name, exc)
+    try:
+        privileges.raise_oom_score()
+    except OSError as exc:
+        log.warning("%s: cannot raise the OOM score: %s", args.name, exc)
+    try:
+        for note in privileges.drop(args.user):
+            log.warning("%s: %s", args.name, note)
+    except (OSError, KeyError) as exc:
+        log.error("%s: cannot drop privileges%s: %s", args.name,
+                  f" to user {args.user!r}" if args.user else "", exc)
+        return EXIT_PRIVILEGES
     # Connections are reference cycles (legs <-> connection) that die young; a larger first
     # generation keeps the collector from walking live transports every few hundred accepts.
     gc.freeze()

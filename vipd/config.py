@@ -4,6 +4,7 @@ every warning (what may be fine at run time) as `FILE: WARNING: key.path: reason
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,7 @@ class NodeConfig:
     log_level: str = "info"
     state_dir: str = DEFAULT_STATE_DIR      # runtime drains, weights, maintenance (vipd.runtime_state)
     log_format: LogFormat = LogFormat.TEXT
+    worker_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,14 @@ class Config:
 
     @property
     def proxy(self) -> ProxyConfig:
-        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format)
+        return ProxyConfig(self.frontends, self.node.workers, self.node.log_level, self.node.log_format,
+                           self.node.worker_user)
 
 
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
         "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format",
-        "state_dir"))
+        "state_dir", "worker_user"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -109,7 +112,16 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
                         else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
         log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"),
         state_dir=s.get("state_dir", str, DEFAULT_STATE_DIR, check=lambda v: None if os.path.isabs(v)
-                        else "must be an absolute path") or DEFAULT_STATE_DIR)
+                        else "must be an absolute path") or DEFAULT_STATE_DIR,
+        worker_user=s.get("worker_user", str, None, check=_known_user))
+
+
+def _known_user(name: str) -> str | None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return "no such user on this system"
+    return None
 
 
 def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:

@@ -13,7 +13,6 @@ import pytest
 import uvloop
 
 from lbproxy.config import BackendConfig, FrontendConfig
-from lbproxy.connection import BULK_CHUNK
 from lbproxy.frontend import Frontend
 
 pytestmark = pytest.mark.timeout(60)
@@ -291,9 +290,10 @@ def test_a_client_that_never_reads_pauses_the_backend_with_a_bounded_buffer():
             (conn,) = proxy.frontend.connections
             to_client, from_backend = conn.client.transport, conn.backend.transport
             high = to_client.get_write_buffer_limits()[1]
+            assert high == FrontendConfig.buffer_size
             # What the proxy holds for one direction: below the high-water mark before a read, plus
-            # one read (at most one bulk chunk) after it; then the backend leg stops reading.
-            bound = high + BULK_CHUNK
+            # one read (at most buffer_size) after it; then the backend leg stops reading.
+            bound = high + FrontendConfig.buffer_size
             most = 0
             last, still_since = -1, time.monotonic()
             deadline = still_since + 10

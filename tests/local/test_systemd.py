@@ -11,6 +11,7 @@ import pytest
 from support import GOOD_CONFIG, VRRP_ONLY_CONFIG
 
 from lbproxy.config import FrontendConfig
+from lbproxy.privileges import WORKER_OOM_SCORE_ADJ
 from vipd.config import DEFAULT_CONTROL_SOCKET
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
@@ -101,6 +102,11 @@ def test_unit_settings_the_daemon_relies_on(name):
     assert ambient <= set(one(unit, "Service", "CapabilityBoundingSet").split())
     assert one(unit, "Service", "NoNewPrivileges") == "yes"
     assert set(one(unit, "Service", "RestrictAddressFamilies").split()) == want["families"]
+    # An OOM kill takes a worker (which raises its own score), never the daemon, and the unit
+    # lives on while the supervisor respawns the worker.
+    assert int(one(unit, "Service", "OOMScoreAdjust")) < 0 < WORKER_OOM_SCORE_ADJ
+    assert one(unit, "Service", "OOMPolicy") == "continue"
+    assert one(unit, "Service", "MemoryMax").rstrip("%").isdigit()
 
 
 @pytest.mark.timeout(60)

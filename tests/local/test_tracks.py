@@ -326,8 +326,8 @@ class RecordingChannel:
         self.sent.append(advert)
         return True
 
-    def poll(self):
-        pass
+    def poll(self, until=None):
+        return True
 
 
 class RecordingChannels:

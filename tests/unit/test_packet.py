@@ -12,6 +12,7 @@ from vipd.vrrp.packet import (
     REASONS,
     Advert,
     Invalid,
+    ReceiveChecks,
     RxErrors,
     accept,
     advert_interval_cs,
@@ -447,8 +448,10 @@ def test_every_reason_is_reachable():
         accept(V2_ADVERT, src=V4_PEER, vrid=52, version=2, auth_type=1, auth_data=b"s3cret", interval_cs=500).reason,
         accept(V3_ADVERT, src=V4_SRC, own=V4_SRC, vrid=53, version=3).reason,
         accept(V3_ADVERT, src=V4_SRC, peers={ipaddress.ip_address(V4_PEER)}, vrid=53, version=3).reason,
+        ReceiveChecks(vrid=53, version=3).check(V3_PACKET, src=V4_SRC, dst=V4_PEER, ttl=255).reason,
     }
-    assert covered == set(REASONS)
+    # "flood" is the instance's per-sender limit (SourceLimiter), tested in test_rxchecks.py.
+    assert covered | {"flood"} == set(REASONS)
 
 
 def test_invalid_rejects_unknown_reasons():

@@ -67,6 +67,7 @@ class VrrpConfig:
     preempt_delay: float = 0.0
     unicast_peers: tuple[str, ...] = ()
     unicast_src: str | None = None
+    unicast_ttl: int = 255                 # the lowest TTL/hop limit accepted from unicast_peers
     garp_repeat: int = 3
     garp_interval: float = 0.0
     auth_pass: str | None = None
@@ -195,7 +196,7 @@ def parse_track(problems: list[str], where: str, table: Any) -> Track | None:
 def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None:
     s = Section(problems, where, table, (
         "name", "interface", "vrid", "priority", "version", "advert_interval", "virtual_ips",
-        "preempt", "preempt_delay", "unicast_peers", "unicast_src", "garp_repeat", "garp_interval",
+        "preempt", "preempt_delay", "unicast_peers", "unicast_src", "unicast_ttl", "garp_repeat", "garp_interval",
         "auth_pass", "checksum_mode", "handover_timeout", "track", "notify"))
     before = len(problems)
     name = s.get("name", str, required=True)
@@ -240,6 +241,11 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
     unicast_src = s.get("unicast_src", str, None, check=ip_address)
     if vips and len(vips) == len(vips_raw or ()):
         _check_addresses(s, vips, peers or [], unicast_src)
+    # keepalived's unicast_ttl is the TTL it sends with and it checks none in unicast mode; vipd
+    # always sends 255 and requires at least this much, so on-link is still the default (RFC 5798 7.1).
+    unicast_ttl = s.get("unicast_ttl", int, 255, check=between(1, 255))
+    if "unicast_ttl" in s.table and peers == []:
+        s.error("unicast_ttl", "only applies with unicast_peers; multicast adverts always need TTL 255")
     garp_repeat = s.get("garp_repeat", int, 3, check=between(0, 100))
     garp_interval = s.get("garp_interval", float, 0.0, check=between(0, 10, "0..10 seconds"))
     auth_pass = s.get("auth_pass", str, None, secret=True,
@@ -259,7 +265,7 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
     return VrrpConfig(
         name=name, interface=interface, vrid=vrid, virtual_ips=tuple(vips), priority=priority,
         version=version, advert_interval=interval, preempt=preempt, preempt_delay=preempt_delay,
-        unicast_peers=tuple(peers), unicast_src=unicast_src, garp_repeat=garp_repeat,
+        unicast_peers=tuple(peers), unicast_src=unicast_src, unicast_ttl=unicast_ttl, garp_repeat=garp_repeat,
         garp_interval=garp_interval, auth_pass=auth_pass, checksum_mode=ChecksumMode(checksum_mode),
         handover_timeout=handover, tracks=tuple(tracks), notify=notify)
 

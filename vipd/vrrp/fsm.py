@@ -10,6 +10,10 @@ Decisions beyond the RFC:
   keepalived does); the address tie-break applies between two MASTERs.
 - A MASTER that hears a lower-priority MASTER (a healed split brain) advertises and sends
   gratuitous ARP/NA at once (RFC 9568), so the other steps down and the network re-learns quickly.
+  It answers so (and a priority-0 advert with an advert) at most once per ``answer_holdoff``: the
+  first answer heals, and a stream of such adverts must not make it an amplifier.
+- An address owner (effective priority 255) never steps down for an advert: no packet, forged or
+  from a second owner, takes the address from its owner.
 - Graceful shutdown with ``handover_timeout > 0`` keeps state MASTER (``handing_over`` is True)
   and the VIPs, resending priority-0 adverts, until another router advertises or the timeout ends.
 - A shutdown that drains (``Shutdown(drain=True)``: the proxy finishes its connections after the
@@ -66,6 +70,9 @@ class RouterParams:
     # How long a master that gives the VIPs up to another router keeps them quietly for the
     # connections in flight its successor bridges back (the successor's bridge time); 0: at once.
     quiet_hold: float = 0.0
+    # A master answers lower-priority and priority-0 adverts at most this often (at least one
+    # advert interval).
+    answer_holdoff: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -226,6 +233,7 @@ class VrrpRouter:
         self._adver_timer: float | None = None
         self._takeover_reason = "master_down_timer"
         self._outranked_master_since: float | None = None
+        self._answered_at: float | None = None
         self._handlers = {
             Startup: self._on_startup,
             Shutdown: self._on_shutdown,
@@ -393,11 +401,9 @@ class VrrpRouter:
         return False
 
     def _on_advert_as_master(self, event: AdvertReceived, now: float) -> list[Action]:
-        if event.priority == RESIGN_PRIORITY:
-            self._adver_timer = now + self.params.advert_interval
-            return [SendAdvert(self.effective_priority)]
-        outranked = event.priority > self.effective_priority or (
-            event.priority == self.effective_priority and address_rank(event.src) > self._own_rank)
+        outranked = self.effective_priority != OWNER_PRIORITY and (
+            event.priority > self.effective_priority
+            or (event.priority == self.effective_priority and address_rank(event.src) > self._own_rank))
         if outranked:
             self._learn_interval(event.interval)
             reason = "higher_priority_advert" if event.priority > self.effective_priority else "equal_priority_higher_address"
@@ -406,7 +412,13 @@ class VrrpRouter:
             # clients that followed us (its lower-priority rule below).
             return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src,
                                                                                hold=True)
+        holdoff = max(self.params.answer_holdoff, self.params.advert_interval)
+        if self._answered_at is not None and now - self._answered_at < holdoff:
+            return []
+        self._answered_at = now
         self._adver_timer = now + self.params.advert_interval
+        if event.priority == RESIGN_PRIORITY:
+            return [SendAdvert(self.effective_priority)]
         return [SendAdvert(self.effective_priority), SendGratuitous()]
 
     def _learn_interval(self, interval: float) -> None:
@@ -564,3 +576,4 @@ class VrrpRouter:
         self._takeover_reason = "master_down_timer"
         self._preempted = None
         self._outranked_master_since = None
+        self._answered_at = None

@@ -64,6 +64,8 @@ class VrrpInstance:
         self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, serving)
         self.notify = NotifyQueue(config.name)
         self.rx_errors = packet.RxErrors(f"vrrp {config.name}")
+        self._sources = packet.SourceLimiter()
+        self._strangers = packet.SourceLimiter(rate=1000.0, burst=200.0, max_sources=1)
         self.channel: VrrpChannel | None = None
         self.frames = FrameSender(config.interface)
         self.since = _utc_now()
@@ -124,13 +126,13 @@ class VrrpInstance:
             quiet_hold=self.bridge.seconds if self.bridge.ports else 0.0)
 
     @staticmethod
-    def _checks_for(c: VrrpConfig) -> dict:
-        """packet.accept's arguments for this config, parsed once rather than per packet."""
-        return dict(
+    def _checks_for(c: VrrpConfig) -> packet.ReceiveChecks:
+        """The receive checks for this config, parsed once rather than per packet."""
+        return packet.ReceiveChecks(
             vrid=c.vrid, version=c.version, peers=frozenset(ipaddress.ip_address(p) for p in c.unicast_peers),
             auth_type=packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
             auth_data=packet.password_bytes(c.auth_pass) if c.auth_pass else b"",
-            interval_cs=c.advert_interval_cs if c.version == 2 else None)
+            interval_cs=c.advert_interval_cs if c.version == 2 else None, unicast_ttl=c.unicast_ttl)
 
     def _find_primary(self) -> str | None:
         c = self.config
@@ -330,14 +332,27 @@ class VrrpInstance:
     def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float | None = None) -> None:
         if not self._started:
             return
-        advert = packet.decode(payload, src=src, dst=dst, ttl=ttl)
-        invalid = advert if isinstance(advert, packet.Invalid) else packet.accept(
-            advert, src=src, own=self.router.params.primary_address, **self._receive_checks)
-        if invalid is not None:
-            self.rx_errors.record(invalid, src)
+        checks = self._receive_checks
+        result = checks.screen(payload, src=src, dst=dst, ttl=ttl, own=self.router.params.primary_address)
+        if not isinstance(result, packet.Invalid):
+            result = self._admit(src, arrival or self.clock()) or result
+        if not isinstance(result, packet.Invalid):
+            result = checks.finish(result)
+        if isinstance(result, packet.Invalid):
+            self.rx_errors.record(result, src)
             return
         self.adverts_received += 1
-        self._dispatch(fsm.AdvertReceived(src, advert.priority, advert.interval), arrival)
+        self._dispatch(fsm.AdvertReceived(src, result.priority, result.interval), arrival)
+
+    def _admit(self, src: str, now: float) -> packet.Invalid | None:
+        """Budgets for the costly checks: one per sender, and one shared by every sender but the
+        master we follow, so a flood from spoofed sources cannot crowd out the master's adverts."""
+        if not self._sources.admit(src, now):
+            return packet.Invalid("flood", f"more than {self._sources.rate:g} packets/s from this sender")
+        if src != self.router.master and not self._strangers.admit(None, now):
+            return packet.Invalid("flood", f"more than {self._strangers.rate:g} packets/s from senders "
+                                           "other than the master")
+        return None
 
     # ---------------------------------------------------------------- the state machine
 
@@ -375,8 +390,14 @@ class VrrpInstance:
     def _on_timer(self, deadline: float) -> None:
         self._timer = None
         if self.channel is not None:
-            self.channel.poll()   # adverts that arrived before the deadline count, even if read late
-            if self.router.stopped:
+            # Adverts that arrived before the deadline count, even if read late.
+            caught_up = self.channel.poll(until=deadline)
+            if self.router.stopped or self._timer is not None:   # stopped, or an advert moved the timer
+                return
+            if not caught_up and self.router.state is fsm.State.BACKUP:
+                # A flood still queues packets from before the deadline: the master's advert may be
+                # among them. Read on, a turn of the loop later, before declaring it gone.
+                self._timer = asyncio.get_running_loop().call_later(0, self._on_timer, deadline)
                 return
         # The loop's timer may fire a hair before the monotonic clock reaches the deadline.
         self._dispatch(fsm.Timeout(), max(self.clock(), deadline))

@@ -7,6 +7,7 @@ over the IP source, destination and TTL/hop limit it got from the socket.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import logging
 import struct
@@ -17,7 +18,7 @@ from typing import Callable, Collection
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REASONS = ("ttl", "version", "type", "length", "checksum", "vrid", "auth", "interval", "family",
-           "own", "unknown_peer")
+           "own", "unknown_peer", "destination", "flood")
 # Reasons that are normal on a shared segment, not a neighbour's fault: logged at DEBUG only.
 _QUIET_REASONS = ("vrid", "own")
 
@@ -31,6 +32,7 @@ MAX_ADVER_INT_MASK = 0x0FFF  # the top 4 bits of the v3 interval word are "rsvd"
 MAX_V2_INTERVAL_S = 255
 OWNER_PRIORITY = 255   # the IP address owner (RFC 5798 5.2.4)
 RESIGN_PRIORITY = 0    # a master stepping down (RFC 5798 5.2.4)
+VRRP_GROUPS: dict[int, IPAddress] = {4: ipaddress.IPv4Address("224.0.0.18"), 6: ipaddress.IPv6Address("ff02::12")}
 
 _V3_HEADER = struct.Struct("!BBBBHH")   # version|type, VRID, priority, count, rsvd|max adver int, checksum
 _V2_HEADER = struct.Struct("!BBBBBBH")  # version|type, VRID, priority, count, auth type, adver int, checksum
@@ -55,7 +57,10 @@ class Advert:
 
     def __post_init__(self) -> None:
         # Callers may pass strings or a list; equality and hashing need a tuple of address objects.
-        object.__setattr__(self, "addresses", tuple(ipaddress.ip_address(a) for a in self.addresses))
+        # Objects pass as they are: re-parsing 255 of them costs milliseconds on the receive path.
+        object.__setattr__(self, "addresses", tuple(
+            a if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(a)
+            for a in self.addresses))
 
     @property
     def interval(self) -> float:
@@ -175,15 +180,18 @@ def encode(advert: Advert, *, src: str, dst: str, checksum_mode: ChecksumMode = 
     raise ValueError(f"VRRP version {advert.version}; expected 2 or 3")
 
 
-def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Invalid:
-    """Parse a received VRRP message and run the receive checks that need no instance, in the order of
-    RFC 5798 7.1 / RFC 3768 7.1. Never raises on any `data`.
+@dataclass(frozen=True)
+class Screened:
+    """A message that passed the header checks: what the costly checks still need."""
+    message: bytes
+    src: IPAddress
+    dst: IPAddress
+    version: int
+    count: int
 
-    ttl None means the socket did not report it, so that check is skipped.
-    """
-    src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if ttl is not None and dst_ip.is_multicast and ttl != VRRP_TTL:
-        return Invalid("ttl", f"TTL/hop limit {ttl} to {dst_ip}, must be {VRRP_TTL}: sent from off-link?")
+
+def _screen(data: bytes, src_ip: IPAddress, dst_ip: IPAddress) -> Screened | Invalid:
+    """The header checks: constant work whatever the packet holds (no checksum, no addresses)."""
     if not data:
         return Invalid("length", "empty packet")
     version, vrrp_type = data[0] >> 4, data[0] & 0x0F
@@ -198,29 +206,47 @@ def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Inva
     if len(data) < HEADER_LEN:
         return Invalid("length", f"{len(data)} bytes, shorter than the {HEADER_LEN}-byte header")
     count = data[3]
-    address_len = 4 if src_ip.version == 4 else 16
-    expected_len = HEADER_LEN + count * address_len + (AUTH_DATA_LEN if version == 2 else 0)
+    expected_len = HEADER_LEN + count * _address_len(src_ip) + (AUTH_DATA_LEN if version == 2 else 0)
     if len(data) != expected_len:
         return Invalid("length", f"{len(data)} bytes, but VRRPv{version} with {count} "
                                  f"IPv{src_ip.version} address(es) is {expected_len}")
+    # An interval of 0 would make a backup's master-down timer expire at once (v3) or never match (v2).
+    if (struct.unpack_from("!H", data, 4)[0] & MAX_ADVER_INT_MASK if version == 3 else data[5]) == 0:
+        return Invalid("interval", "advert interval 0")
+    return Screened(bytes(data), src_ip, dst_ip, version, count)
 
-    message = bytes(data)
-    forms = {"message_only": message}
-    if version == 3:
-        forms = {"pseudo_header": _pseudo_header(src_ip, dst_ip, len(message)) + message}
-        if src_ip.version == 4:
-            forms["message_only"] = message
+
+def _address_len(ip: IPAddress) -> int:
+    return 4 if ip.version == 4 else 16
+
+
+def _checksum_problem(s: Screened) -> Invalid | None:
+    forms = {"message_only": s.message}
+    if s.version == 3:
+        forms = {"pseudo_header": _pseudo_header(s.src, s.dst, len(s.message)) + s.message}
+        if s.src.version == 4:
+            forms["message_only"] = s.message
     # Summing over the checksum field itself gives 0xFFFF when it is right, whichever zero it used.
-    if not any(_ones_complement_sum(covered) == 0xFFFF for covered in forms.values()):
-        received = struct.unpack_from("!H", message, _CHECKSUM_OFFSET)[0]
-        zeroed = _with_checksum(message, 0)
-        wanted = ", ".join(f"{form} 0x{_checksum(covered[:-len(message)] + zeroed):04x}"
-                           for form, covered in forms.items())
-        return Invalid("checksum", f"checksum 0x{received:04x}, expected {wanted}")
+    if any(_ones_complement_sum(covered) == 0xFFFF for covered in forms.values()):
+        return None
+    # Said briefly: a flood of bad checksums builds this detail for every packet.
+    received = struct.unpack_from("!H", s.message, _CHECKSUM_OFFSET)[0]
+    return Invalid("checksum", f"checksum 0x{received:04x} matches no {' or '.join(forms)} sum")
 
-    addresses = tuple(ipaddress.ip_address(message[offset:offset + address_len])
-                      for offset in range(HEADER_LEN, HEADER_LEN + count * address_len, address_len))
-    if version == 3:
+
+def _decode_addresses(message: bytes, count: int, address_len: int) -> tuple[IPAddress, ...]:
+    kind = ipaddress.IPv4Address if address_len == 4 else ipaddress.IPv6Address
+    return tuple(kind(message[offset:offset + address_len])
+                 for offset in range(HEADER_LEN, HEADER_LEN + count * address_len, address_len))
+
+
+def _finish(s: Screened) -> Advert | Invalid:
+    """The costly part: checksum, then the address list."""
+    if problem := _checksum_problem(s):
+        return problem
+    message = s.message
+    addresses = _decode_addresses(message, s.count, _address_len(s.src))
+    if s.version == 3:
         _, vrid, priority, _, interval_word, _ = _V3_HEADER.unpack_from(message)
         return Advert(3, vrid, priority, interval_word & MAX_ADVER_INT_MASK, addresses)
     _, vrid, priority, _, auth_type, adver_int, _ = _V2_HEADER.unpack_from(message)
@@ -229,9 +255,52 @@ def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Inva
     return Advert(2, vrid, priority, adver_int * 100, addresses, auth_type, auth_data)
 
 
+def decode(data: bytes, *, src: str, dst: str, ttl: int | None) -> Advert | Invalid:
+    """Parse a received VRRP message and run the receive checks that need no instance, in the order of
+    RFC 5798 7.1 / RFC 3768 7.1. Never raises on any `data`.
+
+    Only a multicast destination implies the TTL here (255); an instance's mode decides it for unicast
+    (ReceiveChecks). ttl None means the socket did not report it, so that check is skipped.
+    """
+    src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if ttl is not None and dst_ip.is_multicast and ttl != VRRP_TTL:
+        return Invalid("ttl", f"TTL/hop limit {ttl} to {dst_ip}, must be {VRRP_TTL}: sent from off-link?")
+    screened = _screen(data, src_ip, dst_ip)
+    return screened if isinstance(screened, Invalid) else _finish(screened)
+
+
+@functools.lru_cache(maxsize=1024)
 def _address(text: str | IPAddress) -> IPAddress:
     # An IPv6 zone ("%eth0") names the link, not the sender: one address, with or without it.
     return ipaddress.ip_address(text.split("%", 1)[0] if isinstance(text, str) else text)
+
+
+def _sender_problem(sender: IPAddress, own: str | IPAddress | None, peers: Collection[IPAddress]) -> Invalid | None:
+    if own is not None and sender == _address(own):
+        return Invalid("own", f"{sender} is our own address")
+    if peers and sender not in peers:
+        return Invalid("unknown_peer", f"{sender} is not in unicast_peers")
+    return None
+
+
+def _instance_problem(advert_vrid: int, advert_version: int, vrid: int, version: int) -> Invalid | None:
+    if advert_vrid != vrid:
+        return Invalid("vrid", f"VRID {advert_vrid}, ours is {vrid}")
+    if advert_version != version:
+        return Invalid("version", f"VRRPv{advert_version} advert for a VRRPv{version} instance")
+    return None
+
+
+def _v2_problem(advert: Advert, auth_type: int, auth_data: bytes, interval_cs: int | None) -> Invalid | None:
+    if AUTH_IPSEC_AH in (advert.auth_type, auth_type):
+        return Invalid("auth", "IPsec AH authentication (auth type 2) is not supported")
+    if advert.auth_type != auth_type:
+        return Invalid("auth", f"auth type {advert.auth_type}, configured {auth_type}")
+    if auth_type == AUTH_SIMPLE_PASSWORD and advert.auth_data != auth_data.ljust(AUTH_DATA_LEN, b"\0"):
+        return Invalid("auth", "password mismatch")
+    if interval_cs is not None and advert.interval_cs != interval_cs:
+        return Invalid("interval", f"advert interval {advert.interval:g} s, configured {interval_cs / 100:g} s")
+    return None
 
 
 def accept(advert: Advert, *, src: str | IPAddress, own: str | IPAddress | None = None,
@@ -245,26 +314,86 @@ def accept(advert: Advert, *, src: str | IPAddress, own: str | IPAddress | None 
     password as password_bytes() gives it. v3 intervals are never checked: a backup learns the
     master's (RFC 5798 6.4.2).
     """
-    sender = _address(src)
-    if own is not None and sender == _address(own):
-        return Invalid("own", f"{sender} is our own address")
-    if peers and sender not in peers:
-        return Invalid("unknown_peer", f"{sender} is not in unicast_peers")
-    if advert.vrid != vrid:
-        return Invalid("vrid", f"VRID {advert.vrid}, ours is {vrid}")
-    if advert.version != version:
-        return Invalid("version", f"VRRPv{advert.version} advert for a VRRPv{version} instance")
-    if version != 2:
-        return None
-    if AUTH_IPSEC_AH in (advert.auth_type, auth_type):
-        return Invalid("auth", "IPsec AH authentication (auth type 2) is not supported")
-    if advert.auth_type != auth_type:
-        return Invalid("auth", f"auth type {advert.auth_type}, configured {auth_type}")
-    if auth_type == AUTH_SIMPLE_PASSWORD and advert.auth_data != auth_data.ljust(AUTH_DATA_LEN, b"\0"):
-        return Invalid("auth", "password mismatch")
-    if interval_cs is not None and advert.interval_cs != interval_cs:
-        return Invalid("interval", f"advert interval {advert.interval:g} s, configured {interval_cs / 100:g} s")
-    return None
+    problem = (_sender_problem(_address(src), own, peers)
+               or _instance_problem(advert.vrid, advert.version, vrid, version))
+    if problem is not None or version != 2:
+        return problem
+    return _v2_problem(advert, auth_type, auth_data, interval_cs)
+
+
+@dataclass(frozen=True)
+class ReceiveChecks:
+    """Every receive check of one instance (RFC 5798 7.1 / RFC 3768 7.1), its config parsed once.
+
+    `screen` runs the checks of constant cost: sender, TTL/hop limit, destination, header, VRID; only
+    what passes them reaches `finish` (checksum, address list, v2 authentication), so a flood of large
+    or foreign adverts costs a few header reads each. peers empty means multicast mode: TTL 255 and
+    the VRRP group as destination. In unicast mode the sender must be a peer, the destination unicast,
+    and the TTL at least unicast_ttl (255 unless relaxed for routed peers).
+    """
+    vrid: int
+    version: int
+    peers: frozenset[IPAddress] = frozenset()
+    auth_type: int = AUTH_NONE
+    auth_data: bytes = b""
+    interval_cs: int | None = None
+    unicast_ttl: int = VRRP_TTL
+
+    def screen(self, data: bytes, *, src: str | IPAddress, dst: str | IPAddress, ttl: int | None,
+               own: str | IPAddress | None = None) -> Screened | Invalid:
+        try:
+            src_ip, dst_ip = _address(src), _address(dst)
+        except ValueError:
+            return Invalid("family", f"unreadable addresses {src!r} -> {dst!r}")
+        if problem := _sender_problem(src_ip, own, self.peers):
+            return problem
+        if self.peers:
+            if ttl is not None and ttl < self.unicast_ttl:
+                return Invalid("ttl", f"TTL/hop limit {ttl} from peer {src_ip}, must be at least "
+                                      f"{self.unicast_ttl}: sent from further away?")
+            if dst_ip.is_multicast:
+                return Invalid("destination", f"multicast {dst_ip} in unicast mode")
+        else:
+            if ttl is not None and ttl != VRRP_TTL:
+                return Invalid("ttl", f"TTL/hop limit {ttl}, must be {VRRP_TTL}: sent from off-link?")
+            if dst_ip != VRRP_GROUPS[dst_ip.version]:
+                return Invalid("destination", f"{dst_ip} is not the VRRP group in multicast mode")
+        screened = _screen(data, src_ip, dst_ip)
+        if isinstance(screened, Invalid):
+            return screened
+        return _instance_problem(screened.message[1], screened.version, self.vrid, self.version) or screened
+
+    def finish(self, screened: Screened) -> Advert | Invalid:
+        advert = _finish(screened)
+        if isinstance(advert, Invalid) or self.version != 2:
+            return advert
+        return _v2_problem(advert, self.auth_type, self.auth_data, self.interval_cs) or advert
+
+    def check(self, data: bytes, *, src: str | IPAddress, dst: str | IPAddress, ttl: int | None,
+              own: str | IPAddress | None = None) -> Advert | Invalid:
+        screened = self.screen(data, src=src, dst=dst, ttl=ttl, own=own)
+        return screened if isinstance(screened, Invalid) else self.finish(screened)
+
+
+class SourceLimiter:
+    """A token bucket per sender, so one flooding source is dropped before the costly checks while
+    the others are still heard. The fastest honest sender (0.01 s adverts) stays far below `rate`.
+    Clock-free: the caller passes each packet's arrival time. At most `max_sources` are tracked; the
+    oldest is forgotten first, which only ever gives a sender a full bucket again.
+    """
+
+    def __init__(self, rate: float = 250.0, burst: float = 50.0, max_sources: int = 512) -> None:
+        self.rate, self.burst, self.max_sources = rate, burst, max_sources
+        self._buckets: dict[object, tuple[float, float]] = {}
+
+    def admit(self, source: object, now: float) -> bool:
+        tokens, then = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
+        admitted = tokens >= 1.0
+        if len(self._buckets) >= self.max_sources:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[source] = (tokens - 1.0 if admitted else tokens, now)
+        return admitted
 
 
 class RxErrors:

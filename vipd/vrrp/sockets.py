@@ -5,6 +5,7 @@ timestamp so a stalled loop does not age an advert.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
@@ -18,10 +19,43 @@ from vipd.vrrp.links import InterfaceTable, Link, VrrpError
 log = logging.getLogger("vipd.vrrp")
 
 IPPROTO_VRRP = packet.IPPROTO_VRRP
-VRRP_GROUP = {socket.AF_INET: "224.0.0.18", socket.AF_INET6: "ff02::12"}
+VRRP_GROUP = {socket.AF_INET: str(packet.VRRP_GROUPS[4]), socket.AF_INET6: str(packet.VRRP_GROUPS[6])}
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 IPTOS_PREC_INTERNETCONTROL = 0xC0
+# Work per readiness callback: then the loop runs its timers (our adverts, the master-down timer)
+# before reading on. A packet costs microseconds up to the costly checks, so this is a backlog of
+# thousands per second and never a visible delay.
+POLL_MAX_PACKETS = 128
+POLL_MAX_SECONDS = 0.004
+CATCH_UP_MAX_PACKETS = 2048
+CATCH_UP_MAX_SECONDS = 0.02
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RECEIVE_BUFFER = 4 << 20
+# The largest VRRP packet: a 60-byte IPv4 header, 255 IPv6 addresses and v2's trailer, rounded up.
+MAX_PACKET = 4352
+# Classic BPF opcodes for the VRID filter.
+_BPF_LDX_IP_HEADER_LEN = 0xB1   # X = 4 * (packet[k] & 0x0f)
+_BPF_LD_BYTE_ABS = 0x30         # A = packet[k]
+_BPF_LD_BYTE_IND = 0x50         # A = packet[X + k]
+_BPF_JEQ = 0x15
+_BPF_RET = 0x06
+
+
+def vrid_filter(family: int, vrids) -> bytes:
+    """A classic BPF program that lets through only VRRP messages for `vrids`: the kernel drops
+    the rest before they are queued, so a flood for other VRIDs costs this process nothing. An
+    IPv4 raw socket sees the IP header (its length in the first byte), an IPv6 one the payload."""
+    vrids = sorted(set(vrids))[:255]
+    if family == socket.AF_INET:
+        program = [(_BPF_LDX_IP_HEADER_LEN, 0, 0, 0), (_BPF_LD_BYTE_IND, 0, 0, 1)]
+    else:
+        program = [(_BPF_LD_BYTE_ABS, 0, 0, 1)]
+    n = len(vrids)
+    program += [(_BPF_JEQ, n - j, 0, vrid) for j, vrid in enumerate(vrids)]
+    program += [(_BPF_RET, 0, 0, 0), (_BPF_RET, 0, 0, 0xFFFF)]
+    return b"".join(struct.pack("HBBI", *insn) for insn in program)
 
 
 # payload, source, destination, TTL/hop limit (None: unknown), arrival time on the monotonic clock
@@ -65,7 +99,12 @@ class VrrpChannel:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            # Room for a few hundred milliseconds of a flood while the loop is busy elsewhere:
+            # past net.core.rmem_max when the daemon may (CAP_NET_ADMIN), within it otherwise.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             group = VRRP_GROUP[family]
             if family == socket.AF_INET:
@@ -94,8 +133,21 @@ class VrrpChannel:
             raise VrrpError(f"cannot set up the VRRP socket on {self.ifname}: {exc.strerror or exc}") from None
         self._sock = sock
         self.index = index
+        self.update_filter()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self.poll)
+
+    def update_filter(self) -> None:
+        """Let the kernel drop what no receiver here wants (see vrid_filter); best effort."""
+        if self._sock is None or not self.receivers:
+            return
+        program = vrid_filter(self.family, self.receivers)
+        buffer = ctypes.create_string_buffer(program)
+        fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            log.warning("%s: no in-kernel VRID filter (%s); filtering in the daemon", self.ifname, exc)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -123,43 +175,51 @@ class VrrpChannel:
             log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
             return False
 
-    def poll(self) -> None:
-        """Hand every waiting packet to its instance, stamped with its arrival time, so a loop that
-        was busy for a while does not mistake adverts still in the queue for silence."""
-        for _ in range(64):   # bounded per wake-up so one busy segment cannot starve the loop
+    def poll(self, until: float | None = None) -> bool:
+        """Hand waiting packets to their instance, stamped with their arrival time, so a loop that
+        was busy for a while does not mistake adverts still in the queue for silence. Bounded in
+        count and time: what is left is read on the loop's next turn.
+
+        With `until` (before a timer fires) it reads on, within a larger bound, until a packet that
+        arrived after `until`. True when nothing that arrived by then is left unread."""
+        if until is None:
+            limit, stop = POLL_MAX_PACKETS, time.monotonic() + POLL_MAX_SECONDS
+        else:
+            limit, stop = CATCH_UP_MAX_PACKETS, time.monotonic() + CATCH_UP_MAX_SECONDS
+        for _ in range(limit):
             if self._sock is None:
-                return
+                return True
             try:
-                data, ancdata, _, address = self._sock.recvmsg(65535, 512)
+                data, ancdata, flags, address = self._sock.recvmsg(MAX_PACKET, 512)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as exc:
                 log.debug("%s: VRRP receive error: %s", self.ifname, exc)
-                return
+                return True
             arrival = _arrival(ancdata)
-            if self.family == socket.AF_INET:
-                parsed = _split_ipv4(data)
+            if flags & socket.MSG_TRUNC:
+                self.rx_errors.record(packet.Invalid("length", "longer than any VRRP packet"), address[0])
             else:
-                parsed = _split_ipv6(data, ancdata, address)
-            if parsed is not None:
-                self._deliver(*parsed, arrival)
+                parsed = _split_ipv4(data) if self.family == socket.AF_INET else _split_ipv6(data, ancdata, address)
+                if parsed is not None:
+                    self._deliver(*parsed, arrival)
+            if until is not None and arrival > until:
+                return True
+            if time.monotonic() >= stop:
+                return False
+        return False
 
     def _deliver(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float) -> None:
         receiver = self.receivers.get(payload[1]) if len(payload) >= 2 else None
-        if receiver is not None:
-            try:
-                receiver(payload, src, dst, ttl, arrival)
-            except Exception:
-                log.exception("%s: VRRP receive handler failed for a packet from %s", self.ifname, src)
+        if receiver is None:
+            # Nothing here runs this VRID: counted from the header byte, never decoded.
+            self.rx_errors.record(packet.Invalid("vrid", "not configured here") if len(payload) >= 2
+                                  else packet.Invalid("length", f"{len(payload)} bytes"), src)
             return
         try:
-            result = packet.decode(payload, src=src, dst=dst, ttl=ttl)
-        except ValueError:
-            return
-        if isinstance(result, packet.Invalid):
-            self.rx_errors.record(result, src)
-        else:
-            self.rx_errors.record(packet.Invalid("vrid", f"VRID {result.vrid} is not configured here"), src)
+            receiver(payload, src, dst, ttl, arrival)
+        except Exception:
+            log.exception("%s: VRRP receive handler failed for a packet from %s", self.ifname, src)
 
 
 def _arrival(ancdata) -> float:
@@ -215,6 +275,7 @@ class ChannelPool:
             channel.sync(self.interfaces.by_name(ifname))
             self.channels[key] = channel
         channel.receivers[vrid] = receiver
+        channel.update_filter()
         return channel
 
     def unregister(self, ifname: str, family: int, vrid: int) -> None:
@@ -222,6 +283,7 @@ class ChannelPool:
         if channel is None:
             return
         channel.receivers.pop(vrid, None)
+        channel.update_filter()
         if not channel.receivers:
             channel.close()
             del self.channels[(ifname, family)]
