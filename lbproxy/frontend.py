@@ -39,7 +39,7 @@ class Frontend:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: FrontendConfig, workers: int,
                  states: dict[str, str], report_failure: ReportFailure,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, weights: dict[str, int] | None = None) -> None:
         self.loop = loop
         self.name = config.name
         self.report_failure = report_failure
@@ -58,10 +58,12 @@ class Frontend:
         self._log_times: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._idle_waiters: list[asyncio.Future] = []
-        self.configure(config, workers, states)
+        self.configure(config, workers, states, weights)
 
-    def configure(self, config: FrontendConfig, workers: int, states: dict[str, str]) -> None:
-        """Apply a (re)loaded frontend: backends keep their counters by address."""
+    def configure(self, config: FrontendConfig, workers: int, states: dict[str, str],
+                  weights: dict[str, int] | None = None) -> None:
+        """Apply a (re)loaded frontend: backends keep their counters by address; `weights` are the
+        runtime ones that replace the configured."""
         self.config = config
         self.access_log = self._access_log if config.access_log else None
         self.max_connections = -(-config.max_connections // max(workers, 1))
@@ -77,15 +79,19 @@ class Frontend:
                 slot.configure(backend, index)
             if backend.address in states:
                 slot.candidate.state = states[backend.address]
+            if weights and backend.address in weights:
+                slot.candidate.weight = weights[backend.address]
             slots.append(slot)
         self.slots = slots
         self.pool = [s.candidate for s in slots]
         self.balancer = make_balancer(config.balance, self.pool)
 
-    def set_state(self, address: str, state: str) -> None:
+    def set_state(self, address: str, state: str, weight: int | None = None) -> None:
         slot = self._slots.get(address)
         if slot is not None:
             slot.candidate.state = state
+            if weight is not None:
+                slot.candidate.weight = weight
 
     # --- accepting
 

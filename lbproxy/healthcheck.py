@@ -5,7 +5,8 @@ status in `expect`). Results feed lbproxy.health.HealthCounter, the same rise/fa
 the VRRP track scripts use. Backends start UP, as in HAProxy, so a restart or reload never
 blackholes traffic while the first probes are still out. Workers report failed connects
 (passive checks); each counts as one failed probe. `on_change` fires once per change of the
-effective state (up/down/drain), which is what the workers' balancers need to hear about.
+effective state (up/down/drain) or weight, which is what the workers' balancers need to hear about.
+The operator's runtime overrides (drain, weight) live here too: a weight of 0 drains.
 
 The checker is the one place that decides (and logs) whether the whole frontend is down:
 `all_down` is kept current before `on_change` fires, so its listeners read a settled summary.
@@ -34,12 +35,20 @@ class CheckFailed(Exception):
     """A probe got an answer, but the wrong one (e.g. HTTP 503)."""
 
 
+@dataclass(frozen=True)
+class Override:
+    """What the operator set on one backend at runtime (`lbctl drain`, `lbctl weight`)."""
+    drain: bool = False
+    weight: int | None = None      # None: the configured weight
+
+
 @dataclass
 class BackendHealth:
     address: str
     counter: HealthCounter
     backend: BackendConfig
     drained: bool = False
+    weight_override: int | None = None
     last_error: str | None = None
     last_check_latency: float | None = None
     checks: int = 0
@@ -49,19 +58,31 @@ class BackendHealth:
     task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
+    def weight(self) -> int:
+        return self.backend.weight if self.weight_override is None else self.weight_override
+
+    @property
+    def override(self) -> Override:
+        return Override(self.drained, self.weight_override)
+
+    @property
     def state(self) -> str:
-        if self.drained:
+        if self.drained or self.weight == 0:
             return BackendState.DRAIN
         return BackendState.UP if self.counter.up else BackendState.DOWN
 
 
 class HealthChecker:
-    def __init__(self, frontend: FrontendConfig,
-                 on_change: Callable[[str, str, str], None]) -> None:
+    def __init__(self, frontend: FrontendConfig, on_change: Callable[[str, str, str], None],
+                 overrides: dict[str, Override] | None = None) -> None:
         self.frontend = frontend
         self.on_change = on_change
         self.backends: dict[str, BackendHealth] = {
             b.address: self._new_backend(b) for b in frontend.backends}
+        for address, override in (overrides or {}).items():
+            if address in self.backends:
+                bh = self.backends[address]
+                bh.drained, bh.weight_override = override.drain, self._override_weight(bh, override.weight)
         self._session: aiohttp.ClientSession | None = None
         self._verifying_tls = ssl.create_default_context()
         self._retiring: set[asyncio.Task] = set()
@@ -201,9 +222,9 @@ class HealthChecker:
                          bh.counter.fall)
         self._announce(bh, before)
 
-    def _announce(self, bh: BackendHealth, before: str) -> None:
+    def _announce(self, bh: BackendHealth, before: str, weight_changed: bool = False) -> None:
         after = bh.state
-        if after == before:
+        if after == before and not weight_changed:
             return
         self._summarize()
         try:
@@ -237,6 +258,20 @@ class HealthChecker:
             log.info("%s %s ENABLED: health %s", self.frontend.name, address, bh.counter.describe())
             self._announce(bh, before)
 
+    @staticmethod
+    def _override_weight(bh: BackendHealth, weight: int | None) -> int | None:
+        return None if weight == bh.backend.weight else weight
+
+    def set_weight(self, address: str, weight: int | None) -> int | None:
+        """`weight` None, or the configured one, removes the override; the override now in force."""
+        bh = self.backends[address]
+        before = bh.state
+        bh.weight_override = self._override_weight(bh, weight)
+        log.info("%s %s WEIGHT %d%s", self.frontend.name, address, bh.weight,
+                 "" if bh.weight_override is None else " (runtime override)")
+        self._announce(bh, before, weight_changed=True)
+        return bh.weight_override
+
     def update(self, frontend: FrontendConfig) -> None:
         """Reload: surviving backends keep counters and drain; others come and go."""
         restart = frontend.health != self.health
@@ -251,6 +286,7 @@ class HealthChecker:
                 fresh.append(bh)
             else:
                 bh.backend = backend
+                bh.weight_override = self._override_weight(bh, bh.weight_override)
                 if (bh.counter.rise, bh.counter.fall) != (frontend.health.rise, frontend.health.fall):
                     bh.counter = HealthCounter(frontend.health.rise, frontend.health.fall,
                                                up=bh.counter.up)
@@ -288,6 +324,9 @@ class HealthChecker:
         return [{
             "address": bh.address,
             "state": bh.state,
+            "weight": bh.weight,
+            "overrides": {**({"drain": True} if bh.drained else {}),
+                          **({} if bh.weight_override is None else {"weight": bh.weight_override})},
             "health": bh.counter.describe(),
             "last_error": bh.last_error,
             "health_reason": bh.last_error if bh.failures_in_row or not bh.counter.up else None,

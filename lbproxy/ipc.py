@@ -1,6 +1,7 @@
 """Master <-> worker messages: newline-delimited JSON over a socketpair passed to the worker.
 
-Master to worker: configure (frontends + backend states), state (one backend changed),
+Master to worker: configure (frontends + backend states and runtime weights), state (one
+backend's state and weight),
 stop_accepting, drain. Worker to master: listening, error, stats (every STATS_INTERVAL),
 connect_failed (passive health), stopped_accepting. Everything is a small dict with an "op".
 """

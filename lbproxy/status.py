@@ -58,7 +58,7 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
         backends.append({
             "address": backend.address,
             "state": h.get("state", BackendState.UP),
-            "weight": backend.weight,
+            "weight": h.get("weight", backend.weight),
             "active_connections": c.get("active", 0),
             "total_connections": c.get("total", 0),
             "failed_connections": c.get("failed", 0),
@@ -71,6 +71,7 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
             "checks": h.get("checks", 0),
             "check_failures": h.get("check_failures", 0),
             "passive_failures": h.get("passive_failures", 0),
+            "overrides": h.get("overrides", {}),      # what lbctl drain / weight set, if anything
         })
     return {
         "name": frontend.name,

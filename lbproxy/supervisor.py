@@ -25,14 +25,14 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import lbproxy
 from lbproxy import ipc
 from lbproxy.config import FrontendConfig, ProxyConfig
 from lbproxy.events import OnEvent, ProxyEvent
 from lbproxy.health import BackendState
-from lbproxy.healthcheck import HealthChecker
+from lbproxy.healthcheck import HealthChecker, Override
 from lbproxy.status import TrafficTotals, frontend_status
 from lbproxy.sysctl import enable_request_migration
 
@@ -97,12 +97,15 @@ class _Generation:
 
 class ProxySupervisor:
     def __init__(self, config: ProxyConfig, on_serving: OnServing | None = None,
-                 on_event: OnEvent | None = None) -> None:
+                 on_event: OnEvent | None = None,
+                 overrides: Mapping[str, Mapping[str, Override]] | None = None) -> None:
         self.config = config
         self.on_serving = on_serving
         self.on_event = on_event
         self._all_down: dict[str, bool] = {}   # each frontend's all_down, as last told on_event
         self._states: dict[tuple[str, str], str] = {}   # each backend's state, as last heard
+        # The operator's runtime overrides to start with (frontend -> backend address -> Override).
+        self.initial_overrides = overrides or {}
         self.serving: dict[str, bool] = {}   # each frontend's verdict, as last pushed
         self.checkers: dict[str, HealthChecker] = {}
         self.current: _Generation | None = None
@@ -223,6 +226,15 @@ class ProxySupervisor:
         else:
             checker.enable(address)
 
+    def set_weight(self, frontend: str, address: str, weight: int | None) -> int | None:
+        """A runtime weight (None or the configured one: back to the config); the override in force."""
+        checker = self.checkers.get(frontend)
+        if checker is None:
+            raise KeyError(f"no frontend {frontend!r}")
+        if address not in checker.backends:
+            raise KeyError(f"no backend {address!r} in frontend {frontend!r}")
+        return checker.set_weight(address, weight)
+
     def status(self) -> list[dict]:
         counters = self.totals.frontends(w.stats for w in self.workers)
         out = []
@@ -288,7 +300,9 @@ class ProxySupervisor:
     def _configure_message(self, config: ProxyConfig) -> dict:
         states = {name: {a: bh.state for a, bh in checker.backends.items()}
                   for name, checker in self.checkers.items()}
-        return {"op": "configure", "workers": config.workers, "states": states,
+        weights = {name: {a: bh.weight for a, bh in checker.backends.items() if bh.weight_override is not None}
+                   for name, checker in self.checkers.items()}
+        return {"op": "configure", "workers": config.workers, "states": states, "weights": weights,
                 "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
 
     async def _read(self, worker: _Worker) -> None:
@@ -431,7 +445,7 @@ class ProxySupervisor:
     # --- health
 
     async def _add_checker(self, frontend: FrontendConfig) -> None:
-        checker = HealthChecker(frontend, self._health_changed)
+        checker = HealthChecker(frontend, self._health_changed, dict(self.initial_overrides.get(frontend.name, {})))
         self.checkers[frontend.name] = checker
         await checker.start()
 
@@ -442,7 +456,9 @@ class ProxySupervisor:
                 await checker.stop()
 
     def _health_changed(self, frontend: str, address: str, state: str) -> None:
-        message = {"op": "state", "frontend": frontend, "address": address, "state": state}
+        # State and weight in one message: a worker never balances over a weight-0 backend as up.
+        message = {"op": "state", "frontend": frontend, "address": address, "state": state,
+                   "weight": self.checkers[frontend].backends[address].weight}
         for worker in self.workers:
             worker.send(message)
         self._report_health(frontend, address, state)
@@ -456,7 +472,7 @@ class ProxySupervisor:
         bh = checker.backends.get(address)
         old = self._states.get((frontend, address), BackendState.UP)   # backends start up
         self._states[(frontend, address)] = state
-        if bh is not None and BackendState.DRAIN not in (old, state):
+        if bh is not None and old != state and BackendState.DRAIN not in (old, state):
             self._event(ProxyEvent.BACKEND_STATE, {
                 "frontend": frontend, "backend": address, "old": str(old), "new": str(state),
                 "reason": bh.last_error if state == BackendState.DOWN else None,

@@ -35,6 +35,7 @@ from vipd.vrrp import config as vrrpconfig
 from vipd.vrrp.config import VrrpConfig, check_vrrp_on_host, parse_vrrp
 
 DEFAULT_PATH = "/etc/vipd/vipd.toml"
+DEFAULT_STATE_DIR = "/var/lib/vipd"
 EXIT_REFUSED = 2            # the exit status of every command that refuses a config (check, run)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -75,6 +76,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     workers: int = field(default_factory=default_workers)
     log_level: str = "info"
+    state_dir: str = DEFAULT_STATE_DIR      # runtime drains, weights, maintenance (vipd.runtime_state)
     log_format: LogFormat = LogFormat.TEXT
     worker_user: str | None = None
 
@@ -99,7 +101,7 @@ class Config:
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
         "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format",
-        "worker_user"))
+        "state_dir", "worker_user"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -109,6 +111,8 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         log_level=s.get("log_level", str, "info", check=lambda v: None if v in LOG_LEVELS
                         else f"must be one of {', '.join(LOG_LEVELS)}") or "info",
         log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"),
+        state_dir=s.get("state_dir", str, DEFAULT_STATE_DIR, check=lambda v: None if os.path.isabs(v)
+                        else "must be an absolute path") or DEFAULT_STATE_DIR,
         worker_user=s.get("worker_user", str, None, check=_known_user))
 
 

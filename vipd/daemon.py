@@ -15,6 +15,8 @@ from typing import Any
 from lbproxy import logsetup
 from vipd import config as configmod
 from vipd.events import EventLog, Kind, Level, describe_proxy_event
+from vipd.owner import VipOwner
+from vipd.runtime_state import Invalid, RuntimeState, StateFile, decode_weight
 from vipd.sdnotify import SystemdNotifier
 
 log = logging.getLogger("vipd")
@@ -42,6 +44,9 @@ class Daemon:
         self.metrics: Any = None
         self.notifier = SystemdNotifier()
         self.commands: asyncio.Queue | None = None
+        # The operator's runtime overrides, as saved in node.state_dir; the components mirror them.
+        self.runtime = RuntimeState()
+        self.state_file: StateFile | None = None
         self.events = EventLog()
 
     def load(self) -> configmod.Config:
@@ -81,14 +86,108 @@ class Daemon:
             self.proxy.set_drain(frontend, backend, drained)
         except KeyError as exc:
             raise ControlError(404, exc.args[0] if exc.args else f"unknown {frontend}/{backend}") from None
+        self.runtime.set_drain(frontend, backend, drained)
         # Enabled is not a state: the backend is up or down again, as its health says.
-        state = next(b["state"] for f in self.proxy.status() if f["name"] == frontend
-                     for b in f["backends"] if b["address"] == backend)
+        answer = self._backend_answer(frontend, backend, ("state",), self._save_runtime())
+        state = answer["state"]
         self.events.emit(Kind.BACKEND_DRAIN if drained else Kind.BACKEND_ENABLE, f"{frontend}/{backend}",
                          f"frontend {frontend} backend {backend}: {'draining' if drained else 'enabled'} "
                          f"(by lbctl), now {state}",
                          {"frontend": frontend, "backend": backend, "state": state, "by": "lbctl"}, logger=log)
-        return {"frontend": frontend, "backend": backend, "state": state}
+        return answer
+
+    def _backend_status(self, frontend: str, backend: str) -> dict:
+        """The backend's entry of the status document; KeyError saying what is not there."""
+        found = next((f for f in self.proxy.status() if f["name"] == frontend), None)
+        if found is None:
+            raise KeyError(f"no frontend {frontend!r}")
+        for b in found["backends"]:
+            if b["address"] == backend:
+                return b
+        raise KeyError(f"no backend {backend!r} in frontend {frontend!r}")
+
+    def _backend_answer(self, frontend: str, backend: str, keys: tuple[str, ...], warning: str | None) -> dict:
+        found = self._backend_status(frontend, backend)
+        answer = {"frontend": frontend, "backend": backend, **{k: found[k] for k in keys}}
+        return answer | ({"warning": warning} if warning else {})
+
+    async def weight(self, frontend: str, backend: str, value: str) -> dict:
+        """A WeightAnswer (vipd.control.schema): N in 0..256, or `reset`; the configured weight
+        (or `reset`) removes the override."""
+        from vipd.control.server import ControlError
+        weight = decode_weight(value)
+        if isinstance(weight, Invalid):
+            raise ControlError(400, weight.reason)
+        if self.proxy is None:
+            raise ControlError(404, f"no frontend {frontend!r}: this node runs no [[frontend]]")
+        try:
+            old = self._backend_status(frontend, backend)["weight"]
+            override = self.proxy.set_weight(frontend, backend, weight)
+        except KeyError as exc:
+            raise ControlError(404, exc.args[0]) from None
+        self.runtime.set_weight(frontend, backend, override)
+        answer = self._backend_answer(frontend, backend, ("weight", "state", "overrides"), self._save_runtime())
+        self.events.emit(Kind.BACKEND_WEIGHT, f"{frontend}/{backend}",
+                         f"frontend {frontend} backend {backend}: weight {old} -> {answer['weight']} "
+                         f"({'runtime override' if override is not None else 'as configured'}, by lbctl)",
+                         {"frontend": frontend, "backend": backend, "weight": answer["weight"], "old": old,
+                          "by": "lbctl"}, logger=log)
+        return answer
+
+    def vip_owners(self) -> list[VipOwner]:
+        return list(self.vrrp.instances.values()) if self.vrrp is not None else []
+
+    async def maintenance(self, mode: str, owner: str | None = None) -> dict:
+        """A MaintenanceAnswer (vipd.control.schema): every VIP owner, or the one named."""
+        from vipd.control.server import ControlError
+        if mode not in ("on", "off"):
+            raise ControlError(404, f"maintenance is `on` or `off`, not {mode!r}")
+        owners = self.vip_owners()
+        names = [o.name for o in owners]
+        if not owners:
+            raise ControlError(404, "this node holds no VIPs: it runs no [[vrrp]] instance")
+        if owner is not None and owner not in names:
+            raise ControlError(404, f"no VRRP instance {owner!r} on this node (there is {', '.join(names)})")
+        self.runtime.set_maintenance(mode == "on", owner, names)
+        for o in owners:
+            o.set_maintenance(self.runtime.in_maintenance(o.name))
+        self.events.emit(Kind.MAINTENANCE, owner or "*",
+                         f"maintenance {mode} for {owner or 'every VIP owner'} (by lbctl)",
+                         {"on": mode == "on", "instance": owner, "by": "lbctl"}, logger=log)
+        warning = self._save_runtime()
+        answer = {"maintenance": mode == "on", "owners": [
+            {"name": o.name, "kind": o.kind, "state": o.state, "maintenance": o.maintenance}
+            for o in owners if owner in (None, o.name)]}
+        return answer | ({"warning": warning} if warning else {})
+
+    def _save_runtime(self) -> str | None:
+        """None once saved; otherwise why not (logged too): the change holds until a restart."""
+        assert self.state_file is not None
+        try:
+            self.state_file.save(self.runtime)
+        except OSError as exc:
+            reason = f"not saved to {self.state_file.path} ({exc.strerror or exc}): lost on restart"
+            log.error("runtime state %s", reason)
+            return reason
+        return None
+
+    def _adopt_runtime(self, cfg: configmod.Config) -> None:
+        """Forget overrides of what `cfg` no longer has; follow a changed state_dir."""
+        moved = self.state_file is not None and self.state_file.directory != cfg.node.state_dir
+        if self.state_file is None or moved:
+            self.state_file = StateFile(cfg.node.state_dir)
+        dropped = self.runtime.prune([v.name for v in cfg.vrrp] if self.with_vrrp else None,
+                                     {f.name: [b.address for b in f.backends] for f in cfg.frontends})
+        for line in dropped:
+            log.info("runtime override dropped: %s in %s", line, self.path)
+        if dropped or moved:
+            self._save_runtime()
+
+    def _backend_overrides(self) -> dict:
+        from lbproxy.healthcheck import Override
+        r = self.runtime
+        return {f: {b: Override(r.drained(f, b), r.weight(f, b)) for b in r.backends(f)}
+                for f in set(r.drains) | set(r.weights)}
 
     async def reload(self) -> dict:
         """Control-socket reload, queued like SIGHUP so it never races another command; a
@@ -117,14 +216,15 @@ class Daemon:
 
     async def _start_proxy(self, cfg: configmod.Config) -> None:
         from lbproxy.supervisor import ProxySupervisor
-        self.proxy = ProxySupervisor(cfg.proxy, on_serving=self._frontend_serving, on_event=self._proxy_event)
+        self.proxy = ProxySupervisor(cfg.proxy, on_serving=self._frontend_serving, on_event=self._proxy_event,
+                                     overrides=self._backend_overrides())
         await self.proxy.start()
 
     async def _start_vrrp(self, cfg: configmod.Config) -> None:
         from vipd.vrrp.service import VrrpService
         # The proxy started first; from here on its verdicts arrive through _frontend_serving.
         self.vrrp = VrrpService(cfg.vrrp, _bridge_plan(cfg), serving=self.proxy.serving if self.proxy else None,
-                                emit=self.events.emit)
+                                emit=self.events.emit, maintenance=self.runtime.in_maintenance)
         await self.vrrp.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
@@ -141,6 +241,9 @@ class Daemon:
 
     async def start(self, cfg: configmod.Config) -> None:
         self.config = cfg
+        self.state_file = StateFile(cfg.node.state_dir)
+        self.runtime = self.state_file.load()
+        self._adopt_runtime(cfg)
         # VRRP comes last: listeners are open and backend health is known before this node can
         # become master, and nothing slow (socket set-up) runs between its first timers.
         steps = []
@@ -186,6 +289,7 @@ class Daemon:
                 self.metrics = None
             await self._start_metrics(new.node)
         self.config = new
+        self._adopt_runtime(new)
 
     async def handle_reload(self) -> dict:
         self.notifier.reloading()

@@ -557,7 +557,7 @@ def test_a_live_daemon_answers_by_the_schema(run_dir: Path) -> None:
     # The backend that passes its TCP checks is the daemon's own metrics listener.
     config.write_text("\n".join([
         "[node]", 'name = "local-1"', f'control_socket = "{sock}"', f'metrics_listen = "{metrics}"',
-        "workers = 1",
+        "workers = 1", f'state_dir = "{run_dir / "state"}"',
         "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{_free_port()}"',
         "  [frontend.health]", '  type = "tcp"', "  interval = 0.2", "  timeout = 0.5",
         "  rise = 1", "  fall = 1",

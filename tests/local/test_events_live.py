@@ -120,7 +120,7 @@ class LiveDaemon:
         self.backend = f"127.0.0.1:{self.backend_port}"
         self.good_config = "\n".join([
             "[node]", 'name = "local-1"', f'control_socket = "{self.sock}"', "workers = 1",
-            f'log_format = "{log_format}"',
+            f'log_format = "{log_format}"', f'state_dir = "{root / "state"}"',
             "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{self.listen_port}"', "access_log = true",
             "  [frontend.health]", '  type = "tcp"', "  interval = 0.2", "  timeout = 0.5",
             "  rise = 1", "  fall = 1",

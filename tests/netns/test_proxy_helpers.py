@@ -213,7 +213,8 @@ class Proxy:
     def write_config(self, frontends: list[dict], workers: int = 1) -> None:
         self.workers = workers
         lines = ["[node]", 'name = "test-edge"', f"control_socket = {toml_value(self.socket)}",
-                 f"workers = {workers}", 'log_level = "info"', ""]
+                 f"workers = {workers}", 'log_level = "info"',
+                 f"state_dir = {toml_value(str(self.workdir / 'state'))}", ""]
         for fe in frontends:
             lines.append("[[frontend]]")
             lines += [f"{k} = {toml_value(v)}" for k, v in fe.items() if k not in ("health", "backends")]

@@ -15,6 +15,7 @@ from vipd.vrrp.fsm import (
     FaultCleared,
     FaultRaised,
     HoldVipsQuietly,
+    MaintenanceChanged,
     PrepareBridge,
     PriorityChanged,
     ReleaseVips,
@@ -192,6 +193,7 @@ def test_preempting_backup_ignores_a_lower_master_and_takes_over():
     router.handle(advert(100), 2.0)
     assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
     actions = router.handle(Timeout(), router.next_deadline())
+    assert actions[0] == PrepareBridge(PEER)          # connections in flight there are bridged back
     assert actions[-1] == StateChanged(State.BACKUP, State.MASTER, "preempt")
 
 
@@ -271,6 +273,18 @@ def test_master_yields_to_a_higher_priority():
     assert router.master == PEER
     assert router.master_adver_interval == 2.0
     assert router.next_deadline() == pytest.approx(now + 6.0 + 156 * 2.0 / 256)
+
+
+def test_a_master_that_yields_holds_the_vips_quietly_for_quiet_hold():
+    router = started_master(priority=100, advert_interval=1.0, quiet_hold=4.0)
+    now = between_adverts(router)
+    assert router.handle(advert(200), now) == [
+        SendAdvert(100), HoldVipsQuietly(), StateChanged(State.MASTER, State.BACKUP, "higher_priority_advert"),
+    ]
+    assert router.quiet_release_deadline == pytest.approx(now + 4.0)
+    router.handle(advert(200), now + 1.0)
+    assert router.handle(Timeout(), now + 4.0) == [ReleaseVips("quiet_hold_over")]
+    assert router.next_deadline() == pytest.approx(now + 1.0 + router.master_down_interval)
 
 
 @pytest.mark.parametrize(
@@ -863,15 +877,17 @@ def scenarios(draw):
         st.tuples(st.floats(0, 8), st.none() | st.lists(st.integers(0, 2), min_size=count, max_size=count)),
         max_size=5,
     ))
-    return version, interval, priorities, start_offsets, settled_for, phases
+    quiet_hold = draw(st.sampled_from([0.0, 2 * interval]))
+    return version, interval, priorities, start_offsets, settled_for, phases, quiet_hold
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_property_one_highest_master_after_any_partition_heals(scenario):
-    version, interval, priorities, start_offsets, settled_for, phases = scenario
+    version, interval, priorities, start_offsets, settled_for, phases, quiet_hold = scenario
     addresses = ADDRESSES[:len(priorities)]
-    segment = Segment(*(sim_router(a, p, version, interval) for a, p in zip(addresses, priorities)),
+    segment = Segment(*(sim_router(a, p, version, interval, quiet_hold=quiet_hold)
+                        for a, p in zip(addresses, priorities)),
                       delay=interval / 100)
     for address, offset in sorted(zip(addresses, start_offsets), key=lambda pair: pair[1]):
         segment.run_until(offset * interval)
@@ -980,3 +996,267 @@ def test_property_router_stays_self_consistent(priority, version, handover_timeo
         deadline = router.next_deadline()
         assert deadline is None or deadline > now
         assert (deadline is None) == (router.stopped or state in (State.INIT, State.FAULT))
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+MAINTENANCE = MaintenanceChanged(True)
+
+
+def assert_never_master(router: VrrpRouter, now: float, until: float) -> None:
+    """Adverts come and go, resignations too, time passes: nothing makes it MASTER."""
+    for t in (now + 0.1, now + 0.2, now + 50.0, until):
+        for event in (advert(0, src=PEER), Timeout(), advert(0, src=LOW_PEER), Startup(), FaultCleared()):
+            actions = router.handle(event, t)
+            assert not any(isinstance(a, (AddVips, PrepareBridge)) for a in actions), (event, actions)
+        assert router.state is State.BACKUP and router.next_deadline() is None
+
+
+def test_maintenance_on_a_master_hands_over_like_a_stop_and_stays_backup():
+    router = started_master(handover_timeout=10.0, advert_interval=1.0, quiet_hold=6.0)
+    start = router.next_deadline() - 1.0
+    assert router.handle(MAINTENANCE, start + 0.5) == [SendAdvert(0)]
+    assert router.state is State.MASTER and router.handing_over and router.maintenance
+    assert router.handle(Timeout(), router.next_deadline()) == [SendAdvert(0)]
+    assert router.handle(advert(150, src=PEER), start + 2.0) == []
+    linger_end = start + 2.0 + router.params.handover_linger
+    assert router.next_deadline() == pytest.approx(linger_end)
+    assert router.handle(Timeout(), linger_end) == [
+        HoldVipsQuietly(), StateChanged(State.MASTER, State.BACKUP, "maintenance:handover_complete"),
+    ]
+    assert not router.stopped and not router.holds_vips_quietly and not router.handing_over
+    assert router.master == PEER
+    assert router.next_deadline() == pytest.approx(linger_end + 6.0)
+    assert router.handle(advert(150, src=PEER), linger_end + 1.0) == []
+    assert router.handle(Timeout(), linger_end + 6.0) == [ReleaseVips("quiet_hold_over")]
+    assert_never_master(router, linger_end + 6.0, linger_end + 1000.0)
+
+
+@pytest.mark.parametrize("handover_timeout, reason", [(0.0, "maintenance"), (2.5, "maintenance:handover_timeout")])
+def test_maintenance_without_a_successor_or_a_hold_drops_the_vips(handover_timeout, reason):
+    router = make_router(handover_timeout=handover_timeout, priority=255)
+    router.handle(Startup(), 0.0)
+    now = between_adverts(router)
+    actions = router.handle(MaintenanceChanged(True), now)
+    while router.handing_over:
+        actions += router.handle(Timeout(), router.next_deadline())
+    assert actions[0] == SendAdvert(0)
+    assert actions[-2:] == [RemoveVips(), StateChanged(State.MASTER, State.BACKUP, reason)]
+    assert router.master is None
+    assert_never_master(router, now + 3.0, now + 1000.0)
+
+
+def test_a_preempting_backup_in_maintenance_never_takes_over():
+    router = started_backup(priority=254, preempt=True)
+    assert router.handle(MAINTENANCE, 0.1) == []
+    assert router.state is State.BACKUP and router.next_deadline() is None
+    router.handle(advert(100, src=PEER), 0.2)       # a lower master, followed: no preempting now
+    assert router.master == PEER and router.next_deadline() is None
+    assert_never_master(router, 0.3, 500.0)
+    assert router.master is None                     # its master resigned
+
+
+def test_an_owner_started_in_maintenance_starts_as_backup():
+    router = make_router(priority=255)
+    assert router.handle(MAINTENANCE, 0.0) == []
+    assert router.handle(Startup(), 0.0) == [StateChanged(State.INIT, State.BACKUP, "startup")]
+    assert_never_master(router, 0.0, 100.0)
+    router.handle(FaultRaised("eth0"), 101.0)
+    assert router.handle(FaultCleared(), 102.0) == [StateChanged(State.FAULT, State.BACKUP, "fault_cleared")]
+    assert router.next_deadline() is None
+
+
+def test_maintenance_off_rejoins_as_a_backup_and_preempts_by_the_rules():
+    router = started_backup(priority=200, preempt=True)
+    router.handle(MAINTENANCE, 0.0)
+    router.handle(advert(100, src=PEER), 1.0)
+    assert router.handle(MaintenanceChanged(False), 1.5) == []
+    assert not router.maintenance
+    assert router.next_deadline() == pytest.approx(1.5 + router.master_down_interval)
+    router.handle(advert(100, src=PEER), 2.0)        # a lower master: preempted, not followed
+    assert router.handle(Timeout(), router.next_deadline())[-1] == \
+        StateChanged(State.BACKUP, State.MASTER, "preempt")
+
+
+def test_maintenance_off_without_preempt_follows_the_lower_master():
+    router = started_backup(priority=200, preempt=False)
+    router.handle(MAINTENANCE, 0.0)
+    router.handle(MaintenanceChanged(False), 1.0)
+    router.handle(advert(100, src=PEER), 1.1)
+    assert router.next_deadline() == pytest.approx(1.1 + router.master_down_interval)
+    assert router.master == PEER
+
+
+def test_maintenance_off_during_the_quiet_hold_releases_first():
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, quiet_hold=6.0)
+    now = between_adverts(router)
+    router.handle(MAINTENANCE, now)
+    assert router.handle(advert(150, src=PEER), now + 0.1)[0] == HoldVipsQuietly()
+    assert router.handle(MaintenanceChanged(False), now + 0.2) == [ReleaseVips("maintenance_off")]
+    assert router.quiet_release_deadline is None
+    assert router.next_deadline() == pytest.approx(now + 0.2 + router.master_down_interval)
+
+
+def test_maintenance_off_during_the_handover_completes_it_then_rejoins():
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, preempt=True, quiet_hold=6.0)
+    now = between_adverts(router)
+    router.handle(MAINTENANCE, now)
+    assert router.handle(MaintenanceChanged(False), now + 0.1) == []
+    assert router.handing_over
+    router.handle(advert(90, src=PEER), now + 0.2)
+    assert router.state is State.BACKUP and not router.maintenance
+    router.handle(advert(90, src=PEER), now + 1.0)
+    rejoin = router.handle(Timeout(), router.next_deadline())
+    # Preempting its lower successor: the VIPs held quietly go before they are taken back.
+    assert rejoin[:3] == [PrepareBridge(PEER), ReleaseVips("master"), AddVips()]
+    assert rejoin[-1] == StateChanged(State.BACKUP, State.MASTER, "preempt")
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_stop_during_the_maintenance_hold(drain):
+    router = started_master(handover_timeout=5.0, handover_linger=0.0, quiet_hold=6.0)
+    now = between_adverts(router)
+    router.handle(MAINTENANCE, now)
+    router.handle(advert(150, src=PEER), now + 0.1)
+    actions = router.handle(Shutdown(drain=drain), now + 0.2)
+    if drain:
+        assert actions == [StateChanged(State.BACKUP, State.INIT, "shutdown")]
+        assert router.holds_vips_quietly and router.next_deadline() is None
+        actions = router.handle(Drained(), now + 3.0)
+        assert actions == [ReleaseVips("drained"), Stopped()]
+    else:
+        assert actions == [ReleaseVips("shutdown"), StateChanged(State.BACKUP, State.INIT, "shutdown"), Stopped()]
+    assert_inert(router, now + 4.0)
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_a_stop_during_the_maintenance_handover_takes_it_over(drain):
+    router = started_master(handover_timeout=5.0, handover_linger=0.0)
+    now = between_adverts(router)
+    router.handle(MAINTENANCE, now)
+    assert router.handle(Shutdown(drain=drain), now + 0.1) == []
+    assert router.handing_over
+    ended = router.handle(advert(150, src=PEER), now + 0.2)
+    assert ended[0] == (HoldVipsQuietly() if drain else RemoveVips())
+    assert ended[1] == StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete")
+
+
+def test_a_fault_during_the_maintenance_handover_is_a_fault():
+    router = started_master(handover_timeout=5.0)
+    now = between_adverts(router)
+    router.handle(MAINTENANCE, now)
+    assert router.handle(FaultRaised("eth0"), now + 0.1) == [
+        SendAdvert(0), RemoveVips(), StateChanged(State.MASTER, State.FAULT, "fault:eth0"),
+    ]
+    assert not router.handing_over
+    router.handle(FaultCleared(), now + 1.0)
+    assert_never_master(router, now + 1.0, now + 100.0)
+    # A later stop's hand-over is a stop's, not a leftover maintenance one.
+    router.handle(MaintenanceChanged(False), now + 101.0)
+    router.handle(Timeout(), router.next_deadline())
+    assert router.state is State.MASTER
+    later = between_adverts(router)
+    router.handle(Shutdown(), later)
+    router.handle(advert(150, src=PEER), later + 0.1)
+    assert router.handle(Timeout(), router.next_deadline()) == [
+        RemoveVips(), StateChanged(State.MASTER, State.INIT, "shutdown:handover_complete"), Stopped()]
+
+
+@VERSIONS
+def test_sim_maintenance_hands_over_cleanly_and_never_takes_the_vips_back(version, interval):
+    segment = Segment(sim_router(A, 200, version, interval, handover_timeout=5 * interval, quiet_hold=3 * interval),
+                      sim_router(B, 150, version, interval, quiet_hold=3 * interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    assert segment.masters() == [A]
+    segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
+    maintenance_at = segment.now
+    segment.feed(A, MaintenanceChanged(True))
+    segment.run_for(10 * interval)
+    assert segment.masters() == [B] and segment.quiet_vips == set()
+    assert segment.routers[A].state is State.BACKUP and segment.routers[A].master == B
+    segment.after_step = lambda s: None
+    segment.kill(B)                                   # the last router left stays BACKUP
+    segment.run_for(20 * interval)
+    assert segment.masters() == [] and segment.became_master(A, after=maintenance_at) == []
+    segment.boot(sim_router(B, 150, version, interval, quiet_hold=3 * interval))
+    segment.run_for(10 * interval)
+    assert segment.masters() == [B]
+    back_at = segment.now
+    segment.after_step = lambda s: s.holding_vips or pytest.fail(f"no VIP owner at {s.now}")
+    segment.feed(A, MaintenanceChanged(False))
+    segment.run_for(2 * interval + segment.routers[A].master_down_interval)
+    # Preempted, B keeps the VIPs quietly for what A bridges back to it, then lets them go.
+    assert segment.masters() == [A] and segment.became_master(A, after=back_at)
+    assert segment.quiet_vips == {B}
+    segment.run_for(3 * interval)
+    assert segment.quiet_vips == set() and segment.holding_vips == {A}
+
+
+maintenance_events = st.builds(MaintenanceChanged, st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    priority=st.integers(1, 255),
+    handover_timeout=st.sampled_from([0.0, 2.5]),
+    quiet_hold=st.sampled_from([0.0, 1.5]),
+    preempt=st.booleans(),
+    opening=st.sampled_from(sorted(OPENINGS)),
+    steps=steps_of(running_events | maintenance_events, 30),
+    stop=st.sampled_from(STOPS),
+    stopping=steps_of(running_events | maintenance_events | shutdowns, 10),
+)
+def test_property_never_master_in_maintenance_after_the_handover(priority, handover_timeout, quiet_hold, preempt,
+                                                                 opening, steps, stop, stopping):
+    """Whatever happens around it: once a hand-over for maintenance is over, the router is not MASTER
+    until maintenance is off; VIPs are active only in MASTER and quiet only while held for a
+    hand-over; the timers never point to the past."""
+    router = make_router(priority=priority, handover_timeout=handover_timeout, preempt=preempt, quiet_hold=quiet_hold)
+    model = dict(vips=NO_VIPS, state=State.INIT, stopped=False, maintenance=False)
+
+    def execute(actions):
+        for action in actions:
+            assert not model["stopped"], f"{action} after Stopped"
+            vips = model["vips"]
+            if isinstance(action, AddVips):
+                assert vips == NO_VIPS and not model["maintenance"]
+                model["vips"] = ACTIVE
+            elif isinstance(action, RemoveVips):
+                assert vips == ACTIVE
+                model["vips"] = NO_VIPS
+            elif isinstance(action, HoldVipsQuietly):
+                assert vips == ACTIVE
+                model["vips"] = QUIET
+            elif isinstance(action, ReleaseVips):
+                assert vips == QUIET
+                model["vips"] = NO_VIPS
+            elif isinstance(action, PrepareBridge):
+                assert not model["maintenance"]
+            elif isinstance(action, StateChanged):
+                assert action.old is model["state"] and action.new is not model["state"]
+                assert not (model["maintenance"] and action.new is State.MASTER)
+                model["state"] = action.new
+            elif isinstance(action, Stopped):
+                assert vips == NO_VIPS
+                model["stopped"] = True
+
+    now = 0.0
+    for gap, at_deadline, event in OPENINGS[opening] + steps + ([] if stop is None else [(0.0, False, stop)]) + stopping:
+        now += gap
+        if at_deadline and router.next_deadline() is not None:
+            now = max(now, router.next_deadline())
+        execute(router.handle(Timeout(), now))     # what was due comes first, as handle() does it
+        if isinstance(event, MaintenanceChanged) and not router.stopped and not router.holds_vips_quietly:
+            model["maintenance"] = event.on
+        execute(router.handle(event, now))
+        state, vips = model["state"], model["vips"]
+        assert router.state is state and router.stopped == model["stopped"]
+        if model["maintenance"] and state is State.MASTER:
+            assert router.handing_over
+        assert (vips == ACTIVE) == (state is State.MASTER)
+        assert (vips == QUIET) == (router.holds_vips_quietly or router.quiet_release_deadline is not None)
+        if model["maintenance"] and state is State.BACKUP:
+            assert router.next_deadline() in (None, router.quiet_release_deadline)
+        deadline = router.next_deadline()
+        assert deadline is None or deadline > now

@@ -17,10 +17,12 @@ from vipd.control.schema import (
     DrainAnswer,
     ErrorAnswer,
     Frontend,
+    MaintenanceAnswer,
     ReloadAnswer,
     StatusDocument,
     Track,
     VrrpInstance,
+    WeightAnswer,
     check,
 )
 from vipd.vrrp.fsm import State
@@ -56,14 +58,15 @@ FULL = {
         "adverts_sent": 0, "adverts_received": 3, "invalid": {"checksum": 2, "unknown_peer": 1},
         "transitions": 1, "fault_reasons": ["track:interface:eth1"],
         "fault_reason": "track interface:eth1 is failing (weight 0)", "master_advert_interval": 1.0,
-        "unicast_peers": ["198.18.0.12"], "handing_over": False,
+        "unicast_peers": ["198.18.0.12"], "handing_over": False, "maintenance": True,
     }],
     "frontends": [{
         "name": "api", "listen": "[::]:6443", "balance": "least_conn", "active_connections": 0,
         "total_connections": 9, "failed_connections": 1, "refused": 2, "bytes_in": 10,
         "bytes_out": 20, "all_down": True, "serving": False, "workers": 2,
         "backends": [{
-            "address": "[2001:db8::21]:6443", "state": "down", "weight": 1, "active_connections": 0,
+            "address": "[2001:db8::21]:6443", "state": "drain", "weight": 3, "active_connections": 0,
+            "overrides": {"drain": True, "weight": 3},
             "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
             "health": "0/2 DOWN", "last_error": "HTTP 503", "health_reason": "HTTP 503",
             "check_latency_seconds": 0.004,
@@ -73,7 +76,12 @@ FULL = {
 }
 
 ANSWERS = [
-    (DrainAnswer, {"frontend": "api", "backend": "198.18.0.21:6443", "state": "drain"}),
+    (DrainAnswer, {"frontend": "api", "backend": "198.18.0.21:6443", "state": "drain",
+                   "warning": "not saved to /var/lib/vipd/runtime.json (Read-only file system): lost on restart"}),
+    (WeightAnswer, {"frontend": "api", "backend": "198.18.0.21:6443", "weight": 0, "state": "drain",
+                    "overrides": {"weight": 0}, "warning": "not saved"}),
+    (MaintenanceAnswer, {"maintenance": True, "warning": "not saved",
+                         "owners": [{"name": "api", "kind": "vrrp", "state": "MASTER", "maintenance": True}]}),
     (ReloadAnswer, {"ok": True, "config": "/etc/vipd/vipd.toml",
                     "summary": "1 vrrp instance(s), 1 frontend(s)"}),
     (ErrorAnswer, {"error": "no frontend 'nope'"}),

@@ -15,6 +15,16 @@ def backend_path(frontend: str, backend: str, action: str) -> str:
     return f"/v1/frontends/{quote(frontend, safe='')}/backends/{quote(backend, safe='')}/{action}"
 
 
+def weight_path(frontend: str, backend: str, weight: str) -> str:
+    """The URL path of `lbctl weight`; the daemon decides whether `weight` is one."""
+    return backend_path(frontend, backend, f"weight/{quote(weight, safe='')}")
+
+
+def maintenance_path(mode: str, owner: str | None = None) -> str:
+    """The URL path of `lbctl maintenance on|off [INSTANCE]`."""
+    return f"/v1/maintenance/{quote(mode, safe='')}" + (f"/{quote(owner, safe='')}" if owner else "")
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
@@ -10,13 +11,22 @@ from typing import Any, NoReturn
 import typer
 
 from lbproxy.health import BackendState
-from vipd.control.client import DEFAULT_CONTROL_SOCKET, Stream, backend_path, request
+from vipd.control.client import (
+    DEFAULT_CONTROL_SOCKET,
+    Stream,
+    backend_path,
+    maintenance_path,
+    request,
+    weight_path,
+)
 from vipd.control.schema import (
     DrainAnswer,
     EventsAnswer,
+    MaintenanceAnswer,
     ReloadAnswer,
     StatusDocument,
     Track,
+    WeightAnswer,
     check,
 )
 from vipd.events import Kind, render_line
@@ -31,6 +41,13 @@ BACKEND_STATE_MEANING = {
     BackendState.DOWN: "failing its health checks: no new connections until they pass",
     BackendState.DRAIN: "no new connections; open ones finish",
 }
+OVERRIDE_MARK = "*"
+
+
+class Switch(str, enum.Enum):
+    ON = "on"
+    OFF = "off"
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Inspect and steer the vipd daemon on this node.")
@@ -106,6 +123,12 @@ def _drain_or_enable(socket_path: str, frontend: str, backend: str, action: str)
     state = answer.get("state")
     meaning = f"{state} ({BACKEND_STATE_MEANING[state]})" if state else f"{action}: done"
     typer.echo(f"{answer.get('frontend', frontend)} {answer.get('backend', backend)}: {meaning}")
+    _warn(answer)
+
+
+def _warn(answer: dict) -> None:
+    if answer.get("warning"):
+        typer.echo(f"lbctl: warning: {answer['warning']}", err=True)
 
 
 @app.command()
@@ -118,6 +141,35 @@ def drain(ctx: typer.Context, frontend: str, backend: str) -> None:
 def enable(ctx: typer.Context, frontend: str, backend: str) -> None:
     """Take a drained BACKEND back into rotation."""
     _drain_or_enable(ctx.obj, frontend, backend, "enable")
+
+
+# ignore_unknown_options: a negative N reaches the daemon, which says it is out of range.
+@app.command(context_settings={"ignore_unknown_options": True})
+def weight(ctx: typer.Context, frontend: str, backend: str,
+           n: str = typer.Argument(..., metavar="N", help="0..256 (0: no new connections), or `reset`")) -> None:
+    """Set BACKEND's weight at runtime (kept across reloads and restarts); its configured weight or `reset` ends that."""
+    answer: WeightAnswer = checked(call(ctx.obj, "POST", weight_path(frontend, backend, n)), WeightAnswer)
+    overridden = "weight" in answer.get("overrides", {})
+    line = (f"{answer.get('frontend', frontend)} {answer.get('backend', backend)}: weight "
+            f"{_text(answer.get('weight'))} ({'runtime override' if overridden else 'as configured'})")
+    if answer.get("state") == BackendState.DRAIN:
+        line += f", {BackendState.DRAIN} ({BACKEND_STATE_MEANING[BackendState.DRAIN]})"
+    typer.echo(line)
+    _warn(answer)
+
+
+@app.command()
+def maintenance(ctx: typer.Context, switch: Switch = typer.Argument(..., metavar="on|off"),
+                instance: str | None = typer.Argument(None, help="One VRRP instance; default: all.")) -> None:
+    """Take this node's VIPs out of service (a master hands over first) or back. Kept across restarts."""
+    answer: MaintenanceAnswer = checked(call(ctx.obj, "POST", maintenance_path(switch.value, instance)),
+                                        MaintenanceAnswer)
+    for owner in answer.get("owners", []):
+        state = _text(owner.get("state"))
+        doing = " (handing the VIPs over)" if owner.get("maintenance") and state == "MASTER" else ""
+        typer.echo(f"{_text(owner.get('name'))}: maintenance {'on' if owner.get('maintenance') else 'off'}, "
+                   f"{state}{doing}")
+    _warn(answer)
 
 
 @app.command()
@@ -206,13 +258,15 @@ def render_status(document: StatusDocument) -> str:
     """The table of a document as `schema.check` leaves it: every field present has its type,
     but any may be missing."""
     lines = [f"node {_text(document.get('node'))}"]
+    overridden = False
     instances = document.get("vrrp", [])
     if instances:
         rows = []
         for v in instances:
             name = _text(v.get("name")) + (f"/{v['vrid']}" if "vrid" in v else "")
             tracks = ", ".join(_track(t) for t in v.get("tracks", []))
-            rows.append((name, _text(v.get("state")), _text(v.get("priority")),
+            state = _text(v.get("state")) + (" (maint)" if v.get("maintenance") else "")
+            rows.append((name, state, _text(v.get("priority")),
                          _text(v.get("effective_priority")), _text(v.get("master")),
                          _text(v.get("virtual_ips")), _text(v.get("since")), tracks or "-"))
         lines += table(("VRRP", "STATE", "PRIO", "EFF", "MASTER", "VIPS", "SINCE", "TRACKS"),
@@ -227,13 +281,25 @@ def render_status(document: StatusDocument) -> str:
         if f.get("all_down"):
             head += "  ALL BACKENDS DOWN"
         lines.append(head)
-        rows = [(_text(b.get("address")), _text(b.get("state")), _text(b.get("health")),
+        backends = f.get("backends", [])
+        # A WEIGHT column when the daemon tells weights; `3*` marks a runtime override.
+        weights = any("weight" in b for b in backends)
+        rows = [(_text(b.get("address")), _text(b.get("state")) + (OVERRIDE_MARK if b.get("overrides", {}).get("drain") else ""),
+                 *((_weight(b),) if weights else ()), _text(b.get("health")),
                  _text(b.get("active_connections")), _text(b.get("total_connections")),
                  _text(b.get("failed_connections")), _text(b.get("last_error")))
-                for b in f.get("backends", [])]
-        lines += table(("BACKEND", "STATE", "HEALTH", "ACTIVE", "TOTAL", "FAILED", "LAST ERROR"),
-                       rows, right={3, 4, 5}, indent="  ")
+                for b in backends]
+        header = ("BACKEND", "STATE", *(("WEIGHT",) if weights else ()), "HEALTH", "ACTIVE", "TOTAL", "FAILED",
+                  "LAST ERROR")
+        lines += table(header, rows, right={2, 4, 5, 6} if weights else {3, 4, 5}, indent="  ")
+        overridden |= any(b.get("overrides") for b in backends)
+    if overridden:
+        lines.append(f"{OVERRIDE_MARK} runtime override (lbctl drain/weight), kept across reloads and restarts")
     return "\n".join(lines) + "\n"
+
+
+def _weight(backend: dict) -> str:
+    return _text(backend.get("weight")) + (OVERRIDE_MARK if "weight" in backend.get("overrides", {}) else "")
 
 
 def main() -> None:

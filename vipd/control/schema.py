@@ -76,6 +76,16 @@ class VrrpInstance(TypedDict):
     master_advert_interval: NotRequired[Annotated[Seconds, Doc("the master's advertisement interval")]]
     unicast_peers: NotRequired[Annotated[list[str], Doc("empty: multicast")]]
     handing_over: NotRequired[Annotated[bool, Doc("a stopping master waiting for a successor")]]
+    maintenance: NotRequired[Annotated[bool, Doc(
+        "taken out of service by `lbctl maintenance on`: never MASTER until `off` (kept across restarts)")]]
+
+
+class BackendOverrides(TypedDict):
+    """What the operator set at runtime on a backend (kept in `node.state_dir` across reloads and
+    restarts); a field is present only while it overrides the config."""
+    drain: NotRequired[Annotated[bool, Doc("`lbctl drain`, until `lbctl enable`")]]
+    weight: NotRequired[Annotated[int, Range(0, 256), Doc(
+        "`lbctl weight`, until set to the configured weight or `reset`")]]
 
 
 class Backend(TypedDict):
@@ -86,7 +96,9 @@ class Backend(TypedDict):
     active_connections: Count
     total_connections: Count
     failed_connections: Annotated[Count, Doc("connects that failed")]
-    weight: NotRequired[Count]
+    weight: NotRequired[Annotated[Count, Doc("the weight in force: the configured one or a runtime override; "
+                                             "0 takes no new connections (state `drain`)")]]
+    overrides: NotRequired[BackendOverrides]
     bytes_in: NotRequired[Annotated[Count, Doc("bytes received from clients for this backend")]]
     bytes_out: NotRequired[Annotated[Count, Doc("bytes sent to clients from this backend")]]
     health: NotRequired[Annotated[str | None, Doc(
@@ -128,11 +140,40 @@ class StatusDocument(TypedDict):
     config: NotRequired[Annotated[str, Doc("path of the config file in force")]]
 
 
+Warning = Annotated[str, Doc("the change is in force but was not saved in `node.state_dir`: why")]
+
+
 class DrainAnswer(TypedDict):
     """The answer to POST /v1/frontends/F/backends/B/drain and .../enable."""
     frontend: str
     backend: str
     state: Annotated[BackendState, Doc("the backend's state after the change")]
+    warning: NotRequired[Warning]
+
+
+class WeightAnswer(TypedDict):
+    """The answer to POST /v1/frontends/F/backends/B/weight/N (N: 0..256 or `reset`)."""
+    frontend: str
+    backend: str
+    weight: Annotated[Count, Doc("the weight now in force")]
+    state: BackendState
+    overrides: BackendOverrides
+    warning: NotRequired[Warning]
+
+
+class OwnerMaintenance(TypedDict):
+    """A VIP owner after `lbctl maintenance`."""
+    name: str
+    kind: Literal["vrrp"]
+    state: Annotated[str, Doc("its state now; a MASTER going into maintenance hands over first")]
+    maintenance: bool
+
+
+class MaintenanceAnswer(TypedDict):
+    """The answer to POST /v1/maintenance/on|off[/OWNER]: the owners it applied to."""
+    maintenance: bool
+    owners: list[OwnerMaintenance]
+    warning: NotRequired[Warning]
 
 
 class ReloadAnswer(TypedDict):
@@ -165,7 +206,7 @@ class ErrorAnswer(TypedDict):
     error: str
 
 
-DOCUMENTS = (StatusDocument, DrainAnswer, ReloadAnswer, EventsAnswer, ErrorAnswer)
+DOCUMENTS = (StatusDocument, DrainAnswer, ReloadAnswer, WeightAnswer, MaintenanceAnswer, EventsAnswer, ErrorAnswer)
 
 
 # --- rendering the typed dicts as JSON Schema

@@ -51,8 +51,8 @@ async def serve_app(app, sock: socket.socket):
 
 
 class ControlServer:
-    """Serves `handlers` (async status(), drain(f, b), enable(f, b), reload()) and `events` (the
-    node's EventLog, GET /v1/events) on a unix socket."""
+    """Serves `handlers` (async status(), drain(f, b), enable(f, b), reload(), weight(f, b, n),
+    maintenance(mode, owner=None)) and `events` (the node's EventLog, GET /v1/events) on a unix socket."""
 
     def __init__(self, path: str, handlers: Any, group: str | None = None,
                  events: "EventLog | None" = None) -> None:
@@ -74,6 +74,9 @@ class ControlServer:
         app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/enable", self._enable)
         app.router.add_post("/v1/reload", self._reload)
         app.router.add_get("/v1/events", self._events)
+        app.router.add_post("/v1/frontends/{frontend}/backends/{backend}/weight/{weight}", self._weight)
+        app.router.add_post("/v1/maintenance/{mode}", self._maintenance)
+        app.router.add_post("/v1/maintenance/{mode}/{owner}", self._maintenance)
         try:
             self._runner = await serve_app(app, sock)
         except BaseException:
@@ -178,6 +181,14 @@ class ControlServer:
 
     async def _reload(self, request):
         return await self._call("reload")
+
+    async def _weight(self, request):
+        m = request.match_info
+        return await self._call("weight", m["frontend"], m["backend"], m["weight"])
+
+    async def _maintenance(self, request):
+        m = request.match_info
+        return await self._call("maintenance", m["mode"], *([m["owner"]] if "owner" in m else []))
 
     async def _events(self, request):
         """?after=SEQ: only events after that one; ?limit=N: the newest N of those; ?follow=1: a

@@ -51,7 +51,9 @@ class EdgeLab:
         }
         vrrp.update(vrrp_overrides)
         lines = [
-            "[node]", f'name = "edge-{i + 1}"', f'control_socket = "{self.socket(i)}"', "workers = 1", "",
+            "[node]", f'name = "edge-{i + 1}"', f'control_socket = "{self.socket(i)}"', "workers = 1",
+            # Each edge its own runtime state: the lab's hosts share this host's file system.
+            f'state_dir = "{self.workdir / f"edge{i + 1}.state"}"', "",
             "[[vrrp]]", *(f"{k} = {toml_value(v)}" for k, v in vrrp.items()), "",
         ]
         if self.frontend_track_weight is not None:

@@ -25,6 +25,16 @@ Decisions beyond the RFC:
   of our own.
 - StateChanged comes after the actions that realise the new state, so notify scripts see the
   VIPs already added or removed.
+- A MASTER that yields to another's advert (preempted, a healed split brain) holds the VIPs quietly
+  for ``quiet_hold`` seconds instead of removing them, and a BACKUP that preempts a master it heard
+  prepares the bridge back to it (PrepareBridge): connections in flight there finish, as on a
+  planned stop. ``quiet_hold`` 0 removes the VIPs at once (RFC behaviour).
+- Maintenance (``MaintenanceChanged``) is an operator's planned hand-over that does not stop the
+  router: a MASTER resigns as on Shutdown (priority-0 adverts, VIPs kept until the successor is
+  heard), then becomes BACKUP, holding the VIPs quietly for ``quiet_hold`` seconds. While
+  maintenance is on the router never arms its master-down timer, so it never becomes MASTER, not as
+  the last router nor as address owner. Turned off, it rejoins as a BACKUP with a fresh
+  master-down timer (preempt rules apply).
 """
 from __future__ import annotations
 
@@ -57,6 +67,9 @@ class RouterParams:
     # trail its first advert, and a client that still resolves the VIP to us must not hit a host
     # that has just dropped the address (a lost SYN costs the client a 1 s retransmit).
     handover_linger: float = 0.25
+    # How long a master that gives the VIPs up to another router keeps them quietly for the
+    # connections in flight its successor bridges back (the successor's bridge time); 0: at once.
+    quiet_hold: float = 0.0
     # A master answers lower-priority and priority-0 adverts at most this often (at least one
     # advert interval).
     answer_holdoff: float = 1.0
@@ -75,6 +88,8 @@ class RouterParams:
             problems.append(f"handover_timeout {self.handover_timeout} must be >= 0")
         if self.handover_linger < 0:
             problems.append(f"handover_linger {self.handover_linger} must be >= 0")
+        if self.quiet_hold < 0:
+            problems.append(f"quiet_hold {self.quiet_hold} must be >= 0")
         try:
             ipaddress.ip_address(self.primary_address)
         except ValueError:
@@ -121,6 +136,11 @@ class FaultRaised:
 @dataclass(frozen=True)
 class FaultCleared:
     pass
+
+
+@dataclass(frozen=True)
+class MaintenanceChanged:
+    on: bool
 
 
 @dataclass(frozen=True)
@@ -178,7 +198,8 @@ class Stopped:
     pass
 
 
-Event = Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared | Timeout
+Event = (Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared
+         | MaintenanceChanged | Timeout)
 Action = (SendAdvert | AddVips | RemoveVips | HoldVipsQuietly | ReleaseVips | PrepareBridge | SendGratuitous
           | StateChanged | Stopped)
 
@@ -201,6 +222,12 @@ class VrrpRouter:
         self.handover_deadline: float | None = None
         self.new_master_heard = False
         self.holds_vips_quietly = False
+        self.maintenance = False
+        # Maintenance: the VIPs kept quietly after a hand-over, until then.
+        self.quiet_release_deadline: float | None = None
+        self._maintenance_handover = False
+        self._successor: str | None = None
+        self._preempted: str | None = None     # the lower master a preempting BACKUP ignores
         self._drain = False
         self._down_timer: float | None = None
         self._adver_timer: float | None = None
@@ -215,6 +242,7 @@ class VrrpRouter:
             PriorityChanged: self._on_priority_changed,
             FaultRaised: self._on_fault_raised,
             FaultCleared: self._on_fault_cleared,
+            MaintenanceChanged: self._on_maintenance,
             Timeout: self._on_timeout,
         }
 
@@ -235,7 +263,8 @@ class VrrpRouter:
     def next_deadline(self) -> float | None:
         if self.stopped or self.holds_vips_quietly:
             return None
-        pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline) if t is not None]
+        pending = [t for t in (self._down_timer, self._adver_timer, self.handover_deadline,
+                               self.quiet_release_deadline) if t is not None]
         return min(pending, default=None)
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -281,8 +310,7 @@ class VrrpRouter:
         actions: list[Action] = []
         while not self.stopped and not self.holds_vips_quietly:
             if self.handover_deadline is not None and self.handover_deadline <= now:
-                actions += self._finish_shutdown(
-                    "shutdown:handover_complete" if self.new_master_heard else "shutdown:handover_timeout")
+                actions += self._end_handover(now, "handover_complete" if self.new_master_heard else "handover_timeout")
             elif self._adver_timer is not None and self._adver_timer <= now:
                 priority = RESIGN_PRIORITY if self.handing_over else self.effective_priority
                 actions.append(SendAdvert(priority))
@@ -292,6 +320,9 @@ class VrrpRouter:
                 self._adver_timer = following if following > now else now + self.params.advert_interval
             elif self._down_timer is not None and self._down_timer <= now:
                 actions += self._become_master(now, self._takeover_reason)
+            elif self.quiet_release_deadline is not None and self.quiet_release_deadline <= now:
+                self.quiet_release_deadline = None
+                actions.append(ReleaseVips("quiet_hold_over"))
             else:
                 break
         return actions
@@ -305,7 +336,7 @@ class VrrpRouter:
         return self._start(now, "startup")
 
     def _start(self, now: float, reason: str) -> list[Action]:
-        if self.effective_priority == OWNER_PRIORITY:
+        if self.effective_priority == OWNER_PRIORITY and not self.maintenance:
             return self._become_master(now, reason)
         self.master_adver_interval = self.params.advert_interval
         return self._become_backup(now, reason, master=None)
@@ -316,8 +347,9 @@ class VrrpRouter:
         if self.handing_over:
             if event.priority != RESIGN_PRIORITY and not self.new_master_heard:
                 self.new_master_heard = True
+                self._successor = event.src
                 if self.params.handover_linger <= 0:
-                    return self._finish_shutdown("shutdown:handover_complete")
+                    return self._end_handover(now, "handover_complete")
                 assert self.handover_deadline is not None
                 self.handover_deadline = min(self.handover_deadline, now + self.params.handover_linger)
             return []
@@ -326,6 +358,14 @@ class VrrpRouter:
         return self._on_advert_as_master(event, now)
 
     def _on_advert_as_backup(self, event: AdvertReceived, now: float) -> list[Action]:
+        if self.maintenance:
+            # Follow who is master, for the status; never prepare to take over.
+            if event.priority != RESIGN_PRIORITY:
+                self._learn_interval(event.interval)
+                self.master = event.src
+            elif self.master is None or address_rank(self.master) == address_rank(event.src):
+                self.master = None
+            return []
         if event.priority == RESIGN_PRIORITY:
             # A resigning ex-master repeats priority 0 during handover; once another master is
             # heard, those repeats say nothing about whether the current master is alive.
@@ -344,8 +384,10 @@ class VrrpRouter:
             self._down_timer = now + self.master_down_interval
             self.master = event.src
             self._takeover_reason = "master_down_timer"
+            self._preempted = None
         else:
             self._takeover_reason = "preempt"
+            self._preempted = event.src
         return []
 
     def _accepts_as_master(self, event: AdvertReceived, now: float) -> bool:
@@ -368,7 +410,8 @@ class VrrpRouter:
             # One last advert of ours before stepping down: after a split brain heals, the winner
             # may never have heard us, and only our advert makes it re-announce the VIPs to the
             # clients that followed us (its lower-priority rule below).
-            return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src)
+            return [SendAdvert(self.effective_priority)] + self._become_backup(now, reason, master=event.src,
+                                                                               hold=True)
         holdoff = max(self.params.answer_holdoff, self.params.advert_interval)
         if self._answered_at is not None and now - self._answered_at < holdoff:
             return []
@@ -393,7 +436,7 @@ class VrrpRouter:
 
     def _on_fault_raised(self, event: FaultRaised, now: float) -> list[Action]:
         reason = f"fault:{event.reason}"
-        if self.handing_over:
+        if self.handing_over and not self._maintenance_handover:
             return self._finish_shutdown(f"shutdown:{reason}")
         if self.state is State.FAULT:
             return []
@@ -414,9 +457,14 @@ class VrrpRouter:
         # A second stop request means "now": stop waiting for the new master, or for the drain.
         if self.holds_vips_quietly:
             return self._release("shutdown")
+        # Only a planned hand-over leaves connections worth draining.
+        if self.handing_over and self._maintenance_handover:
+            # The maintenance hand-over already under way becomes the stop's.
+            self._maintenance_handover = False
+            self._drain = event.drain and event.handover
+            return [] if event.handover else self._finish_shutdown("shutdown")
         if self.handing_over:
             return self._finish_shutdown("shutdown")
-        # Only a planned hand-over leaves connections worth draining.
         self._drain = event.drain and event.handover
         if self.state is State.MASTER and event.handover and self.params.handover_timeout > 0:
             self.handover_deadline = now + self.params.handover_timeout
@@ -427,10 +475,14 @@ class VrrpRouter:
 
     def _finish_shutdown(self, reason: str) -> list[Action]:
         old = self.state
-        hold = old is State.MASTER and self._drain
+        held = self.quiet_release_deadline is not None     # since a maintenance hand-over
+        self.quiet_release_deadline = None
+        hold = (old is State.MASTER or held) and self._drain
         actions: list[Action] = []
         if old is State.MASTER:
             actions.append(HoldVipsQuietly() if hold else RemoveVips())
+        elif held and not hold:
+            actions.append(ReleaseVips(reason))
         if old is not State.INIT:
             actions.append(StateChanged(old, State.INIT, reason))
         self._enter(State.INIT, master=None)
@@ -440,6 +492,40 @@ class VrrpRouter:
         self.stopped = True
         actions.append(Stopped())
         return actions
+
+    def _on_maintenance(self, event: MaintenanceChanged, now: float) -> list[Action]:
+        if event.on == self.maintenance:
+            return []
+        self.maintenance = event.on
+        if not event.on:
+            actions: list[Action] = []
+            if self.quiet_release_deadline is not None:
+                self.quiet_release_deadline = None
+                actions.append(ReleaseVips("maintenance_off"))
+            # A hand-over under way completes; its end re-arms the timer.
+            if self.state is State.BACKUP:
+                self._arm_down_timer(now + self.master_down_interval)
+            return actions
+        if self.state is State.BACKUP:
+            self._down_timer = None
+        if self.state is not State.MASTER or self.handing_over:
+            return []
+        self._maintenance_handover = True
+        self.new_master_heard = False
+        self._successor = None
+        if self.params.handover_timeout > 0:
+            self.handover_deadline = now + self.params.handover_timeout
+            self._adver_timer = now + self.params.advert_interval
+            return [SendAdvert(RESIGN_PRIORITY)]
+        return [SendAdvert(RESIGN_PRIORITY)] + self._end_handover(now, "")
+
+    def _end_handover(self, now: float, how: str) -> list[Action]:
+        if not self._maintenance_handover:
+            return self._finish_shutdown(f"shutdown:{how}" if how else "shutdown")
+        return self._become_backup(now, f"maintenance:{how}" if how else "maintenance", self._successor, hold=True)
+
+    def _arm_down_timer(self, deadline: float) -> None:
+        self._down_timer = None if self.maintenance else deadline
 
     def _on_drained(self, event: Drained, now: float) -> list[Action]:
         return self._release("drained") if self.holds_vips_quietly else []
@@ -451,21 +537,32 @@ class VrrpRouter:
 
     def _become_master(self, now: float, reason: str) -> list[Action]:
         old = self.state
+        # Master again before a quiet hold ended: the quiet VIPs go first.
+        released: list[Action] = [ReleaseVips("master")] if self.quiet_release_deadline is not None else []
+        self.quiet_release_deadline = None
+        if reason == "preempt" and self._preempted is not None:
+            released.insert(0, PrepareBridge(self._preempted))
         self._enter(State.MASTER, master=self.params.primary_address)
         self.master_adver_interval = self.params.advert_interval
         self._adver_timer = now + self.params.advert_interval
         # VIPs and gratuitous ARP before the advert: a resigning master releases the VIPs when it
         # hears our advert, and by then clients must already be sent here.
-        return [
+        return released + [
             AddVips(), SendGratuitous(), SendAdvert(self.effective_priority),
             StateChanged(old, State.MASTER, reason),
         ]
 
-    def _become_backup(self, now: float, reason: str, master: str | None) -> list[Action]:
+    def _become_backup(self, now: float, reason: str, master: str | None, hold: bool = False) -> list[Action]:
+        """`hold`: another router takes the VIPs over; keep them quietly for `quiet_hold`."""
         old = self.state
         self._enter(State.BACKUP, master=master)
-        self._down_timer = now + self.master_down_interval
-        actions: list[Action] = [RemoveVips()] if old is State.MASTER else []
+        self._arm_down_timer(now + self.master_down_interval)
+        actions: list[Action] = []
+        if old is State.MASTER and hold and self.params.quiet_hold > 0:
+            self.quiet_release_deadline = now + self.params.quiet_hold
+            actions.append(HoldVipsQuietly())
+        elif old is State.MASTER:
+            actions.append(RemoveVips())
         actions.append(StateChanged(old, State.BACKUP, reason))
         return actions
 
@@ -475,6 +572,8 @@ class VrrpRouter:
         self._down_timer = None
         self._adver_timer = None
         self.handover_deadline = None
+        self._maintenance_handover = False
         self._takeover_reason = "master_down_timer"
+        self._preempted = None
         self._outranked_master_since = None
         self._answered_at = None

@@ -42,6 +42,10 @@ def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
 
 
 class VrrpInstance:
+    """A VIP owner (vipd.owner.VipOwner)."""
+
+    kind = "vrrp"
+
     def __init__(self, config: VrrpConfig, *, interfaces: InterfaceTable, channels: ChannelPool,
                  addresses: AddressWorker, serving: Mapping[str, bool] | None = None,
                  bridge: handover.BridgePlan = handover.BridgePlan(),
@@ -52,6 +56,9 @@ class VrrpInstance:
         self.channels = channels
         self.addresses = addresses
         self.clock = clock
+        self._started = False
+        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
+        self.plan_bridge(bridge)
         self.router = fsm.VrrpRouter(self._params(NO_ADDRESS[config.family]))
         self._receive_checks = self._checks_for(config)
         self.tracks = TrackSet(config.tracks, self._evaluate, interfaces.link_up, serving)
@@ -74,17 +81,32 @@ class VrrpInstance:
         self._garp: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[tuple, bytes] = {}
-        self._started = False
         self._resigned = asyncio.Event()     # stopped, or holding the VIPs quietly for the drain
         self._bug_reported: dict[tuple, float] = {}
         self._last_now = 0.0
-        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
-        self.plan_bridge(bridge)
+        self._maintenance = False
         self.quiet = handover.QuietHold(config.vrid, f"vrrp {config.name}")
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def state(self) -> str:
+        return self.router.state.value
+
+    @property
+    def maintenance(self) -> bool:
+        return self._maintenance
+
+    def set_maintenance(self, on: bool) -> None:
+        """Out of service (a MASTER hands over first) or back; before start() too."""
+        if on == self._maintenance:
+            return
+        self._maintenance = on
+        if self._started:
+            log.info("vrrp %s: maintenance %s", self.name, "on: never master until it is off" if on else "off")
+        self._dispatch(fsm.MaintenanceChanged(on))
 
     # ---------------------------------------------------------------- configuration
 
@@ -98,7 +120,10 @@ class VrrpInstance:
         return fsm.RouterParams(
             vrid=c.vrid, version=c.version, priority=c.priority, advert_interval=c.advert_interval,
             primary_address=primary, preempt=c.preempt, preempt_delay=c.preempt_delay,
-            handover_timeout=c.effective_handover_timeout)
+            handover_timeout=c.effective_handover_timeout,
+            # Given up to another router, the VIPs stay (quietly) while its bridge sends us our
+            # connections in flight; without a bridge (no proxy ports, IPv6) they go at once.
+            quiet_hold=self.bridge.seconds if self.bridge.ports else 0.0)
 
     @staticmethod
     def _checks_for(c: VrrpConfig) -> packet.ReceiveChecks:
@@ -261,6 +286,8 @@ class VrrpInstance:
         ARP silence)."""
         self.bridge.ports = plan.ports if self.config.family == socket.AF_INET else ()
         self.bridge.seconds = plan.seconds
+        if self._started:
+            self._execute(self.router.update_params(self._params(self.router.params.primary_address), self.clock()))
 
     def _on_link(self, name: str) -> None:
         if name == self.config.interface:
@@ -340,6 +367,8 @@ class VrrpInstance:
             self._report_bug(f"handling {event!r}", exc)
             actions = []
         self._execute(actions)
+        if self.router.stopped or self.router.holds_vips_quietly:
+            self._resigned.set()
         self._schedule()
 
     def _report_bug(self, what: str, exc: Exception) -> None:
@@ -396,8 +425,9 @@ class VrrpInstance:
             self._hold_quietly()
         elif isinstance(action, fsm.ReleaseVips):
             log.info("vrrp %s: releasing the VIPs held quietly (%s)", self.name, action.reason)
-            self._vip_change = asyncio.ensure_future(self.quiet.release(
-                lambda vips: self.addresses.remove(self.config.interface, vips)))
+            # Queued now, so a later AddVips (rejoining after maintenance) comes after it.
+            removed = self.addresses.remove(self.config.interface, self.quiet.vips)
+            self._vip_change = asyncio.ensure_future(self.quiet.release(lambda vips: removed))
         elif isinstance(action, fsm.PrepareBridge):
             self.bridge.prepare(action.predecessor, [v.ip for v in self._managed_vips()])
         elif isinstance(action, fsm.SendGratuitous):
@@ -429,7 +459,6 @@ class VrrpInstance:
     def _hold_quietly(self) -> None:
         self._give_up_vips()
         self.quiet.hold(self._managed_vips())
-        self._resigned.set()
 
     def _give_up_vips(self) -> None:
         # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
@@ -530,4 +559,5 @@ class VrrpInstance:
             "master_advert_interval": self.router.master_adver_interval,
             "unicast_peers": list(c.unicast_peers),
             "handing_over": self.router.handing_over,
+            "maintenance": self._maintenance,
         }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 from vipd.events import Emit, log_only
 from vipd.vrrp.addresses import AddressWorker
@@ -24,10 +24,13 @@ log = logging.getLogger("vipd.vrrp")
 
 class VrrpService:
     def __init__(self, configs: tuple[VrrpConfig, ...], bridge: BridgePlan = BridgePlan(),
-                 serving: Mapping[str, bool] | None = None, emit: Emit = log_only) -> None:
+                 serving: Mapping[str, bool] | None = None, emit: Emit = log_only,
+                 maintenance: Callable[[str], bool] = lambda name: False) -> None:
         self.configs = configs
         self.emit = emit
         self.bridge = bridge
+        # Whether an instance starts in maintenance (the daemon's runtime state), asked at creation.
+        self.maintenance = maintenance
         # The proxy's verdicts as last pushed (frontend_serving); new frontend tracks start from them.
         self.serving: dict[str, bool] = dict(serving or {})
         self.instances: dict[str, VrrpInstance] = {}
@@ -50,9 +53,11 @@ class VrrpService:
         self._addresses = AddressWorker()
 
     def _new_instance(self, vrrp) -> VrrpInstance:
-        return VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
-                            addresses=self._addresses, serving=self.serving, bridge=self.bridge,
-                            emit=self.emit)
+        instance = VrrpInstance(vrrp, interfaces=self.interfaces, channels=self._channels,
+                                addresses=self._addresses, serving=self.serving, bridge=self.bridge,
+                                emit=self.emit)
+        instance.set_maintenance(self.maintenance(vrrp.name))
+        return instance
 
     async def _start_instances(self, configs) -> None:
         created = [self._new_instance(v) for v in configs]
