@@ -224,7 +224,9 @@ def test_drains_and_weights_survive_reload_and_restart_and_show_as_overrides(nod
         assert node.overrides() == expected
         assert node.backends()[node.metrics]["weight"] == 3 and node.backends()[node.dead]["state"] == "drain"
 
-        # Changed back: the configured weight and `reset` end a weight, enable ends a drain.
+        # Changed back: the configured weight and `reset` end a weight, enable ends a drain. (The
+        # restarted daemon's checks of its own metrics listener may still be rising.)
+        _wait(lambda: node.backends()[node.metrics]["state"] == "up", 15, "the metrics backend up")
         answer = request(node.sock, "POST", f"/v1/frontends/api/backends/{node.metrics}/weight/2", 10.0)[1]
         assert check(answer, WeightAnswer, strict=True).problems == []
         assert answer == {"frontend": "api", "backend": node.metrics, "weight": 2, "state": "up", "overrides": {}}
