@@ -102,7 +102,8 @@ def test_a_frontends_status_joins_traffic_and_health():
                 "backends": {"127.0.0.1:8081": {"active": 3, "total": 18, "failed": 2,
                                                 "bytes_in": 100, "bytes_out": 1000}}}
     health = [{"address": "127.0.0.1:8081", "state": "down", "health": "0/2 DOWN",
-               "last_error": "connection refused", "check_latency_seconds": 0.001, "checks": 5,
+               "last_error": "connection refused", "health_reason": "connection refused",
+               "check_latency_seconds": 0.001, "checks": 5,
                "check_failures": 3, "passive_failures": 2, "weight": 5, "overrides": {"weight": 5}}]
     status = frontend_status(frontend, counters, health, all_down=False, serving=True, workers=2)
     assert status == {
@@ -112,9 +113,10 @@ def test_a_frontends_status_joins_traffic_and_health():
         "backends": [
             {"address": "127.0.0.1:8081", "state": "down", "weight": 5, "active_connections": 3,
              "total_connections": 18, "failed_connections": 2, "bytes_in": 100, "bytes_out": 1000,
-             "health": "0/2 DOWN", "last_error": "connection refused", "check_latency_seconds": 0.001,
+             "health": "0/2 DOWN", "last_error": "connection refused", "health_reason": "connection refused",
+             "check_latency_seconds": 0.001,
              "checks": 5, "check_failures": 3, "passive_failures": 2, "overrides": {"weight": 5}},
             {"address": "127.0.0.1:8082", "state": "up", "weight": 1, "active_connections": 0,
              "total_connections": 0, "failed_connections": 0, "bytes_in": 0, "bytes_out": 0,
-             "health": None, "last_error": None, "check_latency_seconds": None, "checks": 0,
+             "health": None, "last_error": None, "health_reason": None, "check_latency_seconds": None, "checks": 0,
              "check_failures": 0, "passive_failures": 0, "overrides": {}}]}
