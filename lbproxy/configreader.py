@@ -10,7 +10,6 @@ import math
 import os
 import re
 import tomllib
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # {table shape ("vrrp.track": `[[vrrp.track]]`, "" the top level): {unknown key: why it is unknown}}
@@ -208,16 +207,27 @@ def one_of(vocabulary: type[enum.StrEnum], aliases: Mapping[str, str] | None = N
 
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """The file's tables; ConfigError with one line when it cannot be read or parsed."""
+    """The file's tables; ConfigError with one line when it cannot be read or parsed, whatever
+    the file holds (a config is also what a reload reads while the daemon serves)."""
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{name}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; not a vipd config"])
+    if b"\0" in raw:
+        raise ConfigError([f"{name}: holds NUL bytes; not a text file"])
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([f"{name}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{name}: TOML syntax: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply"]) from None

@@ -182,5 +182,13 @@ def load(path: str | os.PathLike, *, require_vrrp: bool = False, require_fronten
          host: Host | None = THIS_HOST) -> Config:
     """Read and validate a config file, also against `host` (None: the file alone); ConfigError
     lists every problem, one line each; the config's `warnings` what may be fine at run time."""
-    return parse(read_toml(path), str(path), require_vrrp=require_vrrp, require_frontend=require_frontend,
-                 host=host)
+    data = read_toml(path)
+    try:
+        return parse(data, str(path), require_vrrp=require_vrrp, require_frontend=require_frontend, host=host)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    except Exception as exc:
+        # A file must never take the daemon down on reload: whatever goes wrong is a refusal.
+        raise ConfigError([f"{path}: cannot load: {type(exc).__name__}: {exc}"]) from None

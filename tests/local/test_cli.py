@@ -262,3 +262,39 @@ def test_help_documents_exit_codes_and_each_default_config():
             out = subprocess.run([sys.executable, "-m", *args, verb, "--help"], capture_output=True, text=True,
                                  timeout=30, env={**os.environ, "COLUMNS": "100"}).stdout
             assert f"[default: {default}]" in out and status in " ".join(out.split()), out
+
+
+@pytest.mark.timeout(120)
+def test_a_deeply_nested_file_on_reload_is_refused_and_the_daemon_keeps_serving(tmp_path):
+    """vipd 0.1 died of a RecursionError on reload (without resigning); now any file that fails to
+    load is a one-line refusal, by lbctl reload and by SIGHUP alike."""
+    port = free_port()
+    path = write(tmp_path, "vipd.toml", proxy_only(tmp_path, port))
+    nested = "x = " + "[" * 3000 + "]" * 3000 + "\n"
+    checked = vipd("check", "--file-only", "-c", str(write(tmp_path, "nested.toml", nested)))
+    assert (checked.returncode, checked.stderr) == (2, f"{tmp_path / 'nested.toml'}: nested too deeply\n")
+    log = tmp_path / "run.log"
+    lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vipd", "run", "-c", str(path)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, log.read_text()
+        path.write_text(nested)
+        reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
+        assert reload.returncode == 1 and "nested too deeply" in reload.stderr, reload
+        proc.send_signal(signal.SIGHUP)
+        status = subprocess.run([*lbctl, "status", "--json"], capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and proc.poll() is None, log.read_text()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass                                        # the old config's listener still accepts
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("nested too deeply") >= 2

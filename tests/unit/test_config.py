@@ -510,3 +510,19 @@ def test_a_refused_config_names_its_host_problems_and_warnings_together(programs
     assert caught.value.problems == [f"{FILE}: vrrp[0].track[0].script: {programs['missing']} does not exist"]
     assert caught.value.warnings == [f"{FILE}: WARNING: vrrp[0].interface: no interface 'eth9' on this host now; "
                                      "the instance stays in FAULT until it appears"]
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("[node]\nname = \"a\0b\"\n", "holds NUL bytes; not a text file"),
+    ("# padding\n" * 500_000, "larger than 4 MiB; not a vipd config"),
+    ("\xff\xfe garbage", "not UTF-8 text"),
+])
+def test_a_hostile_file_is_one_line_refusal(tmp_path, content, reason):
+    """Deep nesting, binary, huge or garbage files: one ConfigError line, never another exception
+    (a reload with such a file must leave the running config serving)."""
+    path = tmp_path / "hostile.toml"
+    path.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
+    with pytest.raises(ConfigError) as caught:
+        load(path, host=None)
+    assert caught.value.problems == [f"{path}: {reason}"]
