@@ -190,7 +190,9 @@ def test_the_bridge_goes_only_to_the_master_followed_and_only_once():
 def test_preempting_backup_ignores_a_lower_master_and_takes_over():
     router = started_backup(priority=150)
     router.handle(advert(200), 1.0)
-    router.handle(advert(100), 2.0)
+    # Deciding to preempt, it bridges back to the master it will replace, once, ahead of time.
+    assert router.handle(advert(100), 2.0) == [PrepareBridge(PEER)]
+    assert router.handle(advert(100), 2.5) == []
     assert router.next_deadline() == pytest.approx(1.0 + router.master_down_interval)
     actions = router.handle(Timeout(), router.next_deadline())
     assert actions[0] == PrepareBridge(PEER)          # connections in flight there are bridged back

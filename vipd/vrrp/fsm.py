@@ -27,8 +27,9 @@ Decisions beyond the RFC:
   VIPs already added or removed.
 - A MASTER that yields to another's advert (preempted, a healed split brain) holds the VIPs quietly
   for ``quiet_hold`` seconds instead of removing them, and a BACKUP that preempts a master it heard
-  prepares the bridge back to it (PrepareBridge): connections in flight there finish, as on a
-  planned stop. ``quiet_hold`` 0 removes the VIPs at once (RFC behaviour).
+  prepares the bridge back to it (PrepareBridge, when it decides to and again as it takes over):
+  connections in flight there finish, as on a planned stop. ``quiet_hold`` 0 removes the VIPs at
+  once (RFC behaviour).
 - Maintenance (``MaintenanceChanged``) is an operator's planned hand-over that does not stop the
   router: a MASTER resigns as on Shutdown (priority-0 adverts, VIPs kept until the successor is
   heard), then becomes BACKUP, holding the VIPs quietly for ``quiet_hold`` seconds. While
@@ -385,10 +386,13 @@ class VrrpRouter:
             self.master = event.src
             self._takeover_reason = "master_down_timer"
             self._preempted = None
-        else:
-            self._takeover_reason = "preempt"
-            self._preempted = event.src
-        return []
+            return []
+        # Preempting: the bridge back to the master we will replace goes up now, well before our
+        # gratuitous ARP turns its clients to us (setting it up takes a while).
+        self._takeover_reason = "preempt"
+        actions = [] if self._preempted == event.src else [PrepareBridge(event.src)]
+        self._preempted = event.src
+        return actions
 
     def _accepts_as_master(self, event: AdvertReceived, now: float) -> bool:
         if not self.params.preempt or event.priority >= self.effective_priority:
