@@ -1,7 +1,10 @@
 """Helpers the tests of every folder share (on sys.path through pytest's `pythonpath`)."""
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import time
 
 import pytest
 
@@ -41,3 +44,33 @@ listen = "0.0.0.0:6443"
 
 # The same without its frontend (the VRRP track then follows an interface): enough for vipd, not for lbproxy.
 VRRP_ONLY_CONFIG = GOOD_CONFIG[:GOOD_CONFIG.index("[[frontend]]")].replace('frontend = "api"', 'interface = "eth1"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_network(argv: list[str]) -> list[str]:
+    """As root the proxy sets net.ipv4.tcp_migrate_req: run `argv` in a network namespace of its
+    own (loopback only) so this host's stays as it is. Its control socket is a file, reachable."""
+    if os.geteuid() != 0:
+        return argv
+    require_binary("unshare", "util-linux")
+    require_binary("ip", "iproute2")
+    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """The predicate's first true value within `timeout` (an OSError counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = predicate()
+        except OSError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import GOOD_CONFIG, VRRP_ONLY_CONFIG
+from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port
 
 from vipd import cli, proxycli
 
@@ -158,11 +158,6 @@ def test_a_secret_never_appears_in_any_output(tmp_path):
     result = vipd("check", "-c", str(good))
     assert result.returncode == 0 and SECRET not in result.stdout + result.stderr
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proxy_only(tmp_path, port, control_socket=None, health=""):

@@ -13,11 +13,10 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from support import require_binary
+from support import free_port, own_network, wait_until
 
 from vipd.control import schema
 from vipd.control.client import backend_path, request
@@ -516,33 +515,7 @@ def test_lbctl_shows_what_matches_and_says_what_does_not(run_dir: Path) -> None:
     asyncio.run(serve_unchecked())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _own_network(argv: list[str]) -> list[str]:
-    # As root the proxy sets net.ipv4.tcp_migrate_req: give it a network namespace of its own
-    # (loopback only) so this host's stays as it is. Its control socket is a file, reachable.
-    if os.geteuid() != 0:
-        return argv
-    require_binary("unshare", "util-linux")
-    require_binary("ip", "iproute2")
-    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = predicate()
-        except OSError:
-            found = None
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(120)
@@ -551,20 +524,20 @@ def test_a_live_daemon_answers_by_the_schema(run_dir: Path) -> None:
     carries every field the schema describes; lbctl and the metrics read it without a problem
     (the metrics built in this process from the document: the daemon's loopback may be its own)."""
     sock = run_dir / "control.sock"
-    metrics = f"127.0.0.1:{_free_port()}"
-    dead = f"127.0.0.1:{_free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     config = run_dir / "vipd.toml"
     # The backend that passes its TCP checks is the daemon's own metrics listener.
     config.write_text("\n".join([
         "[node]", 'name = "local-1"', f'control_socket = "{sock}"', f'metrics_listen = "{metrics}"',
         "workers = 1", f'state_dir = "{run_dir / "state"}"',
-        "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{_free_port()}"',
+        "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{free_port()}"',
         "  [frontend.health]", '  type = "tcp"', "  interval = 0.2", "  timeout = 0.5",
         "  rise = 1", "  fall = 1",
         "  [[frontend.backend]]", f'  address = "{metrics}"',
         "  [[frontend.backend]]", f'  address = "{dead}"', ""]))
     log = open(run_dir / "vipd.log", "wb")
-    daemon = subprocess.Popen(_own_network([sys.executable, "-m", "vipd", "run", "-c", str(config)]),
+    daemon = subprocess.Popen(own_network([sys.executable, "-m", "vipd", "run", "-c", str(config)]),
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                               stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -579,7 +552,7 @@ def test_a_live_daemon_answers_by_the_schema(run_dir: Path) -> None:
 
     try:
         try:
-            _wait(states, 30, "one backend up, one down")
+            wait_until(states, 30, "one backend up, one down")
         except AssertionError:
             raise AssertionError((run_dir / "vipd.log").read_text()) from None
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import require_binary
+from support import free_port, own_network, wait_until
 
 from vipd.control.client import backend_path, request
 from vipd.control.schema import Event, check
@@ -58,33 +58,7 @@ print(c.getsockname()[1], got)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def own_network(argv: list[str]) -> list[str]:
-    # As root the proxy sets net.ipv4.tcp_migrate_req: a network namespace of its own (loopback
-    # only) keeps this host's as it is. Its control socket is a file, reachable from here.
-    if os.geteuid() != 0:
-        return argv
-    require_binary("unshare", "util-linux")
-    require_binary("ip", "iproute2")
-    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = predicate()
-        except OSError:
-            found = None
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Lines:
@@ -144,12 +118,12 @@ class LiveDaemon:
         return ["nsenter", "-t", str(self.proc.pid), "-n", "--", *argv]
 
     def start_backend(self) -> None:
-        wait_for(lambda: self.sock.exists(), 30, "the control socket")
+        wait_until(lambda: self.sock.exists(), 30, "the control socket")
         backend = subprocess.Popen(self.in_net([sys.executable, "-c", BACKEND, str(self.backend_port)]),
                                    stdout=subprocess.PIPE, text=True)
         self.helpers.append(backend)
         assert backend.stdout.readline().strip() == "ready"
-        wait_for(lambda: self.states() == {self.backend: "up", self.dead: "down"}, 30, "one backend up, one down")
+        wait_until(lambda: self.states() == {self.backend: "up", self.dead: "down"}, 30, "one backend up, one down")
 
     def ask(self, method: str, url: str) -> tuple[int, dict]:
         return request(str(self.sock), method, url, 10.0)
@@ -254,7 +228,7 @@ def test_operator_actions_and_reloads_in_order_follow_access_log_and_journal_pre
             port, got = client.stdout.split()
             assert int(got) == ANSWER_BYTES
             ports.append(port)
-        access = wait_for(lambda: [line for line in daemon.log().splitlines() if "lbproxy.access" in line][-3:]
+        access = wait_until(lambda: [line for line in daemon.log().splitlines() if "lbproxy.access" in line][-3:]
                           if daemon.log().count("lbproxy.access") >= 3 else None, 10, "three access log lines")
         for port, line in zip(ports, access):
             assert line.endswith("s") and line.startswith("<6>INFO lbproxy.access[g1w0]: ")

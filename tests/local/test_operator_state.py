@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_control import REPO, _free_port, _own_network, _wait
+from support import free_port, own_network, wait_until
+from test_control import REPO
 
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig, ProxyConfig
 from lbproxy.healthcheck import Override
@@ -63,7 +64,7 @@ def test_runtime_weights_reach_the_worker_and_zero_takes_no_new_connections():
         one, two = NamedBackend("one"), NamedBackend("two")
         await one.start()
         await two.start()
-        port = _free_port()
+        port = free_port()
         frontend = FrontendConfig(
             name="api", listen=f"127.0.0.1:{port}", listen_host="127.0.0.1", listen_port=port,
             backends=(one.config(), two.config()), balance="round_robin",
@@ -109,9 +110,9 @@ class LiveNode:
         self.sock = str(run_dir / "control.sock")
         self.state_dir = run_dir / "state"
         self.config = run_dir / "vipd.toml"
-        self.metrics = f"127.0.0.1:{_free_port()}"
-        self.dead = f"127.0.0.1:{_free_port()}"
-        self.gone = f"127.0.0.1:{_free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.dead = f"127.0.0.1:{free_port()}"
+        self.gone = f"127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen | None = None
 
     def write(self, with_gone: bool = True) -> None:
@@ -120,7 +121,7 @@ class LiveNode:
         self.config.write_text("\n".join([
             "[node]", 'name = "local-1"', f'control_socket = "{self.sock}"',
             f'metrics_listen = "{self.metrics}"', "workers = 1", f'state_dir = "{self.state_dir}"',
-            "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{_free_port()}"',
+            "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{free_port()}"',
             "  [frontend.health]", '  type = "tcp"', "  interval = 0.2", "  timeout = 0.5",
             "  rise = 1", "  fall = 1",
             *[line for b in backends for line in ("  [[frontend.backend]]", f'  address = "{b}"', "  weight = 2")],
@@ -128,12 +129,12 @@ class LiveNode:
 
     def start(self) -> None:
         log = open(self.run_dir / "vipd.log", "ab")
-        self.proc = subprocess.Popen(_own_network([sys.executable, "-m", "vipd", "run", "-c", str(self.config)]),
+        self.proc = subprocess.Popen(own_network([sys.executable, "-m", "vipd", "run", "-c", str(self.config)]),
                                      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:
-            _wait(lambda: self.status() and self.backends()[self.dead]["state"] != "up", 30, "the daemon")
+            wait_until(lambda: self.status() and self.backends()[self.dead]["state"] != "up", 30, "the daemon")
         except AssertionError:
             raise AssertionError(self.log()) from None
 
@@ -226,7 +227,7 @@ def test_drains_and_weights_survive_reload_and_restart_and_show_as_overrides(nod
 
         # Changed back: the configured weight and `reset` end a weight, enable ends a drain. (The
         # restarted daemon's checks of its own metrics listener may still be rising.)
-        _wait(lambda: node.backends()[node.metrics]["state"] == "up", 15, "the metrics backend up")
+        wait_until(lambda: node.backends()[node.metrics]["state"] == "up", 15, "the metrics backend up")
         answer = request(node.sock, "POST", f"/v1/frontends/api/backends/{node.metrics}/weight/2", 10.0)[1]
         assert check(answer, WeightAnswer, strict=True).problems == []
         assert answer == {"frontend": "api", "backend": node.metrics, "weight": 2, "state": "up", "overrides": {}}
