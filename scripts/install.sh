@@ -18,7 +18,7 @@ else
   fi
   apt-get install -y -qq --no-install-recommends \
     python3 python3-venv python3-pip iproute2 nftables iputils-ping procps curl util-linux \
-    keepalived nginx libnginx-mod-stream haproxy wrk tcpdump systemd >/dev/null
+    keepalived nginx libnginx-mod-stream haproxy wrk tcpdump systemd etcd-server etcd-client frr conntrack >/dev/null
   # The status page's browser test drives Debian's Chromium (a large package, but CI must run that
   # test) through Playwright; Playwright's own browser download cannot work on an offline host.
   apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
