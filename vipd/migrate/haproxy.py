@@ -40,8 +40,7 @@ VALUE_OPTIONS = {
     "guid", "hash-key", "ciphers", "ciphersuites", "curves", "sigalgs", "client-sigalgs", "ssl-min-ver",
     "ssl-max-ver", "proxy-v2-options", "log-proto", "shard", "npn", "check-reuse-pool",
 }
-SERVER_ONLY = {"backup": "vipd has no backup servers yet (it would take traffic like the others)",
-               "disabled": "disabled in HAProxy",
+SERVER_ONLY = {"disabled": "disabled in HAProxy",
                "ssl": "HAProxy encrypts to this server; vipd passes bytes through unchanged",
                "send-proxy": "vipd does not send PROXY headers",
                "send-proxy-v2": "vipd does not send PROXY headers",
@@ -387,13 +386,14 @@ class _Translator:
                 self.notes.skip(d.origin, f"server {d.args[0]} maxconn {maxconn}", "must be a number")
                 maxconn = None
             for option in options:
-                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn"):
+                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup"):
                     self.notes.skip(d.origin, f"server {d.args[0]} {option}", "vipd has no equivalent")
             if "check" in options and "no-check" not in options:
                 checked.append((d, options))
             else:
                 unchecked.append(d)
-            tables.append(backend_table(address, source(d), weight, int(maxconn) if maxconn else None))
+            tables.append(backend_table(address, source(d), weight, int(maxconn) if maxconn else None,
+                                        backup="backup" in options))
         return tables, left_out, self.health(b, checked, unchecked)
 
     def health(self, b: Proxy, checked: list[tuple[Directive, dict[str, str]]],
