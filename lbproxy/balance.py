@@ -70,7 +70,7 @@ def ramp_weight(weight: int, elapsed: float, slow_start: float) -> int:
     full = weight * RAMP_SCALE
     if slow_start <= 0 or elapsed >= slow_start:
         return full
-    return max(1, math.ceil(full * max(elapsed, 0.0) / slow_start))
+    return max(1, round(full * elapsed / slow_start))
 
 
 @dataclass(slots=True)

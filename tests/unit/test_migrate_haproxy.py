@@ -92,6 +92,7 @@ listen mqtt
     db, db2, mqtt = config.frontends
     assert (db.name, db.listen, db2.name, db2.listen) == ("db", "198.18.0.100:5432", "db-2", "198.18.0.101:5432")
     assert (db.balance, db.connect_timeout, db.idle_timeout) == ("least_conn", 3.0, 30.0)
+    assert (db.slow_start, mqtt.slow_start) == (30.0, 0.0)
     assert [(b.address, b.weight, b.max_connections, b.backup) for b in db.backends] == [
         ("198.18.0.21:5432", 10, 100, False), ("198.18.0.22:5432", 1, 0, False),
         ("198.18.0.23:5432", 1, 0, True)]
@@ -105,7 +106,8 @@ listen mqtt
         "only default_backend is",
     ]
     for expected in (
-        f"{p}:20: server b slowstart: not translated: vipd has no equivalent",
+        f"{p}:20: server b slowstart: servers differ; vipd has one slow_start per frontend: the first "
+        "server's is used",
         f"{p}:22: server d 198.18.0.24:5432 weight 0: not translated: weight 0: must be 1..256 "
         "(weight 0 takes no traffic); left out",
         f"{p}:23: server e 198.18.0.25 check: not translated: must be HOST:PORT (HAProxy takes the port from "

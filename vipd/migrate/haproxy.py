@@ -322,6 +322,7 @@ class _Translator:
                 settings.set("balance", name, source(b.balance))
                 if algorithm in ("static-rr", ) or algorithm.startswith("random"):
                     self.notes.note(b.balance.origin, b.balance.text, f"approximated: balance = {name!r}")
+        self.slow_start(b, settings)
         connect = self.timeout(b, "connect")
         if connect is not None:
             settings.set("connect_timeout", connect, source(b.timeouts["connect"]))
@@ -339,6 +340,23 @@ class _Translator:
             else:
                 settings.set("retries", count, source(b.retries))
         return settings
+
+    def slow_start(self, b: Proxy, settings: Table) -> None:
+        """HAProxy's per-server `slowstart` -> the frontend's one `slow_start`."""
+        defaults = _options([w for d in b.default_server for w in d.args])
+        servers = [(d, {**defaults, **_options(d.args[2:])}) for d in b.servers if len(d.args) >= 2]
+        given = [(d, options["slowstart"]) for d, options in servers if "slowstart" in options]
+        if not given:
+            return
+        first, text = given[0]
+        value = seconds(text)
+        if value is None or value > 3600:
+            self.notes.skip(first.origin, f"server {first.args[0]} slowstart {text}", "must be a time up to 1h")
+            return
+        settings.set("slow_start", value, f"{source(first)} (slowstart)")
+        if len(given) < len(servers) or len({t for _, t in given}) > 1:
+            self.notes.note(first.origin, f"server {first.args[0]} slowstart", "servers differ; vipd has one "
+                            "slow_start per frontend: the first server's is used")
 
     def timeout(self, p: Proxy, kind: str) -> float | None:
         d = p.timeouts.get(kind)
@@ -386,7 +404,7 @@ class _Translator:
                 self.notes.skip(d.origin, f"server {d.args[0]} maxconn {maxconn}", "must be a number")
                 maxconn = None
             for option in options:
-                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup"):
+                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup", "slowstart"):
                     self.notes.skip(d.origin, f"server {d.args[0]} {option}", "vipd has no equivalent")
             if "check" in options and "no-check" not in options:
                 checked.append((d, options))
