@@ -55,12 +55,13 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
     for backend in frontend.backends:
         c = traffic.get(backend.address, {})
         h = checked.get(backend.address, {})
+        weight = h.get("weight", backend.weight)
         backends.append({
             "address": backend.address,
             "state": h.get("state", BackendState.UP),
-            "weight": h.get("weight", backend.weight),
+            "weight": weight,
             "backup": backend.backup,
-            "effective_weight": h.get("effective_weight", float(backend.weight)),
+            "effective_weight": h.get("effective_weight", float(weight)),
             "slow_start_remaining": h.get("slow_start_remaining", 0.0),
             "active_connections": c.get("active", 0),
             "total_connections": c.get("total", 0),
