@@ -16,8 +16,18 @@ from lbproxy.supervisor import ProxySupervisor
 pytestmark = pytest.mark.timeout(120)
 
 
+class _Answer(asyncio.Protocol):
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.name)
+        transport.close()
+
+
 class Named:
-    """A loopback TCP server that sends its name and closes; stops and starts on one port."""
+    """A loopback TCP server that sends its name and closes; stops and starts on one port.
+    Plain protocols and sockets on both ends keep this process's own cost per request low."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -25,7 +35,8 @@ class Named:
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Answer(self.name.encode()), "127.0.0.1", self.port)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -33,11 +44,6 @@ class Named:
             self.server.close()
             await self.server.wait_closed()
             self.server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(self.name.encode())
-        await writer.drain()
-        writer.close()
 
     @property
     def address(self) -> str:
@@ -56,11 +62,11 @@ def reserved_port() -> socket.socket:
 
 
 async def ask(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        return (await asyncio.wait_for(reader.read(64), 5)).decode()
-    finally:
-        writer.close()
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        return (await asyncio.wait_for(loop.sock_recv(sock, 64), 5)).decode()
 
 
 async def answers(port: int, count: int) -> list[str]:
@@ -215,13 +221,15 @@ def test_a_recovered_backend_ramps_up_over_slow_start_and_one_added_by_a_reload_
             quarters = [share(seen, "b", q * SLOW_START / 4, (q + 1) * SLOW_START / 4) for q in range(4)]
             settled = share(seen, "b", SLOW_START + 0.1, SLOW_START + 0.6)
             report = (quarters, settled)
-            assert all(count >= 30 for _, count in quarters), report
-            # The mean shares of a linear ramp against one settled equal: 0.11, 0.27, 0.38, 0.47.
-            for q, (got_share, _) in enumerate(quarters):
+            assert all(count >= 25 for _, count in quarters + [settled]), report
+            # The mean shares of a linear ramp against one settled equal: 0.11, 0.27, 0.38, 0.47,
+            # then 0.5. Each worker's smooth round robin stays within a pick of its exact share
+            # over any stretch: two workers, two picks, beside the ramp's own spread in a window.
+            for q, (got_share, count) in enumerate(quarters):
                 expected = mean_share(q / 4, (q + 1) / 4)
-                assert abs(got_share - expected) <= 0.06, (q, expected, report)
+                assert abs(got_share - expected) <= 0.03 + 2 / count, (q, expected, report)
             assert quarters[0][0] < quarters[1][0] < quarters[3][0], report
-            assert abs(settled[0] - 0.5) <= 0.06, report
+            assert abs(settled[0] - 0.5) <= 0.03 + 2 / settled[1], report
             assert (run.backend(b.address)["effective_weight"], run.backend(b.address)["slow_start_remaining"]) == (1.0, 0.0)
 
             # A backend added by a reload ramps too (its origin reaches the workers in `configure`).
@@ -232,10 +240,10 @@ def test_a_recovered_backend_ramps_up_over_slow_start_and_one_added_by_a_reload_
             seen = await sample(port, since, since + SLOW_START / 4)
             first, count = share(seen, "c", 0.0, SLOW_START / 4)
             # Against two settled equals: mean of f / (2 + f) over f in 0..0.25 is 0.058.
-            assert count >= 20 and first <= 0.058 + 0.07, seen
+            assert count >= 25 and first <= 0.058 + 0.03 + 2 / count, seen
             await asyncio.sleep(max(0.0, since + SLOW_START - time.monotonic()) + 0.1)
             got = await answers(port, 90)
-            assert abs(got.count("c") / 90 - 1 / 3) <= 0.1, got
+            assert abs(got.count("c") / 90 - 1 / 3) <= 0.03 + 2 / 90, got
         finally:
             await supervisor.stop_accepting()
             await supervisor.drain()
