@@ -63,11 +63,11 @@ FULL = {
     "frontends": [{
         "name": "api", "listen": "[::]:6443", "balance": "least_conn", "active_connections": 0,
         "total_connections": 9, "failed_connections": 1, "refused": 2, "bytes_in": 10,
-        "bytes_out": 20, "all_down": True, "serving": False, "workers": 2,
+        "bytes_out": 20, "all_down": True, "using_backups": False, "serving": False, "workers": 2,
         "backends": [{
             "address": "[2001:db8::21]:6443", "state": "drain", "weight": 3, "active_connections": 0,
-            "overrides": {"drain": True, "weight": 3},
-            "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
+            "overrides": {"drain": True, "weight": 3}, "backup": True, "effective_weight": 1.5,
+            "slow_start_remaining": 2.5, "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
             "health": "0/2 DOWN", "last_error": "HTTP 503", "health_reason": "HTTP 503",
             "check_latency_seconds": 0.004,
             "checks": 5, "check_failures": 5, "passive_failures": 1,
@@ -196,10 +196,10 @@ def test_not_a_document_at_all() -> None:
 def test_strict_reports_undescribed_fields_and_readers_ignore_them() -> None:
     document = copy.deepcopy(CONTRACT_EXAMPLE)
     document["elections"] = []
-    document["frontends"][0]["backends"][0]["backup"] = False
+    document["frontends"][0]["backends"][0]["no_such_field"] = False
     assert check(document).problems == []
     assert check(document, strict=True).problems == [
-        "frontends[0].backends[0].backup: not described by the schema",
+        "frontends[0].backends[0].no_such_field: not described by the schema",
         "elections: not described by the schema",
     ]
     assert check(document).value == document

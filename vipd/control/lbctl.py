@@ -280,11 +280,14 @@ def render_status(document: StatusDocument) -> str:
             head += f"  refused {f['refused']}"
         if f.get("all_down"):
             head += "  ALL BACKENDS DOWN"
+        elif f.get("using_backups"):
+            head += "  ON BACKUPS (no primary up)"
         lines.append(head)
         backends = f.get("backends", [])
         # A WEIGHT column when the daemon tells weights; `3*` marks a runtime override.
         weights = any("weight" in b for b in backends)
-        rows = [(_text(b.get("address")), _text(b.get("state")) + (OVERRIDE_MARK if b.get("overrides", {}).get("drain") else ""),
+        rows = [(_text(b.get("address")) + (" (backup)" if b.get("backup") else ""),
+                 _text(b.get("state")) + (OVERRIDE_MARK if b.get("overrides", {}).get("drain") else ""),
                  *((_weight(b),) if weights else ()), _text(b.get("health")),
                  _text(b.get("active_connections")), _text(b.get("total_connections")),
                  _text(b.get("failed_connections")), _text(b.get("last_error")))
@@ -299,7 +302,12 @@ def render_status(document: StatusDocument) -> str:
 
 
 def _weight(backend: dict) -> str:
-    return _text(backend.get("weight")) + (OVERRIDE_MARK if "weight" in backend.get("overrides", {}) else "")
+    shown = _text(backend.get("weight")) + (OVERRIDE_MARK if "weight" in backend.get("overrides", {}) else "")
+    weight, effective = backend.get("weight"), backend.get("effective_weight")
+    if weight and effective is not None and effective < weight:
+        # Slow start: how far up the ramp the backend is.
+        shown += f" ({100 * effective / weight:.0f}%)"
+    return shown
 
 
 def main() -> None:

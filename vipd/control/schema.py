@@ -99,6 +99,13 @@ class Backend(TypedDict):
     weight: NotRequired[Annotated[Count, Doc("the weight in force: the configured one or a runtime override; "
                                              "0 takes no new connections (state `drain`)")]]
     overrides: NotRequired[BackendOverrides]
+    backup: NotRequired[Annotated[bool, Doc("a backup backend: takes new connections only while no "
+                                            "non-backup backend is up")]]
+    effective_weight: NotRequired[Annotated[float, Range(0), Doc(
+        "the weight the balancer uses now: below `weight` while the backend ramps up after coming "
+        "up (`slow_start`), else equal to it")]]
+    slow_start_remaining: NotRequired[Annotated[Seconds, Doc(
+        "seconds until the backend reaches its full weight; 0 when it is not ramping up")]]
     bytes_in: NotRequired[Annotated[Count, Doc("bytes received from clients for this backend")]]
     bytes_out: NotRequired[Annotated[Count, Doc("bytes sent to clients from this backend")]]
     health: NotRequired[Annotated[str | None, Doc(
@@ -126,6 +133,8 @@ class Frontend(TypedDict):
     bytes_in: NotRequired[Count]
     bytes_out: NotRequired[Count]
     all_down: NotRequired[Annotated[bool, Doc("true while no backend takes new connections")]]
+    using_backups: NotRequired[Annotated[bool, Doc("true while no primary backend is up and the "
+                                                   "backup backends take new connections")]]
     serving: NotRequired[Annotated[bool, Doc("listening and at least one backend up "
                                              "(what a `frontend:NAME` track sees)")]]
     workers: NotRequired[Annotated[Count, Doc("worker processes accepting on this frontend")]]
