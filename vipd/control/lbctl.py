@@ -273,6 +273,13 @@ def render_status(document: StatusDocument) -> str:
                        rows, right={2, 3})
     else:
         lines.append("VRRP      none on this node")
+    elections = document.get("elections", [])
+    if elections:
+        rows = [(_text(e.get("name")), _text(e.get("state")) + (" (maint)" if e.get("maintenance") else ""),
+                 _text(e.get("holder")), _text(e.get("effective_priority", e.get("priority"))),
+                 _text(e.get("virtual_ips")), _text(e.get("since")), _text(e.get("reason")))
+                for e in elections]
+        lines += table(("ELECTION", "STATE", "HOLDER", "PRIO", "VIPS", "SINCE", "REASON"), rows, right={3})
     for f in document.get("frontends", []):
         head = (f"FRONTEND {_text(f.get('name'))}  listen {_text(f.get('listen'))}"
                 f"  active {_text(f.get('active_connections'))}")
