@@ -183,7 +183,7 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
         problems.append("frontend: lbproxy needs at least one [[frontend]]")
     if not problems and host is not None:
         _check_on_host(problems, node, vrrps, frontends, host, elections)
-        check_elections_on_host(problems, elections, host)
+        check_elections_on_host(problems, etcd, elections, host)
     warnings = [f"{path}: WARNING: {w}" for w in problems.warnings]
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems], warnings)

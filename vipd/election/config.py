@@ -58,9 +58,11 @@ def endpoint(value: Any) -> str | None:
     return None
 
 
+def absolute(value: str) -> str | None:
+    return None if os.path.isabs(value) else "must be an absolute path"
+
+
 def readable_file(value: str) -> str | None:
-    if not os.path.isabs(value):
-        return "must be an absolute path"
     if not os.path.isfile(value):
         return f"{value}: no such file"
     if not os.access(value, os.R_OK):
@@ -77,7 +79,7 @@ def parse_etcd(problems: Findings, table: Any) -> EtcdConfig | None:
             s.error(f"endpoints[{i}]", problem)
     if endpoints == []:
         s.error("endpoints", "must list at least one etcd member")
-    files = {key: s.get(key, str, None, check=readable_file) for key in ("ca_file", "cert_file", "key_file")}
+    files = {key: s.get(key, str, None, check=absolute) for key in ("ca_file", "cert_file", "key_file")}
     if (files["cert_file"] is None) != (files["key_file"] is None) and len(problems) == before:
         s.error("cert_file" if files["cert_file"] is None else "key_file",
                 "cert_file and key_file go together (the client certificate and its key)")
@@ -132,7 +134,14 @@ def check_elections(problems: Findings, etcd: EtcdConfig | None, elections: list
                 problems.append(f"election[{i}].virtual_ips: {vip.ip} is also a [[vrrp]] VIP; one owner per VIP")
 
 
-def check_elections_on_host(problems: Findings, elections: list[ElectionConfig], host: Host) -> None:
+def check_elections_on_host(problems: Findings, etcd: EtcdConfig | None, elections: list[ElectionConfig],
+                            host: Host) -> None:
+    """The TLS files must be readable now (the daemon reads them at start); a missing interface
+    may appear later."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(etcd, key) if etcd is not None else None
+        if path and (problem := readable_file(path)):
+            problems.append(f"etcd.{key}: {problem}")
     for i, e in enumerate(elections):
         if not host.has_interface(e.interface):
             problems.warnings.append(f"election[{i}].interface: no interface {e.interface!r} on this host now; "

@@ -239,6 +239,8 @@ class ElectionCore:
     _transferring: bool = False
     _taking_over: tuple[str, float] | None = None    # (from, since): our VIPs are up early
     _accepted: bool = False
+    _fenced: str | None = None              # why the last lease was dropped, until a new one
+    _fresh: bool = False                    # read the keys since the lease was granted
     _gave_up: tuple[str, str] | None = None          # an offer we could not complete in time
     _stop_since: float | None = None
     _stale_revoked: set[int] = field(default_factory=set)
@@ -295,6 +297,8 @@ class ElectionCore:
             case LeaseGranted(lease, ttl, sent_at):
                 self._session_busy = False
                 self.lease, self.granted_ttl = lease, ttl
+                self._fresh = False
+                self._fenced = None
                 self.deadline = sent_at + ttl - MARGIN
                 self._session_at = sent_at + ttl / 3
                 self.last_error = None
@@ -316,6 +320,7 @@ class ElectionCore:
                     actions += self._fence(now, f"lease lost: {reason}", revoke=False)
             case Seen(snapshot):
                 self.snapshot = snapshot
+                self._fresh = True
                 self._campaigning = False if snapshot.holder else self._campaigning
             case ReadFailed(reason):
                 self.last_error = reason
@@ -372,6 +377,7 @@ class ElectionCore:
         self._session_at = now
         if revoke and old is not None:
             actions.append(Revoke(old))
+        self._fenced = reason
         self._set(State.FAULT, reason, actions)
         return actions
 
@@ -397,8 +403,8 @@ class ElectionCore:
         if self.stopping:
             return actions + self._stop(now)
         if self.lease is None:
-            self._set(State.FAULT, f"etcd: no lease ({self.last_error})" if self.last_error
-                      else "etcd: waiting for a lease", actions)
+            self._set(State.FAULT, self._fenced or (f"etcd: no lease ({self.last_error})" if self.last_error
+                                                    else "etcd: waiting for a lease"), actions)
             return actions
         lease = self.lease
         snap = self.snapshot
@@ -489,7 +495,7 @@ class ElectionCore:
             self._taking_over = None
             self._accepted = False
             actions += self._drop_vips()
-        if h is None and can and not self._campaigning:
+        if h is None and can and not self._campaigning and self._fresh:
             best = max((*snap.candidates, Entry(self.node, self.priority, lease)), key=self._rank)
             waited = self._absent_since is not None and now >= self._absent_since + self.ttl
             if best.node == self.node or waited:
