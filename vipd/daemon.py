@@ -235,7 +235,7 @@ class Daemon:
 
     async def _start_elections(self, cfg: configmod.Config) -> None:
         from vipd.election.owner import ElectionService
-        self.elections = ElectionService(cfg.elections, cfg.etcd, cfg.node.name,
+        self.elections = ElectionService(cfg.elections, cfg.etcd, cfg.node.name, _bridge_plan(cfg),
                                          serving=self.proxy.serving if self.proxy else None,
                                          emit=self.events.emit, maintenance=self.runtime.in_maintenance)
         await self.elections.start()
@@ -296,7 +296,7 @@ class Daemon:
         elif new.vrrp:
             await self._start_vrrp(new)
         if self.elections is not None and new.elections:
-            await self.elections.reload(new.elections, new.etcd)
+            await self.elections.reload(new.elections, new.etcd, _bridge_plan(new))
         elif self.elections is not None:
             await self.elections.shutdown()
             self.elections = None

@@ -5,10 +5,11 @@ from vipd.election import core
 from vipd.election.core import (
     Accept,
     AddVips,
+    Announce,
     Campaign,
     Done,
-    Eligibility,
     ElectionCore,
+    Eligibility,
     Entry,
     Grant,
     LeaseFailed,
@@ -125,10 +126,16 @@ def test_preemption_hands_over_successor_first_then_the_old_holder_lets_go() -> 
     actions = h.handle(Seen(Snapshot(holder, (holder, high), ("a", "b"), accepted=("b", "a"))), 1.2)
     assert actions == [Transfer(11, high)] and h.vips
     actions = h.handle(Done(Transfer(11, high), True), 1.25)
-    assert RemoveVips() in actions and h.state == State.FOLLOWER and h.holder == "b"
-    # the successor sees the key under its own lease: LEADER, no second add
+    assert RemoveVips() not in actions and h.state == State.FOLLOWER and h.holder == "b"
+    # the successor sees the key under its own lease: LEADER, announces again, no second add
     actions = s.handle(Seen(Snapshot(high, (holder, high))), 1.3)
-    assert s.state == State.LEADER and not [a for a in actions if isinstance(a, AddVips)]
+    assert s.state == State.LEADER and Announce() in actions
+    assert not [a for a in actions if isinstance(a, AddVips)]
+    # the old holder lets go once the successor's announcement is out
+    assert h.next_deadline() == 1.25 + core.RELEASE_GRACE
+    assert RemoveVips() not in h.handle(Tick(), 1.25 + core.RELEASE_GRACE - 0.01)
+    assert RemoveVips() in h.handle(Tick(), 1.25 + core.RELEASE_GRACE)
+    assert not h.vips
 
 
 def test_a_successor_whose_transfer_never_comes_drops_its_early_vips_and_does_not_retry_that_offer() -> None:

@@ -40,6 +40,10 @@ MARGIN = 0.5                  # seconds before the earliest possible expiry of t
 RETRY = 0.25                  # after a failed grant or renewal
 LIFETIME_SLACK = 0.2          # kernel lifetimes are whole seconds and end up to ~0.1 s late
 HANDOVER_TIMEOUT = 2.0
+# After a transfer the old holder keeps its VIPs this long, so the successor's announcement as
+# LEADER lands before: a client that an ARP exchange with the old holder pointed back at it
+# is moved again while the old holder still answers.
+RELEASE_GRACE = 0.3
 RE_OFFER_AFTER = 1.0
 
 
@@ -55,6 +59,7 @@ class Entry:
     node: str
     priority: int
     lease: int
+    address: str | None = None      # the node's own address on the segment (for the bridge)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,27 @@ class RemoveVips:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """GARP/NA for VIPs already on this node."""
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Before taking over: send mid-flow segments of connections the predecessor accepted back to it."""
+    predecessor: str
+
+
+@dataclass(frozen=True)
+class HoldQuietly:
+    """After a transfer: keep the VIPs, silent on ARP, while the successor bridges our connections to us."""
+
+
+@dataclass(frozen=True)
+class Speak:
+    """End a quiet hold: the VIPs are ours to announce again."""
+
+
+@dataclass(frozen=True)
 class StateChanged:
     old: State
     new: State
@@ -216,6 +242,8 @@ class ElectionCore:
     node: str
     priority: int
     ttl: float
+    quiet_hold: float = 0.0                 # seconds an old holder keeps its VIPs quietly (0: no bridge)
+    address: str | None = None
     state: State = State.INIT
     reason: str = "starting"
     lease: int | None = None
@@ -243,6 +271,7 @@ class ElectionCore:
     _fresh: bool = False                    # read the keys since the lease was granted
     _gave_up: tuple[str, str] | None = None          # an offer we could not complete in time
     _stop_since: float | None = None
+    _release_at: float | None = None                 # a transfer is done: VIPs go then
     _stale_revoked: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------ reading
@@ -276,6 +305,8 @@ class ElectionCore:
             times.append(self._absent_since + self.ttl)
         if self._stop_since is not None:
             times.append(self._stop_since + HANDOVER_TIMEOUT)
+        if self._release_at is not None:
+            times.append(self._release_at)
         if self._offer_after:
             times.append(self._offer_after)
         pending = [t for t in times if t is not None]
@@ -343,14 +374,17 @@ class ElectionCore:
             case Campaign(lease, priority):
                 self._campaigning = False
                 if ok and lease == self.lease:
-                    self.snapshot = Snapshot(holder=Entry(self.node, priority, lease),
+                    self.snapshot = Snapshot(holder=Entry(self.node, priority, lease, self.address),
                                              candidates=self.snapshot.candidates)
             case Transfer(_, to):
                 self._transferring = False
                 self._offered = None
                 if ok:
                     self.snapshot = Snapshot(holder=to, candidates=self.snapshot.candidates)
-                    return self._drop_vips()
+                    if self.quiet_hold > 0:
+                        self._release_at = now + self.quiet_hold
+                        return [HoldQuietly()]
+                    self._release_at = now + RELEASE_GRACE
             case Register(lease, priority):
                 if not ok and self._registered == (lease, priority):
                     self._registered = None
@@ -371,7 +405,7 @@ class ElectionCore:
         old, self.lease = self.lease, None
         self._registered = None
         self._campaigning = self._transferring = self._accepted = False
-        self._offered = self._taking_over = None
+        self._offered = self._taking_over = self._release_at = None
         self.snapshot = Snapshot()
         self._session_busy = False
         self._session_at = now
@@ -429,11 +463,12 @@ class ElectionCore:
 
     def _as_holder(self, now: float, lease: int, can: bool) -> list:
         actions: list = []
+        was_taking_over = self._taking_over is not None
         self._taking_over = None
+        if self.vips and self._release_at is None and was_taking_over:
+            actions.append(Announce())
+        self._claim_vips(now, actions)
         self._accepted = False
-        if not self.vips:
-            self.vips = True
-            actions.append(AddVips(self.lifetime(now), announce=True))
         others = self._others()
         if can:
             self._set(State.LEADER, "holds the lease on the key", actions)
@@ -483,20 +518,21 @@ class ElectionCore:
             if now >= self._taking_over[1] + HANDOVER_TIMEOUT:
                 self._gave_up = offer
             else:
-                if not self.vips:
-                    self.vips = True
-                    actions.append(AddVips(self.lifetime(now), announce=True))
+                if not self.vips and self.quiet_hold > 0 and h.address:
+                    actions.append(Bridge(h.address))
+                self._claim_vips(now, actions)
                 if not self._accepted:
                     self._accepted = True
                     actions.append(Accept(h.node, lease))
                 self._set(State.FOLLOWER, f"taking over from {h.node}", actions)
                 return actions
-        if self._taking_over is not None or self.vips:
-            self._taking_over = None
+        releasing = self._release_at is not None and now < self._release_at and self.valid(now)
+        if (self._taking_over is not None or self.vips) and not releasing:
+            self._taking_over = self._release_at = None
             self._accepted = False
             actions += self._drop_vips()
         if h is None and can and not self._campaigning and self._fresh:
-            best = max((*snap.candidates, Entry(self.node, self.priority, lease)), key=self._rank)
+            best = max((*snap.candidates, Entry(self.node, self.priority, lease, self.address)), key=self._rank)
             waited = self._absent_since is not None and now >= self._absent_since + self.ttl
             if best.node == self.node or waited:
                 self._campaigning = True
@@ -504,6 +540,15 @@ class ElectionCore:
         self._set(State.FOLLOWER, f"held by {h.node}" if h else
                   ("campaigning" if can else self._why_not()), actions)
         return actions
+
+    def _claim_vips(self, now: float, actions: list) -> None:
+        """VIPs on and announced: added, or taken back out of a quiet hold."""
+        if not self.vips:
+            self.vips = True
+            actions.append(AddVips(self.lifetime(now), announce=True))
+        elif self._release_at is not None:
+            actions += [Speak(), Announce()]
+        self._release_at = None
 
     def _why_not(self) -> str:
         if self.maintenance:
@@ -526,6 +571,8 @@ class ElectionCore:
                 actions += self._as_holder(now, lease, can=False)
                 if self.holds_key():
                     return actions
+        if self._release_at is not None and now < self._release_at and self.valid(now):
+            return actions
         actions += self._drop_vips()
         if lease is not None:
             self.lease = None

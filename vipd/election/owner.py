@@ -20,6 +20,7 @@ from vipd.election import core
 from vipd.election.config import ElectionConfig, EtcdConfig
 from vipd.election.etcd import EtcdClient, EtcdError, KeyValue, b64
 from vipd.events import Emit, Kind, Level, log_only
+from vipd.vrrp import handover
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
 from vipd.vrrp.links import InterfaceTable, NetlinkMonitor
@@ -53,14 +54,24 @@ def decode_snapshot(key: str, kvs: list[KeyValue]) -> core.Snapshot:
         value = _json(kv.value)
         if kv.key == key:
             priority = value.get("priority")
-            holder = core.Entry(str(value.get("node", "?")), priority if isinstance(priority, int) else 0, kv.lease)
+            holder = core.Entry(str(value.get("node", "?")), priority if isinstance(priority, int) else 0, kv.lease,
+                                _address(value))
         elif kv.key.startswith(key + "/candidates/") and isinstance(value.get("priority"), int):
-            candidates.append(core.Entry(kv.key.rpartition("/")[2], value["priority"], kv.lease))
+            candidates.append(core.Entry(kv.key.rpartition("/")[2], value["priority"], kv.lease, _address(value)))
         elif kv.key == key + "/handover" and isinstance(value.get("from"), str) and isinstance(value.get("to"), str):
             handover = (value["from"], value["to"])
         elif kv.key == key + "/accepted" and isinstance(value.get("node"), str) and isinstance(value.get("from"), str):
             accepted = (value["node"], value["from"])
     return core.Snapshot(holder, tuple(candidates), handover, accepted)
+
+
+def _address(value: dict) -> str | None:
+    address = value.get("address")
+    return address if isinstance(address, str) else None
+
+
+def _entry(node: str, priority: int, address: str | None) -> dict:
+    return {"node": node, "priority": priority} | ({"address": address} if address else {})
 
 
 def _put(key: str, value: dict, lease: int) -> dict:
@@ -82,6 +93,7 @@ class ElectionOwner:
 
     def __init__(self, config: ElectionConfig, etcd: EtcdConfig, node: str, *, client: EtcdClient,
                  interfaces: InterfaceTable, addresses: AddressWorker, serving: Mapping[str, bool] | None = None,
+                 bridge: handover.BridgePlan = handover.BridgePlan(), table_id: int = 256,
                  emit: Emit = log_only, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.node = node
@@ -90,7 +102,15 @@ class ElectionOwner:
         self.addresses = addresses
         self.emit = emit
         self.clock = clock
-        self.core = core.ElectionCore(node, config.priority, etcd.lease_ttl)
+        # Bridging needs IPv4 and the proxy's ports; table ids above 255 never meet a VRRP vrid.
+        bridged = bool(bridge.ports) and config.virtual_ips[0].version == 4
+        self.bridge = bridge if bridged else handover.BridgePlan()
+        self.table_id = table_id
+        self.quiet = handover.QuietHold(table_id, f"election {config.name}")
+        self._bridged = asyncio.Event()
+        self._bridge_task: asyncio.Task | None = None
+        self.core = core.ElectionCore(node, config.priority, etcd.lease_ttl,
+                                      quiet_hold=self.bridge.seconds if bridged else 0.0)
         self.tracks = TrackSet(config.tracks, self._tracks_changed, interfaces.link_up, serving)
         self.frames = FrameSender(config.interface)
         self.since = utc_now()
@@ -102,6 +122,8 @@ class ElectionOwner:
         self._spawned: set[asyncio.Task] = set()
         self._vip_change: asyncio.Future | None = None
         self._stopped = asyncio.Event()
+        self._frames: asyncio.Future | None = None
+        self._frames_for: str | None = None
 
     # ------------------------------------------------------------ VipOwner
 
@@ -120,12 +142,37 @@ class ElectionOwner:
     def set_maintenance(self, on: bool) -> None:
         """On: a holder hands over to the best other candidate first (its VIPs go only once the
         successor has them), then never campaigns while on."""
-        if on != self.core.maintenance:
+        if not self._tasks:
+            self.core.maintenance = on       # before start: nothing to hand over yet
+        elif on != self.core.maintenance:
             self._feed(core.Maintenance(on))
 
     # ------------------------------------------------------------ running
 
+    def _learn_address(self) -> None:
+        link = self.interfaces.by_name(self.config.interface)
+        self.core.address = link.primary_ipv4(exclude=[str(v.ip) for v in self.config.virtual_ips]) if link else None
+
+    def _prepare_frames(self) -> None:
+        """Build the GARP/NA frames ahead (scapy is slow to load), again when the MAC changes."""
+        link = self.interfaces.by_name(self.config.interface)
+        mac = link.mac if link else None
+        if mac is not None and mac != self._frames_for:
+            self._frames_for = mac
+            self._frames = asyncio.ensure_future(
+                asyncio.to_thread(build_gratuitous_frames, mac, self.config.virtual_ips))
+
     async def start(self) -> None:
+        """Candidate only once the GARP frames are built: a hand-over right after start must not
+        wait for them."""
+        await handover.clear_leftovers(self.table_id)
+        self._learn_address()
+        self._prepare_frames()
+        if self._frames is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._frames), 30)
+            except Exception as exc:
+                log.error("election %s: cannot build gratuitous ARP/NA frames: %s", self.name, exc)
         self.interfaces.subscribe(self._on_link)
         self.tracks.start()
         await self.tracks.wait_first_results(self.tracks.first_result_timeout)
@@ -150,6 +197,7 @@ class ElectionOwner:
         await self.tracks.stop()
         for task in [*self._tasks, *self._spawned]:
             await cancel_and_wait(task)
+        await self._end_bridge()
         self.frames.close()
 
     def _feed(self, event: object) -> None:
@@ -168,6 +216,8 @@ class ElectionOwner:
     def _on_link(self, name: str) -> None:
         self.tracks.links_changed()
         if name == self.config.interface:
+            self._learn_address()
+            self._prepare_frames()
             self._tracks_changed()
 
     async def _drive(self) -> None:
@@ -205,8 +255,17 @@ class ElectionOwner:
                     self._vip_change = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
                     if announce:
                         self._spawn(self._announce(self._vip_change))
+                case core.Announce():
+                    self._spawn(self._announce(self._vip_change))
+                case core.Bridge(predecessor):
+                    self._start_bridge(predecessor)
+                case core.HoldQuietly():
+                    self.quiet.hold(self.config.virtual_ips)
+                case core.Speak():
+                    self._spawn(handover.remove("arp", handover.quiet_table(self.table_id)))
                 case core.RemoveVips():
-                    self._vip_change = self.addresses.remove(self.config.interface, self.config.virtual_ips)
+                    self._spawn(self._end_bridge())
+                    self._vip_change = asyncio.ensure_future(self.quiet.release(self._remove_vips))
                 case core.StateChanged(old, new, reason, holder):
                     self.since = utc_now()
                     self.transitions += 1
@@ -215,6 +274,28 @@ class ElectionOwner:
                               level=Level.WARNING if new == core.State.FAULT else Level.INFO, logger=log)
                 case _:
                     self._writes.put_nowait(action)
+
+    def _remove_vips(self, vips: list) -> asyncio.Future:
+        return self.addresses.remove(self.config.interface, self.config.virtual_ips)
+
+    def _start_bridge(self, predecessor: str) -> None:
+        self._bridged.clear()
+        self._bridge_task = asyncio.create_task(self._bridge(predecessor), name=f"election {self.name} bridge")
+
+    async def _bridge(self, predecessor: str) -> None:
+        try:
+            await handover.bridge_to(predecessor, [v.ip for v in self.config.virtual_ips], self.bridge.ports,
+                                     self.config.interface, self.table_id)
+            self._bridged.set()
+            await asyncio.sleep(self.bridge.seconds)
+        finally:
+            self._bridged.set()
+            await handover.remove("ip", handover.bridge_table(self.table_id))
+
+    async def _end_bridge(self) -> None:
+        task, self._bridge_task = self._bridge_task, None
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def _grant(self) -> None:
         sent = self.clock()
@@ -245,21 +326,27 @@ class ElectionOwner:
         except EtcdError as exc:
             self._feed(core.Done(action, False, str(exc)))
 
-    async def _announce(self, added: asyncio.Future) -> None:
+    async def _announce(self, added: asyncio.Future | None) -> None:
         try:
-            await asyncio.shield(added)
-            link = self.interfaces.by_name(self.config.interface)
-            if link is None or link.mac is None:
+            if added is not None:
+                await asyncio.shield(added)
+            if self._frames is None:
+                log.warning("election %s: no gratuitous ARP/NA: no MAC address known for %s",
+                            self.name, self.config.interface)
                 return
-            frames = await asyncio.to_thread(build_gratuitous_frames, link.mac, self.config.virtual_ips)
+            frames = await asyncio.shield(self._frames)
+            if self._bridge_task is not None:      # connections in flight go back before clients move
+                await asyncio.wait_for(self._bridged.wait(), 2)
         except Exception as exc:
             log.error("election %s: no gratuitous ARP/NA: %s", self.name, exc)
             return
+        sent = 0
         for _ in range(GARP_REPEAT):
             if not self.core.vips:
-                return
-            self.frames.send(frames)
+                break
+            sent += self.frames.send(frames)
             await asyncio.sleep(0.05)
+        log.info("election %s: %d gratuitous ARP/NA frame(s) sent on %s", self.name, sent, self.config.interface)
 
     async def _write_loop(self) -> None:
         while True:
@@ -278,12 +365,13 @@ class ElectionOwner:
         key, me = self.config.key, self.node
         match action:
             case core.Register(lease, priority):
-                return await self.client.txn([], [_put(f"{key}/candidates/{me}", {"priority": priority}, lease)])
+                value = {"priority": priority} | ({"address": self.core.address} if self.core.address else {})
+                return await self.client.txn([], [_put(f"{key}/candidates/{me}", value, lease)])
             case core.Unregister():
                 return await self.client.txn([], [_delete(f"{key}/candidates/{me}")])
             case core.Campaign(lease, priority):
                 absent = {"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
-                return await self.client.txn([absent], [_put(key, {"node": me, "priority": priority}, lease)])
+                return await self.client.txn([absent], [_put(key, _entry(me, priority, self.core.address), lease)])
             case core.Offer(to, lease):
                 return await self.client.txn([_lease_is(key, lease)],
                                              [_put(f"{key}/handover", {"from": me, "to": to}, lease)])
@@ -291,7 +379,7 @@ class ElectionOwner:
                 return await self.client.txn([], [_put(f"{key}/accepted", {"node": me, "from": holder}, lease)])
             case core.Transfer(lease, to):
                 return await self.client.txn([_lease_is(key, lease)], [
-                    _put(key, {"node": to.node, "priority": to.priority}, to.lease),
+                    _put(key, _entry(to.node, to.priority, to.address), to.lease),
                     _delete(f"{key}/handover"), _delete(f"{key}/accepted")])
             case core.Withdraw(lease):
                 return await self.client.txn([_lease_is(key, lease)],
@@ -355,11 +443,13 @@ class ElectionService:
     """Every `[[election]]`, sharing one etcd client, the netlink view and the address worker."""
 
     def __init__(self, configs: tuple[ElectionConfig, ...], etcd: EtcdConfig, node: str,
+                 bridge: handover.BridgePlan = handover.BridgePlan(),
                  serving: Mapping[str, bool] | None = None, emit: Emit = log_only,
                  maintenance: Callable[[str], bool] = lambda name: False) -> None:
         self.configs = configs
         self.etcd = etcd
         self.node = node
+        self.bridge = bridge
         self.emit = emit
         self.maintenance = maintenance
         self.serving: dict[str, bool] = dict(serving or {})
@@ -382,16 +472,20 @@ class ElectionService:
     async def _start(self, configs) -> None:
         created = []
         for config in configs:
+            index = next(i for i, c in enumerate(self.configs) if c.name == config.name)
             owner = ElectionOwner(config, self.etcd, self.node, client=self._client, interfaces=self.interfaces,
-                                  addresses=self._addresses, serving=self.serving, emit=self.emit)
+                                  addresses=self._addresses, serving=self.serving, bridge=self.bridge,
+                                  table_id=256 + index, emit=self.emit)
             owner.set_maintenance(self.maintenance(config.name))
             self.instances[config.name] = owner
             created.append(owner)
         await asyncio.gather(*(o.start() for o in created))
 
-    async def reload(self, configs: tuple[ElectionConfig, ...], etcd: EtcdConfig) -> None:
+    async def reload(self, configs: tuple[ElectionConfig, ...], etcd: EtcdConfig,
+                     bridge: handover.BridgePlan) -> None:
         """Unchanged elections run on; changed or removed ones step down (handing over), new ones start."""
-        if etcd != self.etcd:
+        if etcd != self.etcd or bridge != self.bridge:
+            self.bridge = bridge
             await self._stop_all()
             self.etcd = etcd
             self.configs = configs
