@@ -308,6 +308,10 @@ def test_preemption_and_maintenance_hand_over_without_a_failed_request(cluster):
     assert off.returncode == 0, off.stderr
     assert wait_until(lambda: leader_is(c, "c1"), 10, "back to c1"), c.logs()
     time.sleep(0.5)
+    # a stopping holder hands over too
+    assert c.lab.stop(c.vipd["c1"], signal.SIGTERM, timeout=20) == 0, c.log("c1")
+    assert wait_until(lambda: leader_is(c, "c2"), 10, "c2 after c1 stopped"), c.logs()
+    time.sleep(0.5)
     c.lab.stop(client, signal.SIGTERM, timeout=10)
     attempts = connclient.load(str(out))
     result = connclient.summarize(attempts)

@@ -166,7 +166,7 @@ def maintenance(ctx: typer.Context, switch: Switch = typer.Argument(..., metavar
                                         MaintenanceAnswer)
     for owner in answer.get("owners", []):
         state = _text(owner.get("state"))
-        doing = " (handing the VIPs over)" if owner.get("maintenance") and state == "MASTER" else ""
+        doing = " (handing the VIPs over)" if owner.get("maintenance") and state in ("MASTER", "LEADER") else ""
         typer.echo(f"{_text(owner.get('name'))}: maintenance {'on' if owner.get('maintenance') else 'off'}, "
                    f"{state}{doing}")
     _warn(answer)
