@@ -348,12 +348,15 @@ class Daemon:
         if self.vrrp is not None:
             await self.vrrp.shutdown(handover=True, keep_vips=self.proxy is not None)
         if self.elections is not None:
-            await self.elections.shutdown()      # hands over: the successor has the VIPs first
+            # The successor has the VIPs first; ours stay, quiet, while the proxy drains.
+            await self.elections.shutdown(keep_vips=self.proxy is not None)
         if self.proxy is not None:
             await self.proxy.stop_accepting()
             await self.proxy.drain()
         if self.vrrp is not None:
             await self.vrrp.release()
+        if self.elections is not None:
+            await self.elections.release()
         self.events.close()    # followers get the last events, then the end of their stream
         if self.control is not None:
             await self.control.stop()

@@ -21,14 +21,19 @@ absent and no registered candidate ranks above it (priority, then name), or K ha
 for a whole TTL (the best one is gone quiet).
 
 Hand-over (preemption, a holder whose tracks fail or that goes into maintenance, a stop): the
-holder H picks the best other candidate C and writes K/handover {H -> C}. C adds the VIPs with a
-kernel lifetime, GARPs, then writes K/accepted. H, seeing it, runs one txn: if K is still under
-H's lease, put K = C under C's own lease (and delete K/handover, K/accepted); only after that
-txn succeeded does H remove its VIPs. C becomes LEADER when it sees K under its lease. Both hold
-the VIPs between C's add and H's remove: that is the planned overlap, and no connection attempt
-meets a node without the VIP. C drops its early VIPs when no transfer comes within
-HANDOVER_TIMEOUT, when K names anyone but H or C, or at its own fence deadline; H withdraws its
-offer after HANDOVER_TIMEOUT (a stop then removes the VIPs and revokes the lease anyway).
+holder H picks the best other candidate C and writes K/handover {H -> C}. C first bridges
+mid-flow segments for the proxy's ports back to H (vipd.vrrp.handover, when there is a proxy),
+then adds the VIPs with a kernel lifetime, GARPs, and writes K/accepted. H, seeing it, runs one
+txn: if K is still under H's lease, put K = C under C's own lease (and delete K/handover,
+K/accepted). Only after that txn succeeded does H let go of its VIPs: it keeps them silent on ARP
+while C bridges its connections in flight back to it (quiet_hold, the proxy's drain), or without
+a proxy for RELEASE_GRACE, then removes them. C becomes LEADER when it sees K under its lease and
+announces again. Both hold the VIPs between C's add and H's remove: that is the planned overlap
+(only C answers ARP once H is quiet), and no connection attempt meets a node without the VIP.
+C drops its early VIPs when no transfer comes within HANDOVER_TIMEOUT, when K names anyone but
+H or C, or at its own fence deadline; H withdraws its offer after HANDOVER_TIMEOUT (a stop then
+removes the VIPs and revokes the lease anyway). Every kept VIP still obeys the fence and the
+kernel lifetime.
 """
 from __future__ import annotations
 
@@ -289,6 +294,11 @@ class ElectionCore:
 
     def may_hold(self, now: float) -> bool:
         return self.valid(now) and not self.problems and not self.maintenance and not self.stopping
+
+    @property
+    def release_at(self) -> float | None:
+        """When VIPs kept after a transfer (quietly, or for the grace) go; None: none kept."""
+        return self._release_at
 
     def lifetime(self, now: float) -> int:
         return max(1, math.floor(self.deadline - now - LIFETIME_SLACK))

@@ -181,9 +181,20 @@ class ElectionOwner:
                            (self._write_loop(), "writes")):
             self._tasks.append(asyncio.create_task(coro, name=f"election {self.name} {what}"))
 
-    async def stop(self, timeout: float = core.HANDOVER_TIMEOUT + 2.0) -> None:
+    async def hand_over(self, timeout: float = core.HANDOVER_TIMEOUT + 2.0) -> None:
+        """Stop being a candidate: returns once another node holds the key (this one may still keep
+        its VIPs quietly while the successor bridges connections in flight back) or they are gone."""
+        if not self.core.stopping:
+            self._feed(core.Stop())
+        deadline = self.clock() + timeout
+        while not self._stopped.is_set() and self.core.release_at is None and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
         """Hand over if another candidate can take the VIPs, else let go; then revoke the lease."""
-        self._feed(core.Stop())
+        await self.hand_over()
+        release_at = self.core.release_at
+        timeout = 2.0 + (max(0.0, release_at - self.clock()) if release_at is not None else 0.0)
         try:
             await asyncio.wait_for(self._stopped.wait(), timeout)
         except asyncio.TimeoutError:
@@ -506,7 +517,15 @@ class ElectionService:
             await self._client.close()
             self._client = None
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, keep_vips: bool = False) -> None:
+        """Every election hands over; with keep_vips, return once each did (a successor holds the
+        key) and keep what they hold quietly until `release()`; otherwise let everything go."""
+        if keep_vips:
+            await asyncio.gather(*(o.hand_over() for o in self.instances.values()))
+            return
+        await self.release()
+
+    async def release(self) -> None:
         await self._stop_all()
         if self._monitor is not None:
             await self._monitor.stop()
