@@ -73,6 +73,14 @@ FULL = {
             "checks": 5, "check_failures": 5, "passive_failures": 1,
         }],
     }],
+    "elections": [{
+        "name": "api-etcd", "state": "FAULT", "holder": None, "virtual_ips": ["198.18.0.101/24"],
+        "maintenance": False, "since": "2026-11-26T23:00:00Z",
+        "reason": "etcd: lease not renewed in time (no leader)", "interface": "eth0",
+        "key": "/vipd/elections/api-etcd", "priority": 100, "effective_priority": 100, "lease_ttl": 5.0,
+        "fence_remaining": 0.0, "keepalive_failures": 4, "transitions": 2,
+        "tracks": [{"name": "frontend:api", "ok": True, "weight": 0, "health": "1/1 UP"}],
+    }],
 }
 
 ANSWERS = [
@@ -195,12 +203,12 @@ def test_not_a_document_at_all() -> None:
 
 def test_strict_reports_undescribed_fields_and_readers_ignore_them() -> None:
     document = copy.deepcopy(CONTRACT_EXAMPLE)
-    document["elections"] = []
+    document["no_such_list"] = []
     document["frontends"][0]["backends"][0]["no_such_field"] = False
     assert check(document).problems == []
     assert check(document, strict=True).problems == [
         "frontends[0].backends[0].no_such_field: not described by the schema",
-        "elections: not described by the schema",
+        "no_such_list: not described by the schema",
     ]
     assert check(document).value == document
 

@@ -166,7 +166,7 @@ def maintenance(ctx: typer.Context, switch: Switch = typer.Argument(..., metavar
                                         MaintenanceAnswer)
     for owner in answer.get("owners", []):
         state = _text(owner.get("state"))
-        doing = " (handing the VIPs over)" if owner.get("maintenance") and state == "MASTER" else ""
+        doing = " (handing the VIPs over)" if owner.get("maintenance") and state in ("MASTER", "LEADER") else ""
         typer.echo(f"{_text(owner.get('name'))}: maintenance {'on' if owner.get('maintenance') else 'off'}, "
                    f"{state}{doing}")
     _warn(answer)
@@ -273,6 +273,13 @@ def render_status(document: StatusDocument) -> str:
                        rows, right={2, 3})
     else:
         lines.append("VRRP      none on this node")
+    elections = document.get("elections", [])
+    if elections:
+        rows = [(_text(e.get("name")), _text(e.get("state")) + (" (maint)" if e.get("maintenance") else ""),
+                 _text(e.get("holder")), _text(e.get("effective_priority", e.get("priority"))),
+                 _text(e.get("virtual_ips")), _text(e.get("since")), _text(e.get("reason")))
+                for e in elections]
+        lines += table(("ELECTION", "STATE", "HOLDER", "PRIO", "VIPS", "SINCE", "REASON"), rows, right={3})
     for f in document.get("frontends", []):
         head = (f"FRONTEND {_text(f.get('name'))}  listen {_text(f.get('listen'))}"
                 f"  active {_text(f.get('active_connections'))}")

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from lbproxy.config import Balance
 from lbproxy.health import BackendState
+from vipd.election.core import State as ElectionState
 from vipd.events import Kind, Level
 from vipd.vrrp.fsm import State
 
@@ -78,6 +79,29 @@ class VrrpInstance(TypedDict):
     handing_over: NotRequired[Annotated[bool, Doc("a stopping master waiting for a successor")]]
     maintenance: NotRequired[Annotated[bool, Doc(
         "taken out of service by `lbctl maintenance on`: never MASTER until `off` (kept across restarts)")]]
+
+
+class Election(TypedDict):
+    """One `[[election]]`: VIPs held by whichever node holds an etcd lease on its key."""
+    name: str
+    state: Annotated[ElectionState, Doc("LEADER holds the VIPs; FOLLOWER does not; FAULT has no valid "
+                                        "etcd lease (etcd unreachable or without quorum)")]
+    holder: Annotated[str | None, Doc("the node holding the key as this node last read it, or null")]
+    virtual_ips: Annotated[list[str], Doc("as configured, with prefix length")]
+    maintenance: Annotated[bool, Doc("taken out of service by `lbctl maintenance on` (kept across restarts)")]
+    since: Annotated[str, Doc("UTC time of the last state change, `YYYY-MM-DDTHH:MM:SSZ`")]
+    reason: NotRequired[Annotated[str, Doc("why it is in this state, e.g. `held by edge-2`, "
+                                           "`etcd: lease not renewed in time (...)`")]]
+    interface: NotRequired[str]
+    key: NotRequired[Annotated[str, Doc("the etcd key whose holder holds the VIPs")]]
+    priority: NotRequired[Annotated[int, Range(1, 255)]]
+    effective_priority: NotRequired[Annotated[int, Range(1, 255), Doc("priority after the track weights")]]
+    lease_ttl: NotRequired[Annotated[Seconds, Doc("the lease TTL etcd granted (or the configured one)")]]
+    fence_remaining: NotRequired[Annotated[Seconds, Doc(
+        "seconds until this node must stop serving unless a renewal succeeds; 0 without a lease")]]
+    keepalive_failures: NotRequired[Annotated[Count, Doc("lease renewals that failed since start")]]
+    transitions: NotRequired[Annotated[Count, Doc("state changes since start")]]
+    tracks: NotRequired[list[Track]]
 
 
 class BackendOverrides(TypedDict):
@@ -145,6 +169,7 @@ class StatusDocument(TypedDict):
     node: Annotated[str, Doc("the node's name (`node.name`)")]
     vrrp: list[VrrpInstance]
     frontends: list[Frontend]
+    elections: NotRequired[list[Election]]
     pid: NotRequired[Annotated[int, Range(1)]]
     config: NotRequired[Annotated[str, Doc("path of the config file in force")]]
 
@@ -173,7 +198,7 @@ class WeightAnswer(TypedDict):
 class OwnerMaintenance(TypedDict):
     """A VIP owner after `lbctl maintenance`."""
     name: str
-    kind: Literal["vrrp"]
+    kind: Literal["vrrp", "election"]
     state: Annotated[str, Doc("its state now; a MASTER going into maintenance hands over first")]
     maintenance: bool
 
