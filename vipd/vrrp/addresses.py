@@ -5,7 +5,9 @@ import asyncio
 import concurrent.futures
 import errno
 import logging
+import os
 import threading
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from vipd.vrrp.links import VIP_ADDRESS_PROTO
@@ -13,6 +15,13 @@ from vipd.vrrp.links import VIP_ADDRESS_PROTO
 log = logging.getLogger("vipd.vrrp")
 
 _IFA_F_NODAD = 0x02
+
+
+@dataclass
+class Change:
+    """What one add or remove did: the VIPs done, and those the kernel refused, with why."""
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 class AddressWorker:
@@ -32,13 +41,14 @@ class AddressWorker:
             ipr = self._local.ipr = IPRoute(groups=0, use_event_loop=self._local.loop)
         return ipr
 
-    def _change(self, command: str, ifname: str, vips: tuple) -> list[str]:
-        done: list[str] = []
+    def _change(self, command: str, ifname: str, vips: tuple) -> Change:
+        change = Change()
         ipr = self._ipr()
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             log.warning("cannot %s VIPs on %s: no such interface", command, ifname)
-            return done
+            change.failed.update((str(vip), "no such interface") for vip in vips)
+            return change
         for vip in vips:
             kwargs = {"index": found[0], "address": str(vip.ip), "prefixlen": vip.network.prefixlen}
             if command == "add":
@@ -47,14 +57,15 @@ class AddressWorker:
                     kwargs["flags"] = _IFA_F_NODAD
             try:
                 ipr.addr(command, **kwargs)
-                done.append(str(vip))
+                change.done.append(str(vip))
             except Exception as exc:
                 code = getattr(exc, "code", None)
                 if (command, code) in (("add", errno.EEXIST), ("del", errno.EADDRNOTAVAIL),
                                        ("del", errno.ENOENT), ("del", errno.ENODEV)):
                     continue
                 log.error("cannot %s %s on %s: %s", command, vip, ifname, exc)
-        return done
+                change.failed[str(vip)] = os.strerror(code) if isinstance(code, int) else str(exc)
+        return change
 
     def add(self, ifname: str, vips: Iterable) -> asyncio.Future:
         return asyncio.wrap_future(self._executor.submit(self._change, "add", ifname, tuple(vips)))
