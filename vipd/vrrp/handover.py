@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
@@ -54,7 +56,11 @@ async def _nft(script: str) -> str | None:
         return f"nft did not finish within {NFT_TIMEOUT:g}s and was killed"
     finally:
         if proc.returncode is None:
-            proc.kill()
+            # Its own session: whatever it started goes with it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             await proc.wait()
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines() if err else []
