@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from vipd.vrrp import fsm, packet
+from vipd.vrrp.addresses import Change
 from vipd.vrrp.config import Notify, Track, VrrpConfig
 from vipd.vrrp.instance import VrrpInstance
 from vipd.vrrp.links import Address, InterfaceTable
@@ -319,6 +320,8 @@ def test_notify_timeout_kills_and_moves_on(tmp_path):
 class RecordingChannel:
     def __init__(self):
         self.sent: list[packet.Advert] = []
+        self.fault = None
+        self.watchers = []
 
     def send(self, payload, src, dst):
         advert = packet.decode(payload, src=src, dst=dst, ttl=255)
@@ -350,7 +353,7 @@ class RecordingAddresses:
 
     def _done(self):
         future = asyncio.get_running_loop().create_future()
-        future.set_result([])
+        future.set_result(Change())
         return future
 
     def add(self, ifname, vips):

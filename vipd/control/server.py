@@ -35,11 +35,13 @@ class ControlError(Exception):
         self.message = message
 
 
-async def serve_app(app, sock: socket.socket):
-    """Serve an aiohttp app on a bound socket; the runner, or nothing left open on failure."""
+async def serve_app(app, sock: socket.socket, shutdown_timeout: float = 60.0, **handler_options):
+    """Serve an aiohttp app on a bound socket; the runner, or nothing left open on failure.
+    `handler_options` go to aiohttp's request handler (keepalive_timeout, ...)."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           **handler_options)
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()

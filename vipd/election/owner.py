@@ -271,7 +271,7 @@ class ElectionOwner:
                 case core.Bridge(predecessor):
                     self._start_bridge(predecessor)
                 case core.HoldQuietly():
-                    self.quiet.hold(self.config.virtual_ips)
+                    self.quiet.hold(self.config.virtual_ips, self._remove_vips)
                 case core.Speak():
                     self._spawn(handover.remove("arp", handover.quiet_table(self.table_id)))
                 case core.RemoveVips():

@@ -5,7 +5,9 @@ import asyncio
 import concurrent.futures
 import errno
 import logging
+import os
 import threading
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from vipd.vrrp.links import VIP_ADDRESS_PROTO
@@ -13,6 +15,13 @@ from vipd.vrrp.links import VIP_ADDRESS_PROTO
 log = logging.getLogger("vipd.vrrp")
 
 _IFA_F_NODAD = 0x02
+
+
+@dataclass
+class Change:
+    """What one add or remove did: the VIPs done, and those the kernel refused, with why."""
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 class AddressWorker:
@@ -33,13 +42,14 @@ class AddressWorker:
         return ipr
 
     def _change(self, command: str, ifname: str, vips: tuple,
-                lifetime: int | None = None) -> list[str]:
-        done: list[str] = []
+                lifetime: int | None = None) -> Change:
+        change = Change()
         ipr = self._ipr()
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             log.warning("cannot %s VIPs on %s: no such interface", command, ifname)
-            return done
+            change.failed.update((str(vip), "no such interface") for vip in vips)
+            return change
         for vip in vips:
             kwargs = {"index": found[0], "address": str(vip.ip), "prefixlen": vip.network.prefixlen}
             if command in ("add", "replace"):
@@ -50,14 +60,15 @@ class AddressWorker:
                     kwargs["flags"] = _IFA_F_NODAD
             try:
                 ipr.addr(command, **kwargs)
-                done.append(str(vip))
+                change.done.append(str(vip))
             except Exception as exc:
                 code = getattr(exc, "code", None)
                 if (command, code) in (("add", errno.EEXIST), ("del", errno.EADDRNOTAVAIL),
                                        ("del", errno.ENOENT), ("del", errno.ENODEV)):
                     continue
                 log.error("cannot %s %s on %s: %s", command, vip, ifname, exc)
-        return done
+                change.failed[str(vip)] = os.strerror(code) if isinstance(code, int) else str(exc)
+        return change
 
     def add(self, ifname: str, vips: Iterable, lifetime: int | None = None) -> asyncio.Future:
         """With `lifetime` (whole seconds) the kernel itself deletes each VIP that long after the

@@ -36,6 +36,9 @@ Decisions beyond the RFC:
   maintenance is on the router never arms its master-down timer, so it never becomes MASTER, not as
   the last router nor as address owner. Turned off, it rejoins as a BACKUP with a fresh
   master-down timer (preempt rules apply).
+- Faults are a set of reasons (``Fault`` kind, ``kind:detail``): the router is in FAULT while any is
+  raised and starts afresh once the last is cleared. The shell reports each reason as it appears
+  or goes (a link down, a dead netlink monitor, a VIP the kernel refused, a lost raw socket).
 """
 from __future__ import annotations
 
@@ -52,6 +55,20 @@ class State(enum.StrEnum):
     BACKUP = "BACKUP"
     MASTER = "MASTER"
     FAULT = "FAULT"
+
+
+class Fault(enum.StrEnum):
+    """Why a router is in FAULT: the kind that starts each reason (``kind`` or ``kind:detail``)."""
+    LINK = "link"                # the interface is down or gone
+    TRACK = "track"              # a weight-0 track is failing
+    NO_ADDRESS = "no_address"    # no usable primary address to advertise from
+    NETLINK = "netlink"          # link state is no longer followed (the monitor died)
+    VIP_ADD = "vip_add"          # the kernel refused a VIP
+    SOCKET = "socket"            # the raw VRRP socket is lost and cannot be reopened
+
+
+def fault_reason(kind: Fault, detail: str = "") -> str:
+    return f"{kind.value}:{detail}" if detail else kind.value
 
 
 @dataclass
@@ -136,7 +153,7 @@ class FaultRaised:
 
 @dataclass(frozen=True)
 class FaultCleared:
-    pass
+    reason: str | None = None      # None: every fault
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,7 @@ class VrrpRouter:
         self.new_master_heard = False
         self.holds_vips_quietly = False
         self.maintenance = False
+        self.faults: set[str] = set()
         # Maintenance: the VIPs kept quietly after a hand-over, until then.
         self.quiet_release_deadline: float | None = None
         self._maintenance_handover = False
@@ -439,6 +457,9 @@ class VrrpRouter:
         return []
 
     def _on_fault_raised(self, event: FaultRaised, now: float) -> list[Action]:
+        if event.reason in self.faults:
+            return []
+        self.faults.add(event.reason)
         reason = f"fault:{event.reason}"
         if self.handing_over and not self._maintenance_handover:
             return self._finish_shutdown(f"shutdown:{reason}")
@@ -453,7 +474,11 @@ class VrrpRouter:
         return actions
 
     def _on_fault_cleared(self, event: FaultCleared, now: float) -> list[Action]:
-        if self.state is not State.FAULT:
+        if event.reason is None:
+            self.faults.clear()
+        else:
+            self.faults.discard(event.reason)
+        if self.state is not State.FAULT or self.faults:
             return []
         return self._start(now, "fault_cleared")
 

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
 log = logging.getLogger("vipd.vrrp")
+
+# An nft call that takes longer is killed and counts as failed: a wedged nft must not hold a
+# hand-over (or a stop) hostage.
+NFT_TIMEOUT = 2.0
 
 _warned = False
 
@@ -29,21 +35,37 @@ def _names(addresses) -> str:
     return ", ".join(sorted(str(a) for a in addresses))
 
 
-async def _nft(script: str) -> bool:
+async def _nft(script: str) -> str | None:
+    """Run `nft -f -` (found on PATH) with `script`: None once it succeeded, otherwise why not."""
     global _warned
-    if shutil.which("nft") is None:
+    nft = shutil.which("nft")
+    if nft is None:
         if not _warned:
             log.warning("nft not found: planned failovers cannot carry connections in flight (install nftables)")
             _warned = True
-        return False
-    proc = await asyncio.create_subprocess_exec(
-        "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate(script.encode())
+        return "nft not found"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            nft, "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        return f"cannot run {nft}: {exc.strerror or exc}"
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(script.encode()), NFT_TIMEOUT)
+    except asyncio.TimeoutError:
+        return f"nft did not finish within {NFT_TIMEOUT:g}s and was killed"
+    finally:
+        if proc.returncode is None:
+            # Its own session: whatever it started goes with it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
     if proc.returncode != 0:
-        log.warning("nft: %s", err.decode(errors="replace").strip().splitlines()[0] if err else proc.returncode)
-        return False
-    return True
+        lines = err.decode(errors="replace").strip().splitlines() if err else []
+        return f"nft: {lines[0] if lines else f'exit status {proc.returncode}'}"
+    return None
 
 
 def bridge_table(vrid: int) -> str:
@@ -64,14 +86,18 @@ async def bridge_to(predecessor: str, vips, ports, interface: str, vrid: int) ->
         f"    ip daddr {{ {_names(vips)} }} tcp dport {{ {', '.join(str(p) for p in sorted(ports))} }} "
         f"tcp flags & (syn | rst) == 0 socket wildcard 1 dup to {predecessor} device \"{interface}\" drop\n"
         f"  }}\n}}\n")
-    done = await _nft(script)
-    if done:
+    why = await _nft(script)
+    if why is None:
         log.info("vrrp vrid %d: bridging connections in flight to %s while it drains", vrid, predecessor)
-    return done
+    else:
+        log.warning("vrrp vrid %d: no bridge to %s (%s): connections in flight to it are not carried",
+                    vrid, predecessor, why)
+    return why is None
 
 
-async def quiet(vips, vrid: int) -> bool:
-    """On the old master: keep the VIPs but neither answer nor send ARP for them."""
+async def quiet(vips, vrid: int) -> str | None:
+    """On the old master: keep the VIPs but neither answer nor send ARP for them. None once the
+    rules are in place, otherwise why not."""
     table = quiet_table(vrid)
     names = _names(vips)
     script = (
@@ -86,7 +112,9 @@ async def quiet(vips, vrid: int) -> bool:
 
 async def remove(family: str, table: str) -> None:
     if shutil.which("nft") is not None:
-        await _nft(f"table {family} {table} {{}}\ndelete table {family} {table}\n")
+        why = await _nft(f"table {family} {table} {{}}\ndelete table {family} {table}\n")
+        if why is not None:
+            log.warning("cannot remove nftables table %s %s: %s", family, table, why)
 
 
 async def clear_leftovers(vrid: int) -> None:
@@ -156,9 +184,23 @@ class QuietHold:
         self.vips: list = []
         self._quiet: asyncio.Future | None = None
 
-    def hold(self, vips: Sequence) -> None:
+    def hold(self, vips: Sequence, remove_addresses: Callable[[list], Awaitable]) -> None:
+        """Keep `vips` silent on ARP; if the rules that silence them cannot be installed, a VIP
+        kept would answer ARP and pull clients back: they go at once instead (`remove_addresses`)."""
         self.vips = list(vips)
-        self._quiet = asyncio.ensure_future(quiet([v.ip for v in self.vips], self.vrid))
+        self._quiet = asyncio.ensure_future(self._silence(remove_addresses))
+
+    async def _silence(self, remove_addresses: Callable[[list], Awaitable]) -> None:
+        why = await quiet([v.ip for v in self.vips], self.vrid)
+        if why is None or not self.vips:
+            return
+        log.warning("%s: cannot silence ARP for the VIPs handed over (%s): releasing them now instead of "
+                    "holding them for connections in flight", self.label, why)
+        vips, self.vips = self.vips, []
+        try:
+            await asyncio.wait_for(remove_addresses(vips), 10)
+        except Exception as exc:
+            log.error("%s: releasing VIPs: %s", self.label, exc)
 
     async def release(self, remove_addresses: Callable[[list], Awaitable]) -> None:
         """Drop the VIPs first, then the ARP silence: never answer ARP for a VIP being released."""

@@ -30,6 +30,10 @@ log = logging.getLogger("vipd.vrrp")
 
 NO_ADDRESS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 STOP_SAFETY_MARGIN = 5.0
+# After the kernel refused a VIP, the instance stays in FAULT this long before it tries again (as
+# BACKUP first, then adding the VIPs when it is master), doubling up to the maximum.
+VIP_RETRY_FIRST = 1.0
+VIP_RETRY_MAX = 30.0
 
 
 def _utc_now() -> str:
@@ -72,7 +76,10 @@ class VrrpInstance:
         self.transitions = 0
         self.adverts_sent = 0
         self.adverts_received = 0
-        self.fault_reasons: set[str] = set()
+        # The faults only the shell sees happen (the kernel refused a VIP): reason -> words.
+        self._vip_fault: dict[str, str] = {}
+        self._vip_retry: asyncio.TimerHandle | None = None
+        self._vip_retry_delay = VIP_RETRY_FIRST
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
         self._vip_change: asyncio.Future | None = None
@@ -94,6 +101,10 @@ class VrrpInstance:
     @property
     def state(self) -> str:
         return self.router.state.value
+
+    @property
+    def fault_reasons(self) -> set[str]:
+        return set(self.router.faults)
 
     @property
     def maintenance(self) -> bool:
@@ -189,6 +200,7 @@ class VrrpInstance:
         if c.family == socket.AF_INET:
             await handover.clear_leftovers(c.vrid)
         self.channel = self.channels.register(c.interface, c.family, c.vrid, self._on_packet)
+        self.channel.watchers.append(self._evaluate)
         self.interfaces.subscribe(self._on_link)
         self._rebuild_frames()
         self.tracks.start()
@@ -220,7 +232,7 @@ class VrrpInstance:
             if dropped:
                 self._vip_change = self.addresses.remove(config.interface, dropped)
             if self._holding:
-                self._vip_change = self.addresses.add(config.interface, self._managed_vips())
+                self._add_vips()
             self._rebuild_frames()
             if self._holding:
                 self._start_garp()
@@ -245,12 +257,17 @@ class VrrpInstance:
         self._started = False
         self._cancel_timer()
         self._cancel_garp()
+        if self._vip_retry is not None:
+            self._vip_retry.cancel()
+            self._vip_retry = None
         await self.bridge.end()
         if self._holding:   # only if the state machine failed (a bug): never leave VIPs behind
             self._remove_vips()
         await self._vip_change_done()
         self.interfaces.unsubscribe(self._on_link)
         if self.channel is not None:
+            if self._evaluate in self.channel.watchers:
+                self.channel.watchers.remove(self._evaluate)
             self.channels.unregister(self.config.interface, self.config.family, self.config.vrid)
             self.channel = None
         self.frames.close()
@@ -305,17 +322,13 @@ class VrrpInstance:
                 log.info("vrrp %s: primary address is now %s", self.name, primary)
             self._encoded.clear()
             self._execute(self.router.update_params(self._params(primary), self.clock()))
-        reasons = set(self.tracks.fault_reasons())
-        if not self.interfaces.link_up(self.config.interface):
-            reasons.add(f"link:{self.config.interface}")
-        if primary is None:
-            reasons.add("no_address")
-        if reasons != self.fault_reasons:
-            if reasons:
+        reasons = self._current_faults(primary)
+        known = self.router.faults
+        if reasons != known:
+            if reasons - known:
                 log.warning("vrrp %s: fault: %s", self.name, ", ".join(sorted(reasons)))
-            elif self.fault_reasons:
-                log.info("vrrp %s: fault cleared", self.name)
-        self.fault_reasons = reasons
+            elif known:
+                log.info("vrrp %s: fault cleared: %s", self.name, ", ".join(sorted(known - reasons)))
         priority = self.tracks.effective_priority(self.config.priority)
         if priority != self.router.effective_priority:
             old = self.router.effective_priority
@@ -324,10 +337,24 @@ class VrrpInstance:
                       + (f" (failing: {', '.join(failing)})" if failing else ""),
                       {"old": old, "new": priority, "failing": failing}, logger=log)
             self._dispatch(fsm.PriorityChanged(priority))
-        if reasons and self.router.state is not fsm.State.FAULT:
-            self._dispatch(fsm.FaultRaised(sorted(reasons)[0]))
-        elif not reasons and self.router.state is fsm.State.FAULT:
-            self._dispatch(fsm.FaultCleared())
+        for reason in sorted(reasons - known):
+            self._dispatch(fsm.FaultRaised(reason))
+        for reason in sorted(known - reasons):
+            self._dispatch(fsm.FaultCleared(reason))
+
+    def _current_faults(self, primary: str | None) -> set[str]:
+        c = self.config
+        reasons = set(self.tracks.fault_reasons())
+        if not self.interfaces.link_up(c.interface):
+            reasons.add(fsm.fault_reason(fsm.Fault.LINK, c.interface))
+        if primary is None:
+            reasons.add(fsm.fault_reason(fsm.Fault.NO_ADDRESS))
+        if self.interfaces.monitor_fault is not None:
+            reasons.add(fsm.fault_reason(fsm.Fault.NETLINK))
+        if self.channel is not None and self.channel.fault is not None:
+            reasons.add(fsm.fault_reason(fsm.Fault.SOCKET, c.interface))
+        reasons.update(self._vip_fault)
+        return reasons
 
     def _on_packet(self, payload: bytes, src: str, dst: str, ttl: int | None, arrival: float | None = None) -> None:
         if not self._started:
@@ -450,7 +477,31 @@ class VrrpInstance:
 
     def _add_vips(self) -> None:
         self._holding = True
-        self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
+        change = self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
+        change.add_done_callback(self._vips_added)
+
+    def _vips_added(self, change: asyncio.Future) -> None:
+        if change.cancelled():
+            return
+        failed = {"VIPs": str(change.exception())} if change.exception() else change.result().failed
+        if not failed:
+            self._vip_retry_delay = VIP_RETRY_FIRST
+            return
+        if not self._holding or not self._started or self._vip_fault:
+            return
+        where = self.config.interface
+        self._vip_fault = {fsm.fault_reason(fsm.Fault.VIP_ADD, where): f"cannot add {', '.join(failed)} on {where}: "
+                           + "; ".join(sorted(set(failed.values())))}
+        log.error("vrrp %s: %s; FAULT, trying again in %gs", self.name, *self._vip_fault.values(),
+                  self._vip_retry_delay)
+        self._vip_retry = asyncio.get_running_loop().call_later(self._vip_retry_delay, self._retry_vips)
+        self._vip_retry_delay = min(2 * self._vip_retry_delay, VIP_RETRY_MAX)
+        self._evaluate()
+
+    def _retry_vips(self) -> None:
+        self._vip_retry = None
+        self._vip_fault = {}
+        self._evaluate()
 
     def _remove_vips(self) -> None:
         self._give_up_vips()
@@ -458,7 +509,7 @@ class VrrpInstance:
 
     def _hold_quietly(self) -> None:
         self._give_up_vips()
-        self.quiet.hold(self._managed_vips())
+        self.quiet.hold(self._managed_vips(), lambda vips: self.addresses.remove(self.config.interface, vips))
 
     def _give_up_vips(self) -> None:
         # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
@@ -531,6 +582,12 @@ class VrrpInstance:
                 words.append(f"track {what} is failing (weight 0)")
             elif kind == "no_address":
                 words.append(f"no usable address on {self.config.interface}")
+            elif kind == fsm.Fault.NETLINK:
+                words.append(f"link state is not followed (netlink: {self.interfaces.monitor_fault})")
+            elif kind == fsm.Fault.SOCKET:
+                words.append(f"VRRP socket on {what} lost: {self.channel.fault if self.channel else 'closed'}")
+            elif reason in self._vip_fault:
+                words.append(self._vip_fault[reason])
             else:
                 words.append(reason)
         return "; ".join(words) or None

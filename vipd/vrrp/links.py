@@ -30,6 +30,9 @@ _RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
 _RTM_NEWADDR, _RTM_DELADDR, _RTM_GETADDR = 20, 21, 22
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+# A netlink monitor that failed twice in a row retries after this, doubling up to the maximum.
+NETLINK_RETRY_FIRST = 0.5
+NETLINK_RETRY_MAX = 10.0
 
 
 class VrrpError(Exception):
@@ -89,6 +92,8 @@ class InterfaceTable:
 
     def __init__(self) -> None:
         self.links: dict[int, Link] = {}
+        # Why link state is not followed right now (the netlink monitor is down), or None.
+        self.monitor_fault: str | None = None
         self._listeners: list[Callable[[str], None]] = []
 
     def by_name(self, name: str) -> Link | None:
@@ -126,6 +131,9 @@ class InterfaceTable:
                     changed.add(link.name)
                 link.name, link.up, link.mac = name, up, mac
             changed.add(name)
+        elif kind == "monitor":
+            self.monitor_fault = event[1]
+            changed = {link.name for link in self.links.values()}
         elif kind == "dellink":
             link = self.links.pop(event[1], None)
             if link is not None:
@@ -188,6 +196,14 @@ class NetlinkMonitor:
 
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
+        sock = self._open()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, args=(sock, MarshalRtnl()),
+                                        name="vipd-netlink", daemon=True)
+        self._thread.start()
+        await asyncio.wait_for(asyncio.shield(self._ready), 10)
+
+    def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -195,11 +211,7 @@ class NetlinkMonitor:
         except OSError:
             sock.close()
             raise
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, args=(sock, MarshalRtnl()),
-                                        name="vipd-netlink", daemon=True)
-        self._thread.start()
-        await asyncio.wait_for(asyncio.shield(self._ready), 10)
+        return sock
 
     async def stop(self) -> None:
         if self._thread is None:
@@ -225,7 +237,47 @@ class NetlinkMonitor:
         except RuntimeError:
             pass
 
-    def _run(self, sock: socket.socket, marshal) -> None:
+    def _run(self, sock: socket.socket | None, marshal) -> None:
+        """Follow until stopped. A failure restarts the monitor at once (a fresh dump follows);
+        failing again before that dump completes marks link state unknown on the table (the
+        instances go to FAULT) and retries with backoff until a dump completes again."""
+        failures = 0
+        reported = False
+
+        def followed_again() -> None:
+            nonlocal failures, reported
+            failures = 0
+            if reported:
+                reported = False
+                log.warning("netlink monitor restarted; link state is followed again")
+                self._post(("monitor", None))
+
+        while True:
+            try:
+                if sock is None:
+                    sock = self._open()
+                self._follow(sock, marshal, followed_again)
+                return
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                failures += 1
+                if failures == 1:
+                    log.warning("netlink monitor failed (%s); restarting it", why)
+                elif not reported:
+                    reported = True
+                    log.error("netlink monitor failed again (%s); link state is no longer followed, "
+                              "retrying with backoff", why)
+                    self._post(("monitor", why))
+            finally:
+                if sock is not None:
+                    sock.close()
+                    sock = None
+            if failures > 1:
+                delay = min(NETLINK_RETRY_FIRST * 2 ** (failures - 2), NETLINK_RETRY_MAX)
+                if select.select([self._wake_r], [], [], delay)[0]:
+                    return
+
+    def _follow(self, sock: socket.socket, marshal, on_snapshot: Callable[[], None]) -> None:
         port = sock.getsockname()[0]
         seq = 0
         pending: list[int] = []          # dump requests still to send, one at a time
@@ -249,50 +301,46 @@ class NetlinkMonitor:
             sock.send(struct.pack("IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, seq, port) + body)
             in_dump = seq
 
-        try:
-            request_dumps()
-            while True:
-                readable, _, _ = select.select([sock, self._wake_r], [], [])
-                if self._wake_r in readable:
-                    return
-                try:
-                    data = sock.recv(1 << 20)
-                except OSError as exc:
-                    if exc.errno == errno.ENOBUFS:
-                        log.warning("netlink events were lost; re-reading links and addresses")
-                        request_dumps()
+        request_dumps()
+        while True:
+            readable, _, _ = select.select([sock, self._wake_r], [], [])
+            if self._wake_r in readable:
+                return
+            try:
+                data = sock.recv(1 << 20)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    log.warning("netlink events were lost; re-reading links and addresses")
+                    request_dumps()
+                    continue
+                raise
+            for msg in marshal.parse(data):
+                header = msg["header"]
+                kind, msg_seq = header["type"], header["sequence_number"]
+                from_dump = in_dump is not None and msg_seq == in_dump
+                if kind in (_NLMSG_DONE, _NLMSG_ERROR) and from_dump:
+                    if pending:
+                        send_next()
+                    else:
+                        in_dump = None
+                        self._post(("snapshot", list(dump_links), list(dump_addresses)))
+                        self._post_ready()
+                        on_snapshot()
+                elif kind in (_RTM_NEWLINK, _RTM_DELLINK):
+                    parsed = _parse_link(msg)
+                    if parsed is None:
                         continue
-                    raise
-                for msg in marshal.parse(data):
-                    header = msg["header"]
-                    kind, msg_seq = header["type"], header["sequence_number"]
-                    from_dump = in_dump is not None and msg_seq == in_dump
-                    if kind in (_NLMSG_DONE, _NLMSG_ERROR) and from_dump:
-                        if pending:
-                            send_next()
-                        else:
-                            in_dump = None
-                            self._post(("snapshot", list(dump_links), list(dump_addresses)))
-                            self._post_ready()
-                    elif kind in (_RTM_NEWLINK, _RTM_DELLINK):
-                        parsed = _parse_link(msg)
-                        if parsed is None:
-                            continue
-                        if from_dump:
-                            dump_links.append(parsed)
-                        elif kind == _RTM_NEWLINK:
-                            self._post(("link", *parsed))
-                        else:
-                            self._post(("dellink", parsed[0]))
-                    elif kind in (_RTM_NEWADDR, _RTM_DELADDR):
-                        parsed = _parse_address(msg)
-                        if parsed is None:
-                            continue
-                        if from_dump:
-                            dump_addresses.append(parsed)
-                        else:
-                            self._post(("addr" if kind == _RTM_NEWADDR else "deladdr", *parsed))
-        except Exception:
-            log.exception("netlink monitor stopped; link state is no longer followed")
-        finally:
-            sock.close()
+                    if from_dump:
+                        dump_links.append(parsed)
+                    elif kind == _RTM_NEWLINK:
+                        self._post(("link", *parsed))
+                    else:
+                        self._post(("dellink", parsed[0]))
+                elif kind in (_RTM_NEWADDR, _RTM_DELADDR):
+                    parsed = _parse_address(msg)
+                    if parsed is None:
+                        continue
+                    if from_dump:
+                        dump_addresses.append(parsed)
+                    else:
+                        self._post(("addr" if kind == _RTM_NEWADDR else "deladdr", *parsed))

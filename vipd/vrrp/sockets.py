@@ -35,6 +35,12 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 RECEIVE_BUFFER = 4 << 20
 # The largest VRRP packet: a 60-byte IPv4 header, 255 IPv6 addresses and v2's trailer, rounded up.
 MAX_PACKET = 4352
+# Errors that say the socket itself is gone (closed under us): it is reopened. Others (link down,
+# no route, a firewall drop, no buffer space) pass with the condition that caused them.
+SOCKET_LOST = frozenset({errno.EBADF, errno.ENOTSOCK})
+# A socket that cannot be reopened is retried after this, doubling up to the maximum.
+REOPEN_RETRY_FIRST = 0.5
+REOPEN_RETRY_MAX = 10.0
 # Classic BPF opcodes for the VRID filter.
 _BPF_LDX_IP_HEADER_LEN = 0xB1   # X = 4 * (packet[k] & 0x0f)
 _BPF_LD_BYTE_ABS = 0x30         # A = packet[k]
@@ -73,21 +79,70 @@ class VrrpChannel:
         self.receivers: dict[int, Receiver] = {}
         self.rx_errors = packet.RxErrors(f"{ifname}/{'IPv6' if family == socket.AF_INET6 else 'IPv4'}")
         self._sock: socket.socket | None = None
+        self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Why the socket is lost and not reopened yet (the instances here are in FAULT), or None.
+        self.fault: str | None = None
+        self.watchers: list[Callable[[], None]] = []     # told when `fault` changes
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = REOPEN_RETRY_FIRST
 
     @property
     def is_open(self) -> bool:
         return self._sock is not None
 
-    def sync(self, link: Link | None) -> None:
-        """Follow the interface: open once it exists, reopen when it was re-created."""
+    def sync(self, link: Link | None, strict: bool = False) -> None:
+        """Follow the interface: open once it exists, reopen when it was re-created. A socket that
+        cannot be opened raises VrrpError with `strict`, and otherwise becomes this channel's
+        fault, retried with backoff."""
         if link is None:
             self.close()
             return
         if self._sock is not None and self.index == link.index:
             return
         self.close()
-        self.open(link.index)
+        if strict:
+            self.open(link.index)
+        else:
+            self._reopen(link.index)
+
+    def _reopen(self, index: int) -> None:
+        self._retry = None
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.open(index)
+        except VrrpError as exc:
+            self._set_fault(str(exc))
+            self._retry = asyncio.get_running_loop().call_later(self._retry_delay, self._reopen, index)
+            self._retry_delay = min(2 * self._retry_delay, REOPEN_RETRY_MAX)
+            return
+        self._retry_delay = REOPEN_RETRY_FIRST
+        if self._sock is not None:
+            if self.fault is not None:
+                log.warning("%s: VRRP socket reopened", self.ifname)
+            self._set_fault(None)
+
+    def _set_fault(self, why: str | None) -> None:
+        if why == self.fault:
+            return
+        self.fault = why
+        # Later, not from inside a send: the instance may be executing its state machine's actions.
+        for watcher in list(self.watchers):
+            self._loop.call_soon(self._tell, watcher)
+
+    def _tell(self, watcher: Callable[[], None]) -> None:
+        try:
+            watcher()
+        except Exception:
+            log.exception("%s: VRRP socket watcher failed", self.ifname)
+
+    def _lost(self, exc: OSError) -> None:
+        """The socket broke under us: open a new one on the same interface."""
+        index = self.index
+        log.error("%s: VRRP socket lost (%s); reopening it", self.ifname, exc.strerror or exc)
+        self._close_socket()
+        if index is not None:
+            self._reopen(index)
 
     def open(self, index: int) -> None:
         family = self.family
@@ -132,10 +187,11 @@ class VrrpChannel:
                 return
             raise VrrpError(f"cannot set up the VRRP socket on {self.ifname}: {exc.strerror or exc}") from None
         self._sock = sock
+        self._fd = sock.fileno()
         self.index = index
         self.update_filter()
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self.poll)
+        self._loop.add_reader(self._fd, self.poll)
 
     def update_filter(self) -> None:
         """Let the kernel drop what no receiver here wants (see vrid_filter); best effort."""
@@ -150,9 +206,18 @@ class VrrpChannel:
             log.warning("%s: no in-kernel VRID filter (%s); filtering in the daemon", self.ifname, exc)
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._retry_delay = REOPEN_RETRY_FIRST
+        self._close_socket()
+        self._set_fault(None)
+
+    def _close_socket(self) -> None:
         if self._sock is not None:
+            # By the number it was registered under: a socket closed under us has fileno() -1.
             try:
-                self._loop.remove_reader(self._sock.fileno())
+                self._loop.remove_reader(self._fd)
             except Exception:
                 pass
             self._sock.close()
@@ -172,7 +237,10 @@ class VrrpChannel:
                                    (dst, 0, 0, self.index))
             return True
         except OSError as exc:
-            log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
+            if exc.errno in SOCKET_LOST:
+                self._lost(exc)
+            else:
+                log.debug("%s: VRRP advert %s -> %s not sent: %s", self.ifname, src, dst, exc.strerror or exc)
             return False
 
     def poll(self, until: float | None = None) -> bool:
@@ -194,7 +262,10 @@ class VrrpChannel:
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:
-                log.debug("%s: VRRP receive error: %s", self.ifname, exc)
+                if exc.errno in SOCKET_LOST:
+                    self._lost(exc)
+                else:
+                    log.debug("%s: VRRP receive error: %s", self.ifname, exc)
                 return True
             arrival = _arrival(ancdata)
             if flags & socket.MSG_TRUNC:
@@ -272,7 +343,7 @@ class ChannelPool:
         channel = self.channels.get(key)
         if channel is None:
             channel = VrrpChannel(ifname, family)
-            channel.sync(self.interfaces.by_name(ifname))
+            channel.sync(self.interfaces.by_name(ifname), strict=True)
             self.channels[key] = channel
         channel.receivers[vrid] = receiver
         channel.update_filter()
@@ -291,10 +362,7 @@ class ChannelPool:
     def _on_link(self, name: str) -> None:
         for (ifname, _), channel in self.channels.items():
             if ifname == name:
-                try:
-                    channel.sync(self.interfaces.by_name(name))
-                except VrrpError as exc:
-                    log.error("%s", exc)
+                channel.sync(self.interfaces.by_name(name))
 
     def close(self) -> None:
         self.interfaces.unsubscribe(self._on_link)
