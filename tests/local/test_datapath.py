@@ -14,6 +14,7 @@ import uvloop
 
 from lbproxy.config import BackendConfig, FrontendConfig
 from lbproxy.frontend import Frontend
+from lbproxy.hedge import HEDGE_FLOOR, HEDGE_UNKNOWN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,6 +89,24 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
         filler.settimeout(0.2)
         try:
             filler.connect(listener.getsockname())
+        except TimeoutError:
+            filler.close()
+            return listener, fillers
+        fillers.append(filler)
+    raise AssertionError("a backlog-0 listener kept accepting handshakes")
+
+
+def blackhole_on(port: int) -> tuple[socket.socket, list[socket.socket]]:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        try:
+            filler.connect(("127.0.0.1", port))
         except TimeoutError:
             filler.close()
             return listener, fillers
@@ -202,13 +221,35 @@ def test_a_refused_connect_is_retried_on_another_backend_before_any_byte_is_read
     run(scenario)
 
 
-def test_a_blackholed_backend_times_out_and_the_connection_moves_on():
+def test_a_lone_blackholed_backend_times_out_and_the_client_is_closed():
     timeout = 0.4
 
     async def scenario():
         hole, fillers = blackhole()
+        proxy = Proxy([address(hole)], retries=1, connect_timeout=timeout)
+        try:
+            started = time.monotonic()
+            reader, writer = await proxy.connect()
+            assert await reader.read(1) == b""
+            took = time.monotonic() - started
+            writer.close()
+            # Nothing else to try: the sweep (every timeout/5) gives up one step after the
+            # timeout, well before the kernel's first SYN retry (a second).
+            assert timeout <= took < 2 * timeout, took
+            assert proxy.failures == [("t", address(hole), "connect timeout")]
+            assert proxy.frontend.failed == 1 and proxy.slot(address(hole)).candidate.active == 0
+        finally:
+            await proxy.close()
+            for sock in (hole, *fillers):
+                sock.close()
+    run(scenario)
+
+
+def test_a_blackholed_backend_is_overtaken_by_a_second_attempt_long_before_connect_timeout():
+    async def scenario():
+        hole, fillers = blackhole()
         server, good = await serve(echo)
-        proxy = Proxy([address(hole), good], balance="round_robin", retries=1, connect_timeout=timeout)
+        proxy = Proxy([address(hole), good], balance="round_robin")      # default connect_timeout 2 s
         try:
             started = time.monotonic()
             reader, writer = await proxy.connect()
@@ -216,15 +257,55 @@ def test_a_blackholed_backend_times_out_and_the_connection_moves_on():
             assert await reader.readexactly(4) == b"ping"
             took = time.monotonic() - started
             writer.close()
-            # The sweep runs every timeout/5: the give-up comes one step after the timeout, well
-            # before a second timeout (the kernel's first SYN retry would take a second).
-            assert timeout <= took < 2 * timeout, took
-            assert proxy.failures == [("t", address(hole), "connect timeout")]
-            assert proxy.slot(address(hole)).failed == 1
+            # The hole never answered before: overdue after HEDGE_UNKNOWN; the good one wins then.
+            assert HEDGE_UNKNOWN <= took < HEDGE_UNKNOWN + 0.2, took
+            assert proxy.failures == [("t", address(hole), "no answer within 250 ms (another backend answered)")]
+            hole_slot, good_slot = proxy.slot(address(hole)), proxy.slot(good)
+            assert (hole_slot.total, hole_slot.failed, hole_slot.candidate.active) == (1, 1, 0)
+            assert (good_slot.total, good_slot.failed) == (1, 0)
+            assert len(proxy.frontend.pending) == 0
         finally:
             await proxy.close()
             server.close()
             for sock in (hole, *fillers):
+                sock.close()
+    run(scenario)
+
+
+def test_a_backend_that_answered_before_and_then_vanished_costs_only_the_floor():
+    async def scenario():
+        server, good = await serve(echo)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        vanishing = address(listener)
+        proxy = Proxy([vanishing, good], balance="round_robin")
+        fillers = []
+        try:
+            for _ in range(2):                        # one connect to each: both have a connect time
+                reader, writer = await proxy.connect()
+                writer.write(b"x")
+                writer.close()
+            await _wait(lambda: proxy.slot(vanishing).connect_times.mean >= 0 and proxy.slot(good).total == 1)
+            assert proxy.slot(vanishing).connect_times.overdue_after(2.0) == HEDGE_FLOOR
+            listener.close()                          # now a listener that drops SYNs on that port
+            hole, fillers = blackhole_on(int(vanishing.rsplit(":", 1)[1]))
+            fillers.append(hole)
+            took = []
+            for _ in range(4):
+                started = time.monotonic()
+                reader, writer = await proxy.connect()
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                took.append(time.monotonic() - started)
+                writer.close()
+            assert max(took) < HEDGE_FLOOR + 0.15, took
+            assert proxy.failures and {f[1] for f in proxy.failures} == {vanishing}
+        finally:
+            await proxy.close()
+            server.close()
+            listener.close()
+            for sock in fillers:
                 sock.close()
     run(scenario)
 
