@@ -182,6 +182,8 @@ def parse_trusted_proxies(s: Section, key: str) -> tuple[str, ...]:
     trusted = []
     for i, entry in enumerate(s.get(key, list, []) or []):
         try:
+            if not isinstance(entry, str):
+                raise TypeError(entry)
             trusted.append(str(ipaddress.ip_network(entry, strict=False)))
         except (TypeError, ValueError):
             s.error(f"{key}[{i}]", f"must be an address or a network (CIDR), got {show(entry)}")

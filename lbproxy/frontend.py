@@ -62,6 +62,7 @@ class Frontend:
         self.sources: dict[str, int] = {}            # open connections per client address
         self.read_buffer: ReadBuffer | None = None
         self.trusted: tuple = ()
+        self.listen_address: tuple[str, int] | None = None     # None: a wildcard, ask each socket
         self.accepted = self.refused = self.failed = 0
         self.listener: socket.socket | None = None
         self.accepting = False
@@ -82,7 +83,6 @@ class Frontend:
         self.max_connections = -(-config.max_connections // max(workers, 1))
         self.max_per_source = -(-config.max_connections_per_source // max(workers, 1))
         self.trusted = tuple(ipaddress.ip_network(t) for t in config.trusted_proxies)
-        self.listen_address = _specific_address(config.listen_host, config.listen_port)
         if self.read_buffer is None or len(self.read_buffer.view) != config.buffer_size:
             self.read_buffer = ReadBuffer(config.buffer_size)    # open connections keep theirs
         slots = []
@@ -113,6 +113,7 @@ class Frontend:
     def listen(self) -> None:
         self.listener = make_listener(self.config.listen_host, self.config.listen_port)
         self.family = self.listener.family
+        self.listen_address = _specific_address(*self.listener.getsockname()[:2])
         self._start_accepting()
 
     def _start_accepting(self) -> None:
