@@ -34,7 +34,7 @@ from lbproxy.balance import Candidate
 from lbproxy.config import BackendConfig
 from lbproxy.hedge import ConnectTimes, next_attempt_at
 from lbproxy.listener import AcceptedSocket
-from lbproxy.proxyproto import ProxyHeader, ProxyProtocol
+from lbproxy.proxyproto import ProxyProtocol
 
 if TYPE_CHECKING:
     from lbproxy.frontend import Frontend
@@ -367,7 +367,7 @@ class Connection:
     def _header_readable(self) -> None:
         sock = self.header_socket
         try:
-            peeked = sock.recv(proxyproto.MAX_HEADER - len(self.header_data), socket.MSG_PEEK)
+            peeked = sock.recv(proxyproto.MAX_HEADER - len(self.header_data), socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -384,7 +384,7 @@ class Connection:
         # Only the header's own bytes are consumed: the client's first payload stays queued.
         take = len(peeked) if decoded is proxyproto.NEED_MORE else decoded.length - len(self.header_data)
         try:
-            sock.recv(take)
+            sock.recv(take, socket.MSG_DONTWAIT)
         except OSError as exc:
             self._header_failed(f"reading the PROXY header: {exc.strerror or exc}")
             return
@@ -392,7 +392,6 @@ class Connection:
             self.header_data = data
             return
         self._stop_reading_header()
-        assert isinstance(decoded, ProxyHeader)
         self.origin, self.destination = decoded.source, decoded.destination
         self.connect()
 
