@@ -1,6 +1,7 @@
 """The `[[frontend]]` part of the config: the proxy's typed model and its parser."""
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from lbproxy.configreader import (
     split_host_port,
 )
 from lbproxy.host import Host
+from lbproxy.proxyproto import ProxyProtocol
 
 
 class Balance(enum.StrEnum):
@@ -82,6 +84,7 @@ HINTS = {
     },
     "frontend.health": {
         "inter": renamed("HAProxy", "interval"),
+        "check_send_proxy": renamed("HAProxy", "send_proxy"),
         "max_fails": foreign("nginx", "vipd calls it fall"),
         "uri": renamed("HAProxy", "path"),
     },
@@ -100,6 +103,7 @@ class HealthConfig:
     tls_verify: bool = False
     host: str | None = None
     port: int | None = None
+    send_proxy: bool = False       # a PROXY header (v2 LOCAL / v1 UNKNOWN) opens every check
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ class FrontendConfig:
     max_connections_per_source: int = 0      # per client address; 0: unlimited
     client_first_byte_timeout: float = 0.0   # seconds the client has to send its first byte; 0: off
     slow_start: float = 0.0                  # seconds a backend that came up ramps to full weight; 0: off
+    proxy_protocol: str = ProxyProtocol.OFF  # PROXY header sent to backends
+    accept_proxy_protocol: bool = False      # clients (all from trusted_proxies) send a PROXY header
+    trusted_proxies: tuple[str, ...] = ()    # networks, normalized ("198.18.0.0/24", "2001:db8::1/128")
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,8 @@ class ProxyConfig:
 
 def parse_health(problems: list[str], where: str, table: Any) -> HealthConfig:
     s = Section(problems, where, table, (
-        "type", "path", "expect", "interval", "timeout", "rise", "fall", "tls_verify", "host", "port"))
+        "type", "path", "expect", "interval", "timeout", "rise", "fall", "tls_verify", "host", "port",
+        "send_proxy"))
     kind = s.get("type", str, "tcp",
                  check=one_of(HealthType))
     path = s.get("path", str, "/healthz", check=lambda v: None if v.startswith("/") else "must start with /")
@@ -171,7 +179,20 @@ def parse_health(problems: list[str], where: str, table: Any) -> HealthConfig:
         rise=s.get("rise", int, 2, check=between(1, 1000)) or 2,
         fall=s.get("fall", int, 3, check=between(1, 1000)) or 3,
         tls_verify=s.get("tls_verify", bool, False),
-        host=s.get("host", str), port=s.get("port", int, None, check=between(1, 65535)))
+        host=s.get("host", str), port=s.get("port", int, None, check=between(1, 65535)),
+        send_proxy=s.get("send_proxy", bool, None))
+
+
+def parse_trusted_proxies(s: Section, key: str) -> tuple[str, ...]:
+    trusted = []
+    for i, entry in enumerate(s.get(key, list, []) or []):
+        try:
+            if not isinstance(entry, str):
+                raise TypeError(entry)
+            trusted.append(str(ipaddress.ip_network(entry, strict=False)))
+        except (TypeError, ValueError):
+            s.error(f"{key}[{i}]", f"must be an address or a network (CIDR), got {show(entry)}")
+    return tuple(trusted)
 
 
 def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig | None:
@@ -190,7 +211,8 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
         "max_connections", "retries", "drain_timeout", "health", "backend", "access_log",
-        "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "slow_start"))
+        "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "slow_start",
+        "proxy_protocol", "accept_proxy_protocol", "trusted_proxies"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -211,8 +233,18 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
                                             check=between(0, 10_000_000)),
         "client_first_byte_timeout": s.get("client_first_byte_timeout", float, 0.0, check=non_negative),
         "slow_start": s.get("slow_start", float, 0.0, check=between(0, 3600, "0..3600 seconds")),
+        "proxy_protocol": s.get("proxy_protocol", str, ProxyProtocol.OFF, check=one_of(ProxyProtocol)),
+        "accept_proxy_protocol": s.get("accept_proxy_protocol", bool, False),
+        "trusted_proxies": parse_trusted_proxies(s, "trusted_proxies"),
     }
+    if values["accept_proxy_protocol"] and not values["trusted_proxies"]:
+        s.error("trusted_proxies", "accept_proxy_protocol needs the addresses of the balancers in front "
+                                   "(every other source is refused); 0.0.0.0/0 and ::/0 trust anyone")
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
+    if health.send_proxy is None:
+        # As HAProxy: checks carry the header when traffic does, unless they go to another port.
+        health = dataclasses.replace(health, send_proxy=values["proxy_protocol"] != ProxyProtocol.OFF
+                                     and health.port is None)
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]
     if "backend" not in s.table:
         s.error("backend", "needs at least one [[frontend.backend]]")

@@ -9,7 +9,13 @@ so one direction holds at most 2 x buffer_size (high water, then one read). Noth
 leg's reading while its peer's transport is above the mark, whatever the order of events.
 
 Nothing is read from the client before its backend connection is up, so a failed connect can be
-retried on another backend without losing a byte.
+retried on another backend without losing a byte. An attempt still unanswered when it is overdue
+(lbproxy.hedge) gets a second one to another backend beside it: the first to connect wins, the
+others are closed, and an overdue loser counts as a failed connect (a passive health failure).
+
+With `proxy_protocol`, the PROXY header is the first thing written to the backend, before any
+client byte. With `accept_proxy_protocol`, the client's header is read first (peeked, then only
+its own bytes consumed, so what follows stays in the kernel for the client transport).
 """
 from __future__ import annotations
 
@@ -18,13 +24,17 @@ import errno
 import functools
 import logging
 import os
+import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
+from lbproxy import proxyproto
 from lbproxy.accesslog import Result, client_text
 from lbproxy.balance import Candidate
 from lbproxy.config import BackendConfig
+from lbproxy.hedge import ConnectTimes, next_attempt_at
 from lbproxy.listener import AcceptedSocket
+from lbproxy.proxyproto import ProxyProtocol
 
 if TYPE_CHECKING:
     from lbproxy.frontend import Frontend
@@ -95,11 +105,13 @@ def describe_connect_error(exc: BaseException) -> str:
 class BackendSlot:
     """One backend as this worker sees it: the balancer's candidate plus traffic counters."""
 
-    __slots__ = ("address", "host", "port", "candidate", "total", "failed", "bytes_in", "bytes_out")
+    __slots__ = ("address", "host", "port", "candidate", "total", "failed", "bytes_in", "bytes_out",
+                 "connect_times")
 
     def __init__(self, backend: BackendConfig, index: int, state: str) -> None:
         self.address = backend.address
         self.total = self.failed = self.bytes_in = self.bytes_out = 0
+        self.connect_times = ConnectTimes()
         self.candidate = Candidate(index, backend.weight, state, 0, backend.max_connections)
         self.configure(backend, index)
 
@@ -196,15 +208,39 @@ class ClientLeg(_Leg):
 
 
 class BackendLeg(_Leg):
-    __slots__ = ("held",)
+    """Also one connect attempt while it is in flight: `overdue_at` is when it stops being an
+    ordinary connect, `hedges` whether that moment starts the connection's next attempt, and
+    `abandoned` that another attempt won (or the connection ended) and this one only closes."""
+
+    __slots__ = ("held", "pending", "started", "deadline", "overdue_at", "hedges", "abandoned")
 
     def __init__(self, conn: "Connection", slot: BackendSlot) -> None:
         super().__init__(conn, slot)
         self.held = None
+        self.pending: asyncio.Future | None = None
+        self.started = self.deadline = self.overdue_at = 0.0
+        self.hedges = False
+        self.abandoned = False
 
     def connection_made(self, transport) -> None:
+        if self.abandoned:
+            transport.abort()
+            return
         self.transport = transport
         self.conn.connected(self, transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.abandoned:
+            super().connection_lost(exc)
+
+    def connect_done(self, exc: BaseException | None) -> None:
+        self.pending = None
+        if not self.abandoned:
+            self.conn.connect_done(self, exc)
+
+    def time_out(self) -> None:
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()            # the coroutine closes its socket; connect_done retries
 
     def buffer_updated(self, nbytes: int) -> None:
         self.slot.bytes_out += nbytes
@@ -223,84 +259,218 @@ class BackendLeg(_Leg):
         self.transport.pause_reading()
 
 
+class PendingConnects:
+    """One frontend's connect attempts in flight: their connect timeouts (swept by the worker's
+    tick, in order of start as the timeout is one per frontend) and the one timer that starts the
+    next attempt of those that became overdue (no timer per connection)."""
+
+    __slots__ = ("loop", "legs", "timer", "timer_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.legs: dict[BackendLeg, None] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self.legs)
+
+    def add(self, leg: BackendLeg) -> None:
+        self.legs[leg] = None
+        if leg.hedges:
+            self._arm(leg.overdue_at)
+
+    def discard(self, leg: BackendLeg) -> None:
+        self.legs.pop(leg, None)
+
+    def expire(self, now: float) -> None:
+        for leg in list(self.legs):
+            if leg.deadline > now:
+                break
+            del self.legs[leg]
+            leg.time_out()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self, at: float) -> None:
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_later(max(at - time.monotonic(), 0.0), self._hedge)
+
+    def _hedge(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        later = 0.0
+        for leg in list(self.legs):
+            if not leg.hedges:
+                continue
+            if leg.overdue_at <= now:
+                leg.hedges = False
+                leg.conn.hedge()
+            elif not later or leg.overdue_at < later:
+                later = leg.overdue_at
+        if later:
+            self._arm(later)
+
+
 class Connection:
-    """A client connection from accept to close: connect (with retries), then two legs."""
+    """A client connection from accept to close: (the client's PROXY header,) connect with
+    retries and hedged attempts, then two legs."""
 
     __slots__ = ("frontend", "fd", "family", "client_ip", "client_port", "slot", "attempts", "tried",
-                 "deadline", "pending", "client", "backend", "half_closed_at", "quiet_since",
-                 "aborting", "keepalive", "retry", "local_deadline", "tied_at", "awaiting_client",
-                 "started", "outcome", "target")
+                 "trying", "client", "backend", "half_closed_at", "quiet_since", "keepalive",
+                 "retry", "local_deadline", "tied_at", "awaiting_client", "started", "outcome", "target",
+                 "origin", "destination", "header_socket", "header_data", "header_timer")
 
     def __init__(self, frontend: "Frontend", fd: int, family: int, client_ip: str, client_port: int = 0) -> None:
         self.frontend = frontend
         self.fd = fd
         self.family = family
-        self.client_ip = client_ip
+        self.client_ip = client_ip           # the peer: what per-source limits count
         self.client_port = client_port
+        self.origin: tuple[str, int] | None = None        # the client named by its PROXY header
+        self.destination: tuple[str, int] | None = None   # the address that client connected to
         self.started = time.monotonic()
         self.outcome: Result | None = None   # set by what ends the connection early; None: ok
         self.target: str | None = None       # the last backend tried, for the access log
         self.slot: BackendSlot | None = None
         self.attempts = 0
         self.tried = _NOTHING_TRIED
-        self.pending: asyncio.Future | None = None
+        self.trying: list[BackendLeg] = []
         self.client: ClientLeg | None = None
         self.backend: BackendLeg | None = None
         self.half_closed_at = 0.0
         self.quiet_since = 0.0
-        self.deadline = 0.0
-        self.aborting = False
         self.keepalive = False
         self.retry: asyncio.TimerHandle | None = None
         self.local_deadline = 0.0
         self.tied_at = 0.0
         self.awaiting_client = False      # the client has not spoken yet, and it has a deadline
+        self.header_socket: socket.socket | None = None
+        self.header_data = b""
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    # --- the client's PROXY header (accept_proxy_protocol), before anything else
+
+    def read_proxy_header(self, timeout: float) -> None:
+        fe = self.frontend
+        self.header_socket = socket.socket(self.family, socket.SOCK_STREAM, 0, self.fd)
+        self.header_timer = fe.loop.call_later(timeout, self._header_failed, f"no PROXY header within {timeout:g}s")
+        fe.loop.add_reader(self.fd, self._header_readable)
+
+    def _header_readable(self) -> None:
+        sock = self.header_socket
+        try:
+            peeked = sock.recv(proxyproto.MAX_HEADER - len(self.header_data), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._header_failed(f"reading the PROXY header: {exc.strerror or exc}")
+            return
+        if not peeked:
+            self._header_failed("closed before sending a PROXY header")
+            return
+        data = self.header_data + peeked
+        decoded = proxyproto.decode(data)
+        if isinstance(decoded, proxyproto.Invalid):
+            self._header_failed(f"bad PROXY header: {decoded.reason}")
+            return
+        # Only the header's own bytes are consumed: the client's first payload stays queued.
+        take = len(peeked) if decoded is proxyproto.NEED_MORE else decoded.length - len(self.header_data)
+        try:
+            sock.recv(take, socket.MSG_DONTWAIT)
+        except OSError as exc:
+            self._header_failed(f"reading the PROXY header: {exc.strerror or exc}")
+            return
+        if decoded is proxyproto.NEED_MORE:
+            self.header_data = data
+            return
+        self._stop_reading_header()
+        self.origin, self.destination = decoded.source, decoded.destination
+        self.connect()
+
+    def _stop_reading_header(self) -> None:
+        fe = self.frontend
+        fe.loop.remove_reader(self.fd)
+        self.header_timer.cancel()
+        self.header_timer = None
+        self.header_socket.detach()
+        self.header_socket = None
+        self.header_data = b""
+
+    def _header_failed(self, reason: str) -> None:
+        fe = self.frontend
+        self._stop_reading_header()
+        fe.refuse_header(self.client_ip, self.client_port, reason)
+        self.outcome = Result.REFUSED
+        self._close_fd()
+        self._finish()
+
+    def proxy_header(self, version: ProxyProtocol) -> bytes:
+        source = self.origin or (self.client_ip, self.client_port)
+        destination = self.destination if self.origin else self.frontend.local_address(self.fd)
+        return proxyproto.encode(version, source, destination)
 
     # --- connecting: the client is a bare descriptor until a backend answers
 
     def connect(self) -> None:
         self.retry = None
         fe = self.frontend
-        candidate = fe.balancer.pick(fe.pool, self.tried, self.client_ip)
+        origin = self.origin
+        candidate = fe.balancer.pick(fe.pool, self.tried, origin[0] if origin else self.client_ip)
         if candidate is None:
-            self.give_up("no backend available")
-            return
+            if not self.trying:
+                self.give_up("no backend available")
+            return                           # the attempts in flight carry on
         slot = fe.slots[candidate.index]
-        self.slot = slot
         self.target = slot.address
         self.attempts += 1
         candidate.active += 1
         slot.total += 1
         leg = BackendLeg(self, slot)
-        self.backend = leg
-        self.deadline = time.monotonic() + fe.config.connect_timeout
-        fe.connecting[self] = None
-        self.pending = _drive(fe.loop.create_connection(leg, slot.host, slot.port), self._connect_done)
+        config = fe.config
+        leg.started = now = time.monotonic()
+        leg.deadline = now + config.connect_timeout
+        leg.overdue_at = now + slot.connect_times.overdue_after(config.connect_timeout)
+        leg.hedges = (next_attempt_at(now, leg.overdue_at - now, self.attempts, config.retries + 1) or
+                      leg.deadline) < leg.deadline
+        self.trying.append(leg)
+        fe.pending.add(leg)
+        leg.pending = _drive(fe.loop.create_connection(leg, slot.host, slot.port), leg.connect_done)
 
-    def _connect_done(self, exc: BaseException | None) -> None:
-        self.pending = None
+    def hedge(self) -> None:
+        """The newest attempt is overdue: another backend, beside the ones in flight."""
+        if self.frontend is None or self.backend is not None:
+            return
+        self.tried = self.tried.union([leg.slot.candidate.index for leg in self.trying])
+        self.connect()
+
+    def connect_done(self, leg: BackendLeg, exc: BaseException | None) -> None:
         if exc is None:
             return                          # BackendLeg.connection_made took over
         fe = self.frontend
-        fe.connecting.pop(self, None)
-        slot = self.slot
+        fe.pending.discard(leg)
+        self.trying.remove(leg)
+        slot = leg.slot
         slot.candidate.active -= 1
-        self.slot = None
-        self.backend = None
-        if self.aborting:
-            self._close_fd()
-            self._finish()
-            return
         reason = describe_connect_error(exc)
         if isinstance(exc, OSError) and exc.errno in LOCAL_ERRORS:
             # Out of descriptors or ports here, not a backend fault: keep the client waiting
             # (it has sent nothing we could lose) and try again once the accept backoff ends.
             slot.total -= 1
             self.attempts -= 1
+            fe.local_resource_error("connect", exc)
+            if self.trying:
+                return
             now = time.monotonic()
             if not self.local_deadline:
                 self.local_deadline = now + fe.config.connect_timeout
-            fe.local_resource_error("connect", exc)
             if now < self.local_deadline:
                 self.retry = fe.loop.call_later(max(fe.backoff, 0.02), self.connect)
             else:
@@ -308,15 +478,31 @@ class Connection:
             return
         slot.failed += 1
         fe.report_failure(fe.name, slot.address, reason)
+        self.tried = self.tried | {slot.candidate.index}
+        if self.trying:
+            return                           # an attempt in flight may still answer
         if self.attempts > fe.config.retries:
             self.give_up(f"connect to {slot.address}: {reason} (after {self.attempts} attempts)")
             return
-        self.tried = self.tried | {slot.candidate.index}
         self.connect()
 
-    def time_out(self) -> None:
-        if self.pending is not None and not self.pending.done():
-            self.pending.cancel()            # the coroutine closes its socket; _connect_done retries
+    def _abandon_attempts(self, winner_at: float | None) -> None:
+        """Close the attempts in flight. Those overdue when another won count as failed connects."""
+        fe = self.frontend
+        trying, self.trying = self.trying, []
+        for leg in trying:
+            leg.abandoned = True
+            fe.pending.discard(leg)
+            slot = leg.slot
+            slot.candidate.active -= 1
+            if leg.pending is not None and not leg.pending.done():
+                leg.pending.cancel()
+            if winner_at is not None and winner_at >= leg.overdue_at:
+                slot.failed += 1
+                fe.report_failure(fe.name, slot.address, f"no answer within "
+                                  f"{(leg.overdue_at - leg.started) * 1000:.0f} ms (another backend answered)")
+            else:
+                slot.total -= 1
 
     def give_up(self, reason: str) -> None:
         fe = self.frontend
@@ -334,8 +520,20 @@ class Connection:
     def connected(self, leg: BackendLeg, transport) -> None:
         """The backend answered: wrap the client descriptor in a transport of its own."""
         fe = self.frontend
-        fe.connecting.pop(self, None)
-        client = ClientLeg(self, leg.slot)
+        now = time.monotonic()
+        fe.pending.discard(leg)
+        self.trying.remove(leg)
+        if self.trying:
+            self._abandon_attempts(now)
+        slot = leg.slot
+        slot.connect_times.observe(now - leg.started)
+        self.slot = slot
+        self.backend = leg
+        self.target = slot.address
+        version = fe.config.proxy_protocol
+        if version != ProxyProtocol.OFF:
+            transport.write(self.proxy_header(version))
+        client = ClientLeg(self, slot)
         client.peer = leg
         leg.peer = client
         self.client = client
@@ -388,14 +586,17 @@ class Connection:
         """Drop the connection now (timeouts, end of a drain): reset both sides."""
         self.outcome = self.outcome or outcome
         if self.client is None:
-            self.aborting = True
-            if self.pending is not None and not self.pending.done():
-                self.pending.cancel()                # _connect_done finishes it
+            if self.frontend is None:
+                return
+            if self.trying:
+                self._abandon_attempts(None)
             elif self.retry is not None:
                 self.retry.cancel()
                 self.retry = None
-                self._close_fd()
-                self._finish()
+            elif self.header_socket is not None:
+                self._stop_reading_header()
+            self._close_fd()
+            self._finish()
             return
         for leg in (self.client, self.backend):
             if leg.transport is not None and not leg.lost:
@@ -416,7 +617,6 @@ class Connection:
         if fe is None:
             return
         self.frontend = None
-        fe.connecting.pop(self, None)
         fe.connections.discard(self)
         fe.source_closed(self.client_ip)
         for leg in (self.client, self.backend):
@@ -435,5 +635,6 @@ class Connection:
         outcome = self.outcome or (Result.OK if self.client is not None else Result.CONNECT_FAILED)
         bytes_in = self.client.nbytes if self.client is not None else 0
         bytes_out = self.backend.nbytes if self.backend is not None else 0
-        fe.access_log.closed(fe.name, client_text(self.client_ip, self.client_port), self.target, outcome,
+        client_ip, client_port = self.origin or (self.client_ip, self.client_port)
+        fe.access_log.closed(fe.name, client_text(client_ip, client_port), self.target, outcome,
                              bytes_in, bytes_out, time.monotonic() - self.started)

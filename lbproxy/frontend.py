@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from lbproxy.connection import (
     LOCAL_ERRORS,
     BackendSlot,
     Connection,
+    PendingConnects,
     ReadBuffer,
     ReportFailure,
 )
@@ -32,6 +34,16 @@ from lbproxy.listener import make_listener, set_keepalive
 log = logging.getLogger("lbproxy.worker")
 
 ACCEPT_BATCH = 64          # accepts per readiness callback, so one busy listener cannot starve the rest
+PROXY_HEADER_TIMEOUT = 5.0     # seconds a trusted balancer has to send its PROXY header, unless
+                               # client_first_byte_timeout is set (and shorter)
+
+
+def _specific_address(host: str, port: int) -> tuple[str, int] | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if ip.is_unspecified else (str(ip), port)
 
 
 class Frontend:
@@ -47,9 +59,11 @@ class Frontend:
         self._access_log = access_log
         self.access_log: AccessLog | None = None
         self.connections: set[Connection] = set()
-        self.connecting: dict[Connection, None] = {}
+        self.pending = PendingConnects(loop)
         self.sources: dict[str, int] = {}            # open connections per client address
         self.read_buffer: ReadBuffer | None = None
+        self.trusted: tuple = ()
+        self.listen_address: tuple[str, int] | None = None     # None: a wildcard, ask each socket
         self.accepted = self.refused = self.failed = 0
         self.listener: socket.socket | None = None
         self.accepting = False
@@ -70,6 +84,7 @@ class Frontend:
         self.access_log = self._access_log if config.access_log else None
         self.max_connections = -(-config.max_connections // max(workers, 1))
         self.max_per_source = -(-config.max_connections_per_source // max(workers, 1))
+        self.trusted = tuple(ipaddress.ip_network(t) for t in config.trusted_proxies)
         if self.read_buffer is None or len(self.read_buffer.view) != config.buffer_size:
             self.read_buffer = ReadBuffer(config.buffer_size)    # open connections keep theirs
         slots = []
@@ -105,6 +120,7 @@ class Frontend:
     def listen(self) -> None:
         self.listener = make_listener(self.config.listen_host, self.config.listen_port)
         self.family = self.listener.family
+        self.listen_address = _specific_address(*self.listener.getsockname()[:2])
         self._start_accepting()
 
     def _start_accepting(self) -> None:
@@ -145,6 +161,13 @@ class Frontend:
                 self.access_log.closed(self.name, client_text(address[0], address[1]), None, Result.REFUSED, 0, 0, 0.0)
             return
         client_ip = address[0]
+        if self.config.accept_proxy_protocol and not self._trusts(client_ip):
+            os.close(fd)
+            self.refuse_header(client_ip, address[1], "not in trusted_proxies, and accept_proxy_protocol "
+                               "requires a PROXY header")
+            if self.access_log is not None:
+                self.access_log.closed(self.name, client_text(client_ip, address[1]), None, Result.REFUSED, 0, 0, 0.0)
+            return
         from_source = self.sources.get(client_ip, 0)
         if self.max_per_source and from_source >= self.max_per_source:
             os.close(fd)
@@ -158,7 +181,31 @@ class Frontend:
         self.sources[client_ip] = from_source + 1
         conn = Connection(self, fd, self.family, client_ip, address[1])
         self.connections.add(conn)
-        conn.connect()
+        if self.config.accept_proxy_protocol:
+            first_byte = self.config.client_first_byte_timeout
+            conn.read_proxy_header(min(first_byte, PROXY_HEADER_TIMEOUT) if first_byte else PROXY_HEADER_TIMEOUT)
+        else:
+            conn.connect()
+
+    def _trusts(self, client_ip: str) -> bool:
+        ip = ipaddress.ip_address(client_ip)
+        return any(ip in network for network in self.trusted)
+
+    def refuse_header(self, client_ip: str, client_port: int, reason: str) -> None:
+        """A client that had to send a PROXY header did not, or sent a bad one."""
+        self.refused += 1
+        self._rate_limited("proxy_header", "%s: refused %s: %s", self.name, client_text(client_ip, client_port),
+                           reason)
+
+    def local_address(self, fd: int) -> tuple[str, int]:
+        """The address a client connected to: the listen address, unless that is a wildcard."""
+        if self.listen_address is not None:
+            return self.listen_address
+        sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        try:
+            return sock.getsockname()[:2]
+        finally:
+            sock.detach()
 
     def source_closed(self, client_ip: str) -> None:
         left = self.sources.pop(client_ip) - 1
@@ -204,11 +251,7 @@ class Frontend:
     # --- timeouts and draining
 
     def sweep_connecting(self, now: float) -> None:
-        for conn in list(self.connecting):
-            if conn.deadline > now:
-                break                        # ordered by start, one timeout per frontend
-            del self.connecting[conn]
-            conn.time_out()
+        self.pending.expire(now)
 
     def sweep_idle(self, now: float) -> None:
         idle = self.config.idle_timeout

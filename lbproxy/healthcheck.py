@@ -1,7 +1,10 @@
 """Active and passive health of one frontend's backends, in the master process's event loop.
 
 Every backend gets its own probe task: tcp (connect, close), http or https (GET `path`,
-status in `expect`). Results feed lbproxy.health.HealthCounter, the same rise/fall counter
+status in `expect`). With `send_proxy`, every probe opens with a PROXY header (v2 LOCAL, or v1
+UNKNOWN: the spec's words for a connection the proxy makes on its own, as a health check), in the
+frontend's proxy_protocol version (v1 when that is off, as HAProxy's check-send-proxy); HTTP
+probes then speak HTTP/1.1 themselves on that connection. Results feed lbproxy.health.HealthCounter, the same rise/fall counter
 the VRRP track scripts use. Backends start UP, as in HAProxy, so a restart or reload never
 blackholes traffic while the first probes are still out. Workers report failed connects
 (passive checks); each counts as one failed probe. `on_change` fires once per change of the
@@ -30,10 +33,12 @@ import aiohttp
 from lbproxy.balance import RAMP_SCALE, Tier, ramp_weight, tier_of
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig
 from lbproxy.health import BackendState, HealthCounter
+from lbproxy.proxyproto import ProxyProtocol, encode_local
 
 log = logging.getLogger("lbproxy.health")
 
 USER_AGENT = "vipd-healthcheck/1"
+STATUS_LINE_LIMIT = 1024
 
 
 class CheckFailed(Exception):
@@ -186,12 +191,45 @@ class HealthChecker:
     def _target(self, backend: BackendConfig) -> tuple[str, int]:
         return backend.host, self.health.port or backend.port
 
+    def _proxy_header(self) -> bytes:
+        version = self.frontend.proxy_protocol
+        return encode_local(ProxyProtocol.V1 if version == ProxyProtocol.OFF else version)
+
     async def _probe_tcp(self, backend: BackendConfig) -> str:
         host, port = self._target(backend)
         _, writer = await asyncio.open_connection(host, port)
-        writer.close()
+        try:
+            if self.health.send_proxy:
+                writer.write(self._proxy_header())
+                await writer.drain()
+        finally:
+            writer.close()
         await writer.wait_closed()
         return "connected"
+
+    async def _probe_http_after_proxy_header(self, backend: BackendConfig) -> int:
+        """GET on a connection that first carries the PROXY header (TLS, if any, after it)."""
+        hc = self.health
+        host, port = self._target(backend)
+        reader, writer = await asyncio.open_connection(host, port, limit=STATUS_LINE_LIMIT)
+        try:
+            writer.write(self._proxy_header())
+            if hc.type == "https":
+                context = self._verifying_tls if hc.tls_verify else _unverified_tls()
+                await writer.start_tls(context, server_hostname=(hc.host or host) if hc.tls_verify else hc.host)
+            writer.write((f"GET {hc.path} HTTP/1.1\r\nHost: {hc.host or backend.address}\r\n"
+                          f"User-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n").encode())
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise CheckFailed("HTTP: status line too long") from None
+        except asyncio.IncompleteReadError:
+            raise CheckFailed("server closed the connection without answering") from None
+        finally:
+            writer.close()
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise CheckFailed(f"not an HTTP status line: {line[:60]!r}")
+        return int(parts[1])
 
     async def _probe_http(self, backend: BackendConfig) -> str:
         hc = self.health
@@ -206,10 +244,13 @@ class HealthChecker:
                     options["server_hostname"] = hc.host
             else:
                 options["ssl"] = False
-        if self._session is None:
-            raise RuntimeError("HealthChecker.start() has not run")
-        async with self._session.get(url, **options) as response:
-            status = response.status
+        if hc.send_proxy:
+            status = await self._probe_http_after_proxy_header(backend)
+        else:
+            if self._session is None:
+                raise RuntimeError("HealthChecker.start() has not run")
+            async with self._session.get(url, **options) as response:
+                status = response.status
         if status not in hc.expect:
             raise CheckFailed(f"HTTP {status}")
         return f"HTTP {status}"
@@ -371,6 +412,13 @@ class HealthChecker:
             "check_failures": bh.check_failures,
             "passive_failures": bh.passive_failures,
         }
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def describe_error(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ def frontend_from_dict(data: dict) -> FrontendConfig:
     health["expect"] = tuple(health["expect"])
     return FrontendConfig(**{**data,
                              "backends": tuple(BackendConfig(**b) for b in data["backends"]),
+                             "trusted_proxies": tuple(data.get("trusted_proxies", ())),
                              "health": HealthConfig(**health)})
 
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import random
 import socket
+import struct
 import time
 
 import pytest
@@ -14,6 +15,7 @@ import uvloop
 
 from lbproxy.config import BackendConfig, FrontendConfig
 from lbproxy.frontend import Frontend
+from lbproxy.hedge import HEDGE_FLOOR, HEDGE_UNKNOWN
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,6 +90,24 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
         filler.settimeout(0.2)
         try:
             filler.connect(listener.getsockname())
+        except TimeoutError:
+            filler.close()
+            return listener, fillers
+        fillers.append(filler)
+    raise AssertionError("a backlog-0 listener kept accepting handshakes")
+
+
+def blackhole_on(port: int) -> tuple[socket.socket, list[socket.socket]]:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        try:
+            filler.connect(("127.0.0.1", port))
         except TimeoutError:
             filler.close()
             return listener, fillers
@@ -202,13 +222,35 @@ def test_a_refused_connect_is_retried_on_another_backend_before_any_byte_is_read
     run(scenario)
 
 
-def test_a_blackholed_backend_times_out_and_the_connection_moves_on():
+def test_a_lone_blackholed_backend_times_out_and_the_client_is_closed():
     timeout = 0.4
 
     async def scenario():
         hole, fillers = blackhole()
+        proxy = Proxy([address(hole)], retries=1, connect_timeout=timeout)
+        try:
+            started = time.monotonic()
+            reader, writer = await proxy.connect()
+            assert await reader.read(1) == b""
+            took = time.monotonic() - started
+            writer.close()
+            # Nothing else to try: the sweep (every timeout/5) gives up one step after the
+            # timeout, well before the kernel's first SYN retry (a second).
+            assert timeout <= took < 2 * timeout, took
+            assert proxy.failures == [("t", address(hole), "connect timeout")]
+            assert proxy.frontend.failed == 1 and proxy.slot(address(hole)).candidate.active == 0
+        finally:
+            await proxy.close()
+            for sock in (hole, *fillers):
+                sock.close()
+    run(scenario)
+
+
+def test_a_blackholed_backend_is_overtaken_by_a_second_attempt_long_before_connect_timeout():
+    async def scenario():
+        hole, fillers = blackhole()
         server, good = await serve(echo)
-        proxy = Proxy([address(hole), good], balance="round_robin", retries=1, connect_timeout=timeout)
+        proxy = Proxy([address(hole), good], balance="round_robin")      # default connect_timeout 2 s
         try:
             started = time.monotonic()
             reader, writer = await proxy.connect()
@@ -216,15 +258,55 @@ def test_a_blackholed_backend_times_out_and_the_connection_moves_on():
             assert await reader.readexactly(4) == b"ping"
             took = time.monotonic() - started
             writer.close()
-            # The sweep runs every timeout/5: the give-up comes one step after the timeout, well
-            # before a second timeout (the kernel's first SYN retry would take a second).
-            assert timeout <= took < 2 * timeout, took
-            assert proxy.failures == [("t", address(hole), "connect timeout")]
-            assert proxy.slot(address(hole)).failed == 1
+            # The hole never answered before: overdue after HEDGE_UNKNOWN; the good one wins then.
+            assert HEDGE_UNKNOWN <= took < HEDGE_UNKNOWN + 0.2, took
+            assert proxy.failures == [("t", address(hole), "no answer within 250 ms (another backend answered)")]
+            hole_slot, good_slot = proxy.slot(address(hole)), proxy.slot(good)
+            assert (hole_slot.total, hole_slot.failed, hole_slot.candidate.active) == (1, 1, 0)
+            assert (good_slot.total, good_slot.failed) == (1, 0)
+            assert len(proxy.frontend.pending) == 0
         finally:
             await proxy.close()
             server.close()
             for sock in (hole, *fillers):
+                sock.close()
+    run(scenario)
+
+
+def test_a_backend_that_answered_before_and_then_vanished_costs_only_the_floor():
+    async def scenario():
+        server, good = await serve(echo)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        vanishing = address(listener)
+        proxy = Proxy([vanishing, good], balance="round_robin")
+        fillers = []
+        try:
+            for _ in range(2):                        # one connect to each: both have a connect time
+                reader, writer = await proxy.connect()
+                writer.write(b"x")
+                writer.close()
+            await _wait(lambda: proxy.slot(vanishing).connect_times.mean >= 0 and proxy.slot(good).total == 1)
+            assert proxy.slot(vanishing).connect_times.overdue_after(2.0) == HEDGE_FLOOR
+            listener.close()                          # now a listener that drops SYNs on that port
+            hole, fillers = blackhole_on(int(vanishing.rsplit(":", 1)[1]))
+            fillers.append(hole)
+            took = []
+            for _ in range(4):
+                started = time.monotonic()
+                reader, writer = await proxy.connect()
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                took.append(time.monotonic() - started)
+                writer.close()
+            assert max(took) < HEDGE_FLOOR + 0.15, took
+            assert proxy.failures and {f[1] for f in proxy.failures} == {vanishing}
+        finally:
+            await proxy.close()
+            server.close()
+            listener.close()
+            for sock in fillers:
                 sock.close()
     run(scenario)
 
@@ -325,3 +407,135 @@ async def _wait(predicate, timeout: float = 5.0) -> None:
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
 
+
+
+# ---------------------------------------------------------------- PROXY protocol
+
+
+class HeaderBackend:
+    """A backend that requires a PROXY header: parses it (on its own, not with lbproxy's codec),
+    then echoes everything that follows."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple] = []
+        self.connections = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = await reader.readexactly(5)
+        if first == b"PROXY":
+            words = (first + await reader.readuntil(b"\r\n")).decode().split()
+            self.headers.append(("v1", words[1], (words[2], int(words[4])), (words[3], int(words[5]))))
+        else:
+            fixed = first + await reader.readexactly(11)
+            assert fixed[:12] == b"\r\n\r\n\x00\r\nQUIT\n"
+            command, family, length = struct.unpack("!BBH", fixed[12:])
+            block = await reader.readexactly(length)
+            src, dst, sport, dport = struct.unpack_from("!4s4sHH", block)
+            self.headers.append(("v2", hex(command), hex(family), (socket.inet_ntoa(src), sport),
+                                 (socket.inet_ntoa(dst), dport)))
+        await echo(reader, writer)
+
+
+async def round_trip(proxy: "Proxy", payload: bytes, before: bytes = b"", split: int = 0) -> tuple[bytes, int]:
+    """Send `before` (cut in two writes at `split`) and `payload`; what comes back, and the client's port."""
+    reader, writer = await proxy.connect()
+    port = writer.get_extra_info("sockname")[1]
+    if split:
+        writer.write(before[:split])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        before = before[split:]
+    writer.write(before + payload)
+    writer.write_eof()
+    back = await read_all(reader)
+    writer.close()
+    return back, port
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_backend_gets_a_proxy_header_with_the_client_address_then_the_payload(version):
+    payload = random.Random(5).randbytes(MiB)
+
+    async def scenario():
+        backend = HeaderBackend()
+        server, backend_address = await serve(backend)
+        proxy = Proxy([backend_address], proxy_protocol=version)
+        try:
+            back, client_port = await round_trip(proxy, payload)
+            assert back == payload
+            client, listen = ("127.0.0.1", client_port), ("127.0.0.1", proxy.port)
+            expected = ("v1", "TCP4", client, listen) if version == "v1" else ("v2", "0x21", "0x11", client, listen)
+            assert backend.headers == [expected]
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("split", [0, 9, 30])
+def test_a_trusted_balancers_header_is_read_and_its_client_passed_on(split):
+    payload = random.Random(6).randbytes(256 * 1024)
+    upstream = b"PROXY TCP4 198.18.0.7 198.18.0.100 40000 443\r\n"
+
+    async def scenario():
+        backend = HeaderBackend()
+        server, backend_address = await serve(backend)
+        proxy = Proxy([backend_address], proxy_protocol="v2", accept_proxy_protocol=True,
+                      trusted_proxies=("127.0.0.0/8",))
+        try:
+            back, _ = await round_trip(proxy, payload, upstream, split)
+            assert back == payload
+            assert backend.headers == [("v2", "0x21", "0x11", ("198.18.0.7", 40000), ("198.18.0.100", 443))]
+            assert proxy.frontend.refused == 0
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("trusted, sent, why", [
+    (("198.18.0.0/24",), b"PROXY TCP4 198.18.0.7 198.18.0.100 40000 443\r\nhello", "untrusted source"),
+    (("127.0.0.1",), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "no header"),
+    (("127.0.0.1",), b"PROXY TCP4 198.18.0.7 198.18.0.100 99999 443\r\nhello", "bad port"),
+])
+def test_a_connection_without_a_good_header_from_a_trusted_source_is_refused(trusted, sent, why):
+    async def scenario():
+        backend = HeaderBackend()
+        server, backend_address = await serve(backend)
+        proxy = Proxy([backend_address], accept_proxy_protocol=True, trusted_proxies=trusted)
+        try:
+            reader, writer = await proxy.connect()
+            writer.write(sent)
+            try:
+                assert await asyncio.wait_for(reader.read(1), 5) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+            assert proxy.frontend.refused == 1, why
+            assert backend.connections == 0 and proxy.slot(backend_address).total == 0
+            await _wait(lambda: not proxy.frontend.connections and not proxy.frontend.sources)
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+def test_a_trusted_source_that_sends_no_header_is_closed_after_the_first_byte_timeout():
+    async def scenario():
+        server, backend_address = await serve(echo)
+        proxy = Proxy([backend_address], accept_proxy_protocol=True, trusted_proxies=("127.0.0.1",),
+                      client_first_byte_timeout=0.3)
+        try:
+            started = time.monotonic()
+            reader, writer = await proxy.connect()
+            writer.write(b"PROXY TCP4 ")                 # a beginning, then nothing
+            assert await asyncio.wait_for(reader.read(1), 5) == b""
+            took = time.monotonic() - started
+            writer.close()
+            assert 0.3 <= took < 0.6, took
+            assert proxy.frontend.refused == 1 and proxy.slot(backend_address).total == 0
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)

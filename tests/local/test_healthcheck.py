@@ -372,3 +372,77 @@ def test_update_keeps_surviving_backends_and_restarts_checks_when_health_changes
                                     added.address: "up"}
 
     run(scenario())
+
+
+class ProxyHeaderBackend:
+    """A server that requires a PROXY header first (as a backend behind send-proxy does): it
+    records the header's first line or block, closes on anything else, and answers HTTP 200."""
+
+    def __init__(self):
+        self.headers = []
+        self.server = None
+
+    async def handle(self, reader, writer):
+        try:
+            first = await reader.readexactly(5)
+            if first == b"PROXY":
+                self.headers.append(first + await reader.readuntil(b"\r\n"))
+            elif first == b"\r\n\r\n\x00":
+                fixed = first + await reader.readexactly(11)
+                self.headers.append(fixed + await reader.readexactly(int.from_bytes(fixed[14:16], "big")))
+            else:
+                return                                   # no header: close without an answer
+            if await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+def proxied_frontend(address, proxy_protocol, **health):
+    table = {"name": "api", "listen": "127.0.0.1:6443", "proxy_protocol": proxy_protocol,
+             "health": {"type": "http", **FAST, **health}, "backend": [{"address": address}]}
+    return parse({"frontend": [table]}).frontends[0]
+
+
+@pytest.mark.parametrize("proxy_protocol, send_proxy, header", [
+    ("v2", None, b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"),     # on by default with proxy_protocol: LOCAL
+    ("v1", True, b"PROXY UNKNOWN\r\n"),
+    ("off", True, b"PROXY UNKNOWN\r\n"),                       # check-send-proxy alone: v1, as HAProxy
+])
+@pytest.mark.parametrize("kind", ["http", "tcp"])
+def test_checks_send_the_proxy_header_to_a_backend_that_requires_it(proxy_protocol, send_proxy, header, kind):
+    async def scenario():
+        async with ProxyHeaderBackend() as backend:
+            events, on_change = recorder()
+            health = {"type": kind} if send_proxy is None else {"type": kind, "send_proxy": send_proxy}
+            checker = HealthChecker(proxied_frontend(backend.address, proxy_protocol, **health), on_change)
+            async with running(checker):
+                await checks_pass(checker, backend.address, 3)
+            bh = checker.backends[backend.address]
+            assert (bh.check_failures, events) == (0, []), bh.last_error
+            assert len(backend.headers) >= 3 and set(backend.headers) == {header}
+
+    run(scenario())
+
+
+def test_http_checks_without_the_header_fail_against_a_backend_that_requires_it():
+    async def scenario():
+        async with ProxyHeaderBackend() as backend:
+            events, on_change = recorder()
+            checker = HealthChecker(proxied_frontend(backend.address, "v2", send_proxy=False), on_change)
+            async with running(checker):
+                await wait_until(lambda: events, "the backend going down")
+            assert events == [("api", backend.address, "down")] and backend.headers == []
+
+    run(scenario())

@@ -140,3 +140,32 @@ def test_unparseable_haproxy_is_one_line_and_exit_2(tmp_path, text, error):
 def test_haproxy_time_syntax():
     assert [seconds(t) for t in ("2000", "2s", "500ms", "1m", "250us")] == [2.0, 2.0, 0.5, 60.0, 0.00025]
     assert seconds("1m30s") is None and seconds("fast") is None
+
+
+def test_proxy_protocol_send_check_and_accept(tmp_path):
+    path = write(tmp_path, """\
+frontend api
+    bind 198.18.0.100:6443 accept-proxy
+    bind 198.18.0.100:6444
+    default_backend apiservers
+
+backend apiservers
+    server a 198.18.0.21:6443 check send-proxy-v2 check-send-proxy port 8080
+    server b 198.18.0.22:6443 check send-proxy-v2
+
+listen mixed
+    bind 198.18.0.100:7000
+    server c 198.18.0.23:7000 send-proxy
+    server d 198.18.0.24:7000
+""")
+    config, result = translated(haproxy=path)
+    accepting, plain, mixed = config.frontends
+    assert (accepting.accept_proxy_protocol, accepting.trusted_proxies) == (True, ("0.0.0.0/0", "::/0"))
+    assert (plain.accept_proxy_protocol, plain.trusted_proxies) == (False, ())
+    assert accepting.proxy_protocol == plain.proxy_protocol == "v2"
+    assert (accepting.health.port, accepting.health.send_proxy) == (8080, True)   # check-send-proxy
+    assert mixed.proxy_protocol == "off"
+    p = str(path)
+    assert f"{p}:12: server c (v1 PROXY header): not translated: servers differ; vipd sends one PROXY " \
+        "protocol version per frontend: proxy_protocol left off" in result.notes
+    assert not notes_about(result, "send-proxy-v2") and not notes_about(result, "accept-proxy")

@@ -31,6 +31,7 @@ def test_stream_config_with_weights_least_conn_backup_and_includes():
     etcd = by_listen["198.18.0.100:2379"]
     assert (etcd.name, etcd.balance) == ("etcd_clients", "source_hash")
     assert [b.address for b in etcd.backends] == ["198.18.0.31:2379"]
+    assert (etcd.proxy_protocol, etcd.health.send_proxy) == ("v1", True)     # nginx sends version 1
 
     f = str(STREAM)
     for expected in (
@@ -40,7 +41,6 @@ def test_stream_config_with_weights_least_conn_backup_and_includes():
         f"{f}:17: server 198.18.0.21:6443 fail_timeout=10s: not translated: vipd takes a backend back after "
         "`rise` good probes, not after a fixed time",
         f"{f}:23: server unix:/run/etcd.sock: not translated: vipd connects to TCP backends only",
-        f"{f}:36: proxy_protocol on: not translated: vipd does not send PROXY headers",
         f"{f}:40: listen 53 udp: not translated: vipd proxies TCP only",
         f"{f}:45: http: not translated: vipd is a TCP (L4) proxy; only the stream block is translated",
     ):
@@ -114,3 +114,17 @@ def test_unparseable_nginx_is_one_line_and_exit_2(tmp_path, text, error):
 def test_nginx_time_syntax():
     assert [seconds(t) for t in ("10", "2s", "500ms", "1m30s", "1h", "")] == [10.0, 2.0, 0.5, 90.0, 3600.0, None]
     assert seconds("5x") is None and seconds("-1s") is None
+
+
+def test_listen_proxy_protocol_accepts_the_header_from_any_source_as_nginx_did(tmp_path):
+    path = write(tmp_path, """\
+stream {
+    server { listen 198.18.0.100:6443 proxy_protocol; listen 198.18.0.100:6444; proxy_pass 198.18.0.21:6443; }
+}
+""")
+    config, result = translated(nginx=path)
+    accepting, plain = config.frontends
+    assert (accepting.accept_proxy_protocol, accepting.trusted_proxies) == (True, ("0.0.0.0/0", "::/0"))
+    assert (plain.accept_proxy_protocol, plain.trusted_proxies, plain.proxy_protocol) == (False, (), "off")
+    assert "narrow this to the balancers in front" in result.toml
+    assert not notes_about(result, "proxy_protocol")

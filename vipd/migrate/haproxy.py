@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from vipd.migrate.proxyconf import (
     MAX_RETRIES,
     FrontendDraft,
+    accepting_proxy_protocol,
     backend_address,
     backend_table,
     listen_address,
@@ -42,11 +43,10 @@ VALUE_OPTIONS = {
 }
 SERVER_ONLY = {"disabled": "disabled in HAProxy",
                "ssl": "HAProxy encrypts to this server; vipd passes bytes through unchanged",
-               "send-proxy": "vipd does not send PROXY headers",
-               "send-proxy-v2": "vipd does not send PROXY headers",
                "send-proxy-v2-ssl": "vipd does not send PROXY headers",
                "send-proxy-v2-ssl-cn": "vipd does not send PROXY headers"}
-HEALTH_OPTIONS = {"check", "inter", "rise", "fall", "port", "check-ssl", "verify", "no-check"}
+HEALTH_OPTIONS = {"check", "inter", "rise", "fall", "port", "check-ssl", "verify", "no-check", "check-send-proxy"}
+PROXY_VERSIONS = {"send-proxy": "v1", "send-proxy-v2": "v2"}
 HTTP_TIMEOUTS = {"http-request", "http-keep-alive", "queue", "tarpit"}
 HTTP_OPTIONS = {"http-server-close", "forwardfor", "httpclose", "http-keep-alive", "http-pretend-keepalive",
                 "http-buffer-request", "originalto", "http-use-htx", "http-no-delay", "http-ignore-probes",
@@ -275,8 +275,10 @@ class _Translator:
         if not listens:
             self.skip(f.section, "has no bind address vipd can use")
         for d, address in listens:
+            own = accepting_proxy_protocol(settings, f"{source(d)} (accept-proxy)") if "accept-proxy" in d.args[1:] \
+                else settings
             self.frontends.append(FrontendDraft(
-                f.name, address, d.origin, source(d), settings, health, servers, left_out,
+                f.name, address, d.origin, source(d), own, health, servers, left_out,
                 comments=[f"{source(f.section)}" + (f" -> {source(b.section)}" if b is not f else "")]))
 
     def bind(self, d: Directive) -> list[str]:
@@ -285,8 +287,7 @@ class _Translator:
             return []
         options = d.args[1:]
         for option, why in (("ssl", "vipd passes TLS through and does not terminate it"),
-                            ("crt", "vipd passes TLS through and does not terminate it"),
-                            ("accept-proxy", "vipd does not read PROXY headers from clients")):
+                            ("crt", "vipd passes TLS through and does not terminate it")):
             if option in options:
                 self.skip(d, why)
                 return []
@@ -307,7 +308,7 @@ class _Translator:
                                 "0.0.0.0 frontend for IPv4 clients")
             addresses.append(address)
         for option in options:
-            if option not in ("v6only", "v4v6"):
+            if option not in ("v6only", "v4v6", "accept-proxy"):
                 self.notes.skip(d.origin, f"bind {d.args[0]} {option}", "vipd has no equivalent")
         return addresses
 
@@ -339,6 +340,7 @@ class _Translator:
                 self.skip(b.retries, f"vipd's retries is 0..{MAX_RETRIES}")
             else:
                 settings.set("retries", count, source(b.retries))
+        self.proxy_protocol(b, settings)
         return settings
 
     def slow_start(self, b: Proxy, settings: Table) -> None:
@@ -357,6 +359,24 @@ class _Translator:
         if len(given) < len(servers) or len({t for _, t in given}) > 1:
             self.notes.note(first.origin, f"server {first.args[0]} slowstart", "servers differ; vipd has one "
                             "slow_start per frontend: the first server's is used")
+
+    def proxy_protocol(self, b: Proxy, settings: Table) -> None:
+        defaults = _options([w for d in b.default_server for w in d.args])
+        versions: dict[str, list[Directive]] = {}
+        for d in b.servers:
+            options = {**defaults, **_options(d.args[2:])}
+            version = next((v for flag, v in PROXY_VERSIONS.items() if flag in options), "off")
+            versions.setdefault(version, []).append(d)
+        if len(versions) == 1:
+            version, (first, *_) = next(iter(versions.items()))
+            if version != "off":
+                settings.set("proxy_protocol", version, source(first))
+            return
+        for version, directives in versions.items():
+            for d in directives:
+                self.notes.skip(d.origin, f"server {d.args[0]} ({version if version != 'off' else 'no'} "
+                                f"PROXY header)", "servers differ; vipd sends one PROXY protocol version per "
+                                "frontend: proxy_protocol left off")
 
     def timeout(self, p: Proxy, kind: str) -> float | None:
         d = p.timeouts.get(kind)
@@ -404,7 +424,8 @@ class _Translator:
                 self.notes.skip(d.origin, f"server {d.args[0]} maxconn {maxconn}", "must be a number")
                 maxconn = None
             for option in options:
-                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup", "slowstart"):
+                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup", "slowstart",
+                                                                   *PROXY_VERSIONS):
                     self.notes.skip(d.origin, f"server {d.args[0]} {option}", "vipd has no equivalent")
             if "check" in options and "no-check" not in options:
                 checked.append((d, options))
@@ -468,6 +489,8 @@ class _Translator:
                 health.set("port", int(port), f"{source(first)} (port)")
             else:
                 self.notes.skip(first.origin, f"server {first.args[0]} port {port}", "must be 1..65535")
+        if "check-send-proxy" in options:
+            health.set("send_proxy", True, f"{source(first)} (check-send-proxy)")
         if options.get("verify") == "required":
             self.notes.skip(first.origin, f"server {first.args[0]} verify required",
                             "vipd's https check does not verify certificates (tls_verify = false)")

@@ -14,6 +14,7 @@ from vipd.migrate.proxyconf import (
     BACKEND_WEIGHT_RANGE,
     MAX_RETRIES,
     FrontendDraft,
+    accepting_proxy_protocol,
     backend_address,
     backend_table,
     listen_address,
@@ -333,8 +334,10 @@ class _Translator:
             listen = self.listen(d)
             if listen is None:
                 continue
+            own = accepting_proxy_protocol(settings, f"{source(d)} (proxy_protocol)") \
+                if "proxy_protocol" in d.args[1:] else settings
             draft = FrontendDraft(name or f"stream-{listen.rpartition(':')[2]}", listen, d.origin, source(d),
-                                  settings, health, backends, left_out,
+                                  own, health, backends, left_out,
                                   comments=[f"{source(block)} (stream server)"])
             self.frontends.append(draft)
 
@@ -343,11 +346,10 @@ class _Translator:
             self.skip(d, "no address")
             return None
         text, options = d.args[0], d.args[1:]
-        for option in ("udp", "ssl", "proxy_protocol"):
+        for option in ("udp", "ssl"):
             if option in options:
                 why = {"udp": "vipd proxies TCP only",
-                       "ssl": "vipd passes TLS through and does not terminate it",
-                       "proxy_protocol": "vipd does not read PROXY headers from clients"}[option]
+                       "ssl": "vipd passes TLS through and does not terminate it"}[option]
                 self.skip(d, why)
                 return None
         if text.startswith("unix:"):
@@ -366,7 +368,8 @@ class _Translator:
             self.skip(d, str(exc))
             return None
         for option in options:
-            self.notes.skip(d.origin, f"listen {text} {option}", "vipd has no equivalent")
+            if option != "proxy_protocol":
+                self.notes.skip(d.origin, f"listen {text} {option}", "vipd has no equivalent")
         return address
 
     def settings(self, own: dict[str, Directive]) -> Table:
@@ -391,9 +394,12 @@ class _Translator:
                 self.notes.skip(tries.origin, tries.text, "unlimited tries: vipd's retries default 2 applies")
             else:
                 settings.set("retries", count - 1, source(tries))
-        for name in ("proxy_protocol",):
-            if name in own:
-                self.skip(own[name], "vipd does not send PROXY headers")
+        sending = own.get("proxy_protocol")
+        if sending is not None:
+            if sending.args == ["on"]:
+                settings.set("proxy_protocol", "v1", f"{source(sending)} (nginx sends version 1)")
+            elif sending.args != ["off"]:
+                self.skip(sending, "must be on or off")
         return settings
 
     def health(self, upstream: Upstream | None) -> Table:

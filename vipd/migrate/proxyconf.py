@@ -79,3 +79,16 @@ def backend_table(address: str, comment: str, weight: int | None = None,
     if backup:
         backend.set("backup", True)
     return backend
+
+
+# HAProxy's accept-proxy and nginx's `listen ... proxy_protocol` take the header from any source.
+ANY_SOURCE = ["0.0.0.0/0", "::/0"]
+
+
+def accepting_proxy_protocol(settings: Table, comment: str) -> Table:
+    """`settings` for a listener that reads a PROXY header from every client, as the source did."""
+    table = Table(dict(settings.values), dict(settings.key_comments), list(settings.comments))
+    table.set("accept_proxy_protocol", True, comment)
+    table.set("trusted_proxies", ANY_SOURCE, "as the source: any client may send the header; narrow this "
+              "to the balancers in front")
+    return table
