@@ -73,6 +73,11 @@ FULL = {
             "checks": 5, "check_failures": 5, "passive_failures": 1,
         }],
     }],
+    "anycast": [{
+        "name": "api-anycast", "state": "WITHDRAWN", "virtual_ips": ["198.18.1.100/32"], "device": "vipd0",
+        "maintenance": False, "since": "2026-11-26T23:00:00Z", "reason": "failing: frontend:api",
+        "transitions": 2, "tracks": [{"name": "frontend:api", "ok": False, "weight": 0, "health": "0/1 DOWN"}],
+    }],
 }
 
 ANSWERS = [
