@@ -15,6 +15,7 @@ from vipd.lab import connclient
 from vipd.lab.netns import Lab, unavailable_reason
 
 EDGES = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+STALE = "198.19.7.7"
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,14 @@ def lab(tmp_path_factory):
     built = None
     try:
         built = anycastlab.build(namespaces, tmp_path_factory.mktemp("anycast"))
+        # What a vipd killed in maintenance leaves: the local route of a VIP since dropped from the config.
+        built.edges[0].run(["ip", "route", "add", "local", STALE, "dev", "lo", "table", "local",
+                            "proto", "112", "metric", "1024"])
         for i in range(3):
             built.start_edge(i)
         took = built.wait_nexthops(3, 40)
         assert took is not None, (built.nexthops(), built.frr[0].vtysh("show bgp summary"), built.log(0))
+        assert STALE not in built.edges[0].run(["ip", "route", "show", "table", "local"]).stdout
         yield built
     finally:
         if built is not None:

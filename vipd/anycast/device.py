@@ -90,7 +90,8 @@ class DeviceWorker(AddressWorker):
                     continue
                 try:
                     ipr.route("del", dst=dst, dst_len=route["dst_len"], family=family, type="local",
-                              table=RT_TABLE_LOCAL, priority=LOCAL_ROUTE_METRIC, proto=LOCAL_ROUTE_PROTO)
+                              table=RT_TABLE_LOCAL, priority=LOCAL_ROUTE_METRIC, proto=LOCAL_ROUTE_PROTO,
+                              scope=route["scope"])
                     removed.append(dst)
                 except Exception as exc:
                     log.warning("cannot remove the stale local route of %s: %s", dst, exc)
