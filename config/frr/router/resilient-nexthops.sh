@@ -4,14 +4,14 @@
 # established flows broke when a third edge was added, and 0 with this (research/bgp-anycast-frr.md).
 # FRR 8.4 has no knob for it, so this is a static route instead of the BGP one; keep it in step
 # with the edges that announce (or use it as the model for the router's own configuration).
-#   resilient-nexthops.sh VIP EDGE...      e.g. resilient-nexthops.sh 198.19.0.100 198.18.0.11 198.18.0.12
+#   resilient-nexthops.sh DEV VIP EDGE...   e.g. resilient-nexthops.sh eth0 198.19.0.100 198.18.0.11 198.18.0.12
 set -eu
-vip=$1; shift
+dev=$1; vip=$2; shift 2
 ids=""
 i=0
 for edge in "$@"; do
     i=$((i + 1))
-    ip nexthop replace id $((1000 + i)) via "$edge"
+    ip nexthop replace id $((1000 + i)) via "$edge" dev "$dev"
     ids="${ids:+$ids/}$((1000 + i))"
 done
 # idle_timer: a bucket moves to a new edge only after this long without traffic.
