@@ -37,13 +37,13 @@ def _fault(lab: anycastlab.AnycastLab, scenario: str) -> None:
         lab.lbctl(EDGE, "maintenance", "on")
 
 
-def _restore(lab: anycastlab.AnycastLab) -> None:
+def _restore(lab: anycastlab.AnycastLab, scenario: str) -> None:
     lab.set_backend_healthy(EDGE, True)
-    if lab.procs[EDGE].poll() is None:
-        lab.lbctl(EDGE, "maintenance", "off")
-    else:
-        lab.procs[EDGE].wait(30)
+    if scenario in ("kill", "term"):
+        lab.procs[EDGE].wait(30)          # a planned stop drains first
         lab.start_edge(EDGE)
+    else:
+        lab.lbctl(EDGE, "maintenance", "off")
     if lab.wait_nexthops(3, 30) is None:
         raise RuntimeError(f"edge-3 did not come back: router has {lab.nexthops()}")
     time.sleep(1.0)
@@ -57,7 +57,7 @@ def run_once(lab: anycastlab.AnycastLab, scenario: str) -> dict:
     took = lab.wait_nexthops(2, 10)
     time.sleep(3.5)          # past the client's timeout: every attempt of the window has ended
     attempts = lab.finish_client(client)
-    _restore(lab)
+    _restore(lab, scenario)
     end = at + (took or 10) + 1.5
     summary = connclient.summarize(attempts, since=at - 0.5, until=end)
     return {"took": took, **summary}
