@@ -7,7 +7,8 @@ opens a new TCP connection to the VIP every 10 ms. Per run, the fault hits edge-
   backends     edge-3's backend fails its health checks (the frontend track withdraws)
   maintenance  `lbctl maintenance on`
 
-"router without it" is from the fault to the router's FIB losing edge-3's nexthop (polled); client
+"router without it" is from the fault (for maintenance: from `lbctl` returning) to the router's FIB
+losing edge-3's nexthop (polled); client
 columns cover 0.5 s before the fault until 1.5 s after that. After each run edge-3 is restored.
 """
 from __future__ import annotations
