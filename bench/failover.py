@@ -145,7 +145,17 @@ def main() -> int:
     parser.add_argument("--plot", metavar="FILE", help="also draw each cell's first run as a timeline "
                         "(what the client saw, who held the VIP, the fault) to FILE (needs matplotlib)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    parser.add_argument("--anycast", action="store_true", help="instead: the [[anycast]] rows with real FRR "
+                        "(router + 3 edges; see bench/_anycast.py); uses --rounds")
     args = parser.parse_args()
+    if args.anycast:
+        import _anycast
+        reason = _common.missing(("vipd",)) or _anycast.anycastlab.unavailable_reason()
+        if reason:
+            print(f"failover bench: {reason}", file=sys.stderr)
+            return 2
+        print(_anycast.run(args.rounds, args.keep))
+        return 0
     impls = _common.parse_list(args.impl, _common.IMPLEMENTATIONS, "impl")
     scenarios = _common.parse_list(args.scenario, SCENARIOS, "scenario")
     intervals = _common.parse_floats(args.interval, "interval")

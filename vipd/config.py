@@ -1,5 +1,5 @@
-"""The one TOML config file: the node, its VRRP instances (vipd.vrrp.config) and its frontends
-(lbproxy.config), validated together; every problem is reported as `FILE: key.path: reason`,
+"""The one TOML config file: the node, its VIP owners (vipd.vrrp.config, vipd.anycast.config) and
+its frontends (lbproxy.config), validated together; every problem is reported as `FILE: key.path: reason`,
 every warning (what may be fine at run time) as `FILE: WARNING: key.path: reason`."""
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from lbproxy.configreader import (
 )
 from lbproxy.host import Host
 from lbproxy.logsetup import LogFormat
+from vipd.anycast.config import AnycastConfig, parse_anycast
 from vipd.control.client import DEFAULT_CONTROL_SOCKET
 from vipd.election.config import (
     ElectionConfig,
@@ -40,7 +41,12 @@ from vipd.election.config import (
     parse_etcd,
 )
 from vipd.vrrp import config as vrrpconfig
-from vipd.vrrp.config import VrrpConfig, check_vrrp_on_host, parse_vrrp
+from vipd.vrrp.config import (
+    VrrpConfig,
+    check_tracks_on_host,
+    check_vrrp_on_host,
+    parse_vrrp,
+)
 
 DEFAULT_PATH = "/etc/vipd/vipd.toml"
 DEFAULT_STATE_DIR = "/var/lib/vipd"
@@ -97,6 +103,7 @@ class Config:
     frontends: tuple[FrontendConfig, ...] = ()
     etcd: EtcdConfig | None = None
     elections: tuple[ElectionConfig, ...] = ()
+    anycast: tuple[AnycastConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)    # printed lines
 
     def frontend(self, name: str) -> FrontendConfig | None:
@@ -134,7 +141,8 @@ def _known_user(name: str) -> str | None:
     return None
 
 
-def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig]) -> None:
+def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[FrontendConfig],
+                 anycasts: list[AnycastConfig] = (), elections: list[ElectionConfig] = ()) -> None:
     names: dict[str, int] = {}
     routers: dict[tuple, int] = {}
     for i, v in enumerate(vrrps):
@@ -145,17 +153,51 @@ def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[F
         if key in routers:
             problems.append(f"vrrp[{i}].vrid: vrid {v.vrid} on {v.interface} is already used by vrrp[{routers[key]}]")
         routers.setdefault(key, i)
-        for j, t in enumerate(v.tracks):
-            if t.kind == "frontend" and t.target not in {f.name for f in frontends}:
-                problems.append(f"vrrp[{i}].track[{j}].frontend: no [[frontend]] named {t.target!r}")
+        _check_track_frontends(problems, f"vrrp[{i}]", v.tracks, frontends)
+    # `lbctl maintenance NAME` names an owner of any kind.
+    owners = {v.name: f"vrrp[{i}]" for i, v in reversed(list(enumerate(vrrps)))}
+    for i, e in enumerate(elections):
+        if e.name in owners:
+            problems.append(f"election[{i}].name: {e.name!r} already names {owners[e.name]}; "
+                            "VIP owners need distinct names")
+        owners.setdefault(e.name, f"election[{i}]")
+    announced: dict = {}
+    for i, a in enumerate(anycasts):
+        if a.name in owners:
+            problems.append(f"anycast[{i}].name: {a.name!r} already names {owners[a.name]}; "
+                            "VIP owners need distinct names")
+        owners.setdefault(a.name, f"anycast[{i}]")
+        for j, vip in enumerate(a.virtual_ips):
+            if vip.ip in announced:
+                problems.append(f"anycast[{i}].virtual_ips[{j}]: {vip.ip} is also in {announced[vip.ip]}")
+            announced.setdefault(vip.ip, f"anycast[{i}]")
+        _check_track_frontends(problems, f"anycast[{i}]", a.tracks, frontends)
+    for i, v in enumerate(vrrps):
+        for j, vip in enumerate(v.virtual_ips):
+            if vip.ip in announced:
+                problems.append(f"vrrp[{i}].virtual_ips[{j}]: {vip.ip} is also announced by {announced[vip.ip]}")
     check_frontends(problems, frontends)
 
 
+def _check_track_frontends(problems: list[str], where: str, tracks, frontends: list[FrontendConfig]) -> None:
+    for j, t in enumerate(tracks):
+        if t.kind == "frontend" and t.target not in {f.name for f in frontends}:
+            problems.append(f"{where}.track[{j}].frontend: no [[frontend]] named {t.target!r}")
+
+
 def _check_on_host(problems: Findings, node: NodeConfig, vrrps: list[VrrpConfig],
-                   frontends: list[FrontendConfig], host: Host, elections: list[ElectionConfig]) -> None:
+                   frontends: list[FrontendConfig], host: Host, anycasts: list[AnycastConfig] = (),
+                   elections: list[ElectionConfig] = ()) -> None:
     for i, v in enumerate(vrrps):
         check_vrrp_on_host(problems, f"vrrp[{i}]", v, host)
-    check_frontends_on_host(problems, frontends, host, vips=(str(ip.ip) for v in [*vrrps, *elections] for ip in v.virtual_ips))
+    for i, a in enumerate(anycasts):
+        check_tracks_on_host(problems, f"anycast[{i}]", a.tracks, host)
+    for device in sorted({a.device for a in anycasts}):
+        if host.has_interface(device):
+            problems.warnings.append(f"anycast: device {device!r} exists on this host now; vipd creates it "
+                                     "and cannot while another process (another vipd?) holds it")
+    owned = [v for o in (*vrrps, *anycasts, *elections) for v in o.virtual_ips]
+    check_frontends_on_host(problems, frontends, host, vips=(str(ip.ip) for ip in owned))
     if frontends and node.workers > host.cpu_count():
         problems.warnings.append(f"node.workers: {node.workers} workers for {host.cpu_count()} CPUs; "
                                  "more processes than CPUs only add switching")
@@ -167,28 +209,29 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
     [[frontend]] (what `lbproxy run` needs); `host`: also check the config against this host
     (its programs, interfaces, addresses), else only the file's own meaning."""
     problems = Findings(HINTS)
-    top = Section(problems, "", data, ("node", "vrrp", "frontend", "etcd", "election"))
+    top = Section(problems, "", data, ("node", "vrrp", "frontend", "etcd", "election", "anycast"))
     node = _parse_node(problems, data.get("node", {}))
     vrrps = [v for w, t in top.tables("vrrp") if (v := parse_vrrp(problems, w, t)) is not None]
     frontends = [f for w, t in top.tables("frontend") if (f := parse_frontend(problems, w, t)) is not None]
     etcd = parse_etcd(problems, data["etcd"]) if "etcd" in data else None
     elections = [e for w, t in top.tables("election") if (e := parse_election(problems, w, t)) is not None]
+    anycasts = [a for w, t in top.tables("anycast") if (a := parse_anycast(problems, w, t)) is not None]
     if not problems:
-        _cross_check(problems, vrrps, frontends)
+        _cross_check(problems, vrrps, frontends, anycasts, elections)
         check_elections(problems, etcd, elections, {f.name for f in frontends},
-                        {vip.ip for v in vrrps for vip in v.virtual_ips})
-    if not problems and require_vrrp and not vrrps and not frontends and not elections:
+                        {vip.ip for v in (*vrrps, *anycasts) for vip in v.virtual_ips})
+    if not problems and require_vrrp and not vrrps and not frontends and not elections and not anycasts:
         problems.append("vrrp: nothing to run: no [[vrrp]] and no [[frontend]]")
     if not problems and require_frontend and not frontends:
         problems.append("frontend: lbproxy needs at least one [[frontend]]")
     if not problems and host is not None:
-        _check_on_host(problems, node, vrrps, frontends, host, elections)
+        _check_on_host(problems, node, vrrps, frontends, host, anycasts, elections)
         check_elections_on_host(problems, etcd, elections, host)
     warnings = [f"{path}: WARNING: {w}" for w in problems.warnings]
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems], warnings)
     return Config(path=path, node=node, vrrp=tuple(vrrps), frontends=tuple(frontends), etcd=etcd,
-                  elections=tuple(elections), warnings=tuple(warnings))
+                  elections=tuple(elections), anycast=tuple(anycasts), warnings=tuple(warnings))
 
 
 THIS_HOST = Host()

@@ -40,6 +40,7 @@ class Daemon:
         self.config: configmod.Config | None = None
         self.vrrp: Any = None
         self.elections: Any = None
+        self.anycast: Any = None
         self.proxy: Any = None
         self.control: Any = None
         self.metrics: Any = None
@@ -53,7 +54,7 @@ class Daemon:
     def load(self) -> configmod.Config:
         loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
         if not self.with_vrrp:
-            loaded = dataclasses.replace(loaded, vrrp=(), elections=())
+            loaded = dataclasses.replace(loaded, vrrp=(), elections=(), anycast=())
         return loaded
 
     # --- control handlers: each returns a dict; errors are ControlError(status, message)
@@ -68,6 +69,7 @@ class Daemon:
             "vrrp": self.vrrp.status() if self.vrrp else [],
             "frontends": self.proxy.status() if self.proxy else [],
             "elections": self.elections.status() if self.elections else [],
+            "anycast": self.anycast.status() if self.anycast else [],
         }
 
     async def status(self) -> dict:
@@ -138,7 +140,8 @@ class Daemon:
 
     def vip_owners(self) -> list[VipOwner]:
         owners: list[VipOwner] = list(self.vrrp.instances.values()) if self.vrrp is not None else []
-        return owners + (list(self.elections.instances.values()) if self.elections is not None else [])
+        owners += list(self.elections.instances.values()) if self.elections is not None else []
+        return owners + (list(self.anycast.owners.values()) if self.anycast is not None else [])
 
     async def maintenance(self, mode: str, owner: str | None = None) -> dict:
         """A MaintenanceAnswer (vipd.control.schema): every VIP owner, or the one named."""
@@ -148,10 +151,9 @@ class Daemon:
         owners = self.vip_owners()
         names = [o.name for o in owners]
         if not owners:
-            raise ControlError(404, "this node holds no VIPs: it runs no [[vrrp]] instance")
+            raise ControlError(404, "this node holds no VIPs: it runs no [[vrrp]], [[election]] or [[anycast]]")
         if owner is not None and owner not in names:
-            what = "VRRP instance" if self.elections is None else "VIP owner"
-            raise ControlError(404, f"no {what} {owner!r} on this node (there is {', '.join(names)})")
+            raise ControlError(404, f"no VIP owner {owner!r} on this node (there is {', '.join(names)})")
         self.runtime.set_maintenance(mode == "on", owner, names)
         for o in owners:
             o.set_maintenance(self.runtime.in_maintenance(o.name))
@@ -180,7 +182,8 @@ class Daemon:
         moved = self.state_file is not None and self.state_file.directory != cfg.node.state_dir
         if self.state_file is None or moved:
             self.state_file = StateFile(cfg.node.state_dir)
-        dropped = self.runtime.prune([v.name for v in (*cfg.vrrp, *cfg.elections)] if self.with_vrrp else None,
+        owners = [o.name for o in (*cfg.vrrp, *cfg.elections, *cfg.anycast)]
+        dropped = self.runtime.prune(owners if self.with_vrrp else None,
                                      {f.name: [b.address for b in f.backends] for f in cfg.frontends})
         for line in dropped:
             log.info("runtime override dropped: %s in %s", line, self.path)
@@ -215,6 +218,8 @@ class Daemon:
             self.vrrp.frontend_serving(name, serving)
         if self.elections is not None:
             self.elections.frontend_serving(name, serving)
+        if self.anycast is not None:
+            self.anycast.frontend_serving(name, serving)
 
     def _proxy_event(self, kind, fields: dict) -> None:
         subject, message, level = describe_proxy_event(kind, fields)
@@ -239,6 +244,11 @@ class Daemon:
                                          serving=self.proxy.serving if self.proxy else None,
                                          emit=self.events.emit, maintenance=self.runtime.in_maintenance)
         await self.elections.start()
+    async def _start_anycast(self, cfg: configmod.Config) -> None:
+        from vipd.anycast.service import AnycastService
+        self.anycast = AnycastService(cfg.anycast, serving=self.proxy.serving if self.proxy else None,
+                                      emit=self.events.emit, maintenance=self.runtime.in_maintenance)
+        await self.anycast.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
         from vipd.control.server import ControlServer
@@ -268,6 +278,8 @@ class Daemon:
             steps.append(("vrrp", self._start_vrrp(cfg)))
         if cfg.elections:
             steps.append(("elections", self._start_elections(cfg)))
+        if cfg.anycast:
+            steps.append(("anycast", self._start_anycast(cfg)))
         for what, step in steps:
             try:
                 await step
@@ -302,6 +314,10 @@ class Daemon:
             self.elections = None
         elif new.elections:
             await self._start_elections(new)
+        if self.anycast is not None:
+            await self.anycast.reload(new.anycast)
+        elif new.anycast:
+            await self._start_anycast(new)
         if (old.node.control_socket, old.node.control_group) != (new.node.control_socket, new.node.control_group):
             await self.control.stop()
             await self._start_control(new.node)
@@ -343,13 +359,15 @@ class Daemon:
 
     async def stop(self) -> None:
         self.notifier.stopping()
-        self.events.emit(Kind.DAEMON_STOP, self.path, "stopping: resigning VRRP, then draining connections",
-                         {"pid": os.getpid()}, logger=log)
-        if self.vrrp is not None:
-            await self.vrrp.shutdown(handover=True, keep_vips=self.proxy is not None)
-        if self.elections is not None:
-            # The successor has the VIPs first; ours stay, quiet, while the proxy drains.
-            await self.elections.shutdown(keep_vips=self.proxy is not None)
+        self.events.emit(Kind.DAEMON_STOP, self.path, "stopping: resigning VRRP and elections, withdrawing "
+                         "anycast, then draining connections", {"pid": os.getpid()}, logger=log)
+        keep_vips = self.proxy is not None
+        # Hand over and withdraw before the listeners close: connections routed here meanwhile are
+        # still served. An election's successor has the VIPs first; ours stay, quiet, while the proxy drains.
+        await asyncio.gather(
+            self.vrrp.shutdown(handover=True, keep_vips=keep_vips) if self.vrrp is not None else asyncio.sleep(0),
+            self.elections.shutdown(keep_vips=keep_vips) if self.elections is not None else asyncio.sleep(0),
+            self.anycast.withdraw() if self.anycast is not None else asyncio.sleep(0))
         if self.proxy is not None:
             await self.proxy.stop_accepting()
             await self.proxy.drain()
@@ -357,6 +375,8 @@ class Daemon:
             await self.vrrp.release()
         if self.elections is not None:
             await self.elections.release()
+        if self.anycast is not None:
+            await self.anycast.close()
         self.events.close()    # followers get the last events, then the end of their stream
         if self.control is not None:
             await self.control.stop()
@@ -368,7 +388,8 @@ class Daemon:
         if cfg is None:
             return "starting"
         elections = f", {len(cfg.elections)} election(s)" if cfg.elections else ""
-        return f"{len(cfg.vrrp)} vrrp instance(s), {len(cfg.frontends)} frontend(s){elections}"
+        anycast = f", {len(cfg.anycast)} anycast" if cfg.anycast else ""
+        return f"{len(cfg.vrrp)} vrrp instance(s), {len(cfg.frontends)} frontend(s){elections}{anycast}"
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -36,7 +36,7 @@ def test_maintenance_hands_over_without_a_failed_request_and_survives_a_restart(
         assert instance["maintenance"] is True and instance["master"] == "198.18.0.12"
         assert "BACKUP (maint)" in edges.lbctl(0, "status").stdout
         unknown = edges.lbctl(0, "maintenance", "on", "nope")
-        assert (unknown.returncode, unknown.stderr) == (1, "lbctl: no VRRP instance 'nope' on this node (there is api)\n")
+        assert (unknown.returncode, unknown.stderr) == (1, "lbctl: no VIP owner 'nope' on this node (there is api)\n")
 
         time.sleep(1.5)         # preempt and priority 150 against 100: still not master
         assert edges.state(0) == "BACKUP" and edges.holders() == [1]

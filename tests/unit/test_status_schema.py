@@ -81,6 +81,11 @@ FULL = {
         "fence_remaining": 0.0, "keepalive_failures": 4, "transitions": 2,
         "tracks": [{"name": "frontend:api", "ok": True, "weight": 0, "health": "1/1 UP"}],
     }],
+    "anycast": [{
+        "name": "api-anycast", "state": "WITHDRAWN", "virtual_ips": ["198.18.1.100/32"], "device": "vipd0",
+        "maintenance": False, "since": "2026-11-26T23:00:00Z", "reason": "failing: frontend:api",
+        "transitions": 2, "tracks": [{"name": "frontend:api", "ok": False, "weight": 0, "health": "0/1 DOWN"}],
+    }],
 }
 
 ANSWERS = [

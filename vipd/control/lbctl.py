@@ -280,6 +280,15 @@ def render_status(document: StatusDocument) -> str:
                  _text(e.get("virtual_ips")), _text(e.get("since")), _text(e.get("reason")))
                 for e in elections]
         lines += table(("ELECTION", "STATE", "HOLDER", "PRIO", "VIPS", "SINCE", "REASON"), rows, right={3})
+    announced = document.get("anycast", [])
+    if announced:
+        rows = [(_text(a.get("name")), _text(a.get("state")) + (" (maint)" if a.get("maintenance") else ""),
+                 _text(a.get("device")), _text(a.get("virtual_ips")), _text(a.get("since")),
+                 _text(a.get("reason")),
+                 ", ".join(f"{_text(t.get('name'))} {'ok' if t.get('ok') else 'FAIL'}"
+                           for t in a.get("tracks", [])) or "-")
+                for a in announced]
+        lines += table(("ANYCAST", "STATE", "DEVICE", "VIPS", "SINCE", "REASON", "TRACKS"), rows, right=set())
     for f in document.get("frontends", []):
         head = (f"FRONTEND {_text(f.get('name'))}  listen {_text(f.get('listen'))}"
                 f"  active {_text(f.get('active_connections'))}")

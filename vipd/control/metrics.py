@@ -40,7 +40,15 @@ from prometheus_client.exposition import choose_encoder
 
 from lbproxy.configreader import split_host_port
 from lbproxy.health import BackendState
-from vipd.control.schema import Election, Frontend, StatusDocument, VrrpInstance, check
+from vipd.anycast.core import AnycastState
+from vipd.control.schema import (
+    Anycast,
+    Election,
+    Frontend,
+    StatusDocument,
+    VrrpInstance,
+    check,
+)
 from vipd.control.server import serve_app
 from vipd.control.statuspage import HEADERS, StatusPage, render_error
 from vipd.election.core import State as ElectionState
@@ -112,6 +120,8 @@ def families_from_status(document: Any) -> list[Metric]:
         _election_metrics(out, e)
     for f in status.get("frontends", []):
         _frontend_metrics(out, f)
+    for a in status.get("anycast", []):
+        _anycast_metrics(out, a)
     out.gauge("vipd_status_problems", "Fields of the status document that do not match its "
               "schema (docs/status.schema.json); 0 unless something is wrong.", {}, len(checked.problems))
     return list(out.families.values())
@@ -156,6 +166,21 @@ def _election_metrics(out: _Families, e: Election) -> None:
     out.counter("vipd_election_keepalive_failures", "Lease renewals that failed.", who,
                 e.get("keepalive_failures"))
     out.counter("vipd_election_transitions", "Election state changes.", who, e.get("transitions"))
+
+
+def _anycast_metrics(out: _Families, a: Anycast) -> None:
+    if "name" not in a:
+        return
+    who = {"name": a["name"]}
+    if "state" in a:
+        out.gauge("vipd_anycast_announced", "1 while the anycast VIPs are on their device (announced).",
+                  who, a["state"] == AnycastState.ANNOUNCED)
+    out.gauge("vipd_anycast_maintenance", "1 while withdrawn by lbctl maintenance.", who, a.get("maintenance"))
+    out.counter("vipd_anycast_transitions", "Anycast announce/withdraw changes.", who, a.get("transitions"))
+    for track in a.get("tracks", []):
+        if "name" in track:
+            out.gauge("vipd_anycast_track_ok", "1 while the track is ok.",
+                      {**who, "track": track_label(track["name"])}, track.get("ok"))
 
 
 def _frontend_metrics(out: _Families, f: Frontend) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from lbproxy.config import Balance
 from lbproxy.health import BackendState
+from vipd.anycast.core import AnycastState
 from vipd.election.core import State as ElectionState
 from vipd.events import Kind, Level
 from vipd.vrrp.fsm import State
@@ -104,6 +105,21 @@ class Election(TypedDict):
     tracks: NotRequired[list[Track]]
 
 
+class Anycast(TypedDict):
+    """One `[[anycast]]` section: VIPs announced by the local routing daemon (FRR) while on `device`."""
+    name: str
+    state: Annotated[AnycastState, Doc("ANNOUNCED: the VIPs are on the device, so the routing daemon "
+                                       "announces them; WITHDRAWN: they are not (still served locally)")]
+    virtual_ips: Annotated[list[str], Doc("as configured, /32 or /128")]
+    device: Annotated[str, Doc("the TUN device vipd owns; it vanishes with the vipd process")]
+    maintenance: Annotated[bool, Doc("withdrawn by `lbctl maintenance on` until `off` (kept across restarts)")]
+    since: Annotated[str, Doc("UTC time of the last state change, `YYYY-MM-DDTHH:MM:SSZ`")]
+    reason: NotRequired[Annotated[str, Doc(
+        "why it is in its state: `serving`, `starting`, `maintenance`, `stopping` or `failing: TRACKS`")]]
+    transitions: NotRequired[Annotated[Count, Doc("state changes since start")]]
+    tracks: NotRequired[Annotated[list[Track], Doc("withdrawn while any of them fails")]]
+
+
 class BackendOverrides(TypedDict):
     """What the operator set at runtime on a backend (kept in `node.state_dir` across reloads and
     restarts); a field is present only while it overrides the config."""
@@ -172,6 +188,7 @@ class StatusDocument(TypedDict):
     elections: NotRequired[list[Election]]
     pid: NotRequired[Annotated[int, Range(1)]]
     config: NotRequired[Annotated[str, Doc("path of the config file in force")]]
+    anycast: NotRequired[list[Anycast]]
 
 
 Warning = Annotated[str, Doc("the change is in force but was not saved in `node.state_dir`: why")]
@@ -198,7 +215,7 @@ class WeightAnswer(TypedDict):
 class OwnerMaintenance(TypedDict):
     """A VIP owner after `lbctl maintenance`."""
     name: str
-    kind: Literal["vrrp", "election"]
+    kind: Literal["vrrp", "election", "anycast"]
     state: Annotated[str, Doc("its state now; a MASTER going into maintenance hands over first")]
     maintenance: bool
 

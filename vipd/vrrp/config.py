@@ -308,13 +308,18 @@ def check_vrrp_on_host(problems: Findings, where: str, v: VrrpConfig, host: Host
     if v.unicast_src and not host.holds_address(v.unicast_src, v.interface):
         problems.warnings.append(f"{where}.unicast_src: {v.unicast_src} is not an address of this host "
                                  "now; the adverts are sent from it")
-    for j, t in enumerate(v.tracks):
+    check_tracks_on_host(problems, where, v.tracks, host)
+    for f in dataclasses.fields(v.notify):
+        line = getattr(v.notify, f.name)
+        if isinstance(line, str) and (problem := program_problem(line, host)):
+            problems.append(f"{where}.notify.{f.name}: {problem}")
+
+
+def check_tracks_on_host(problems: Findings, where: str, tracks: tuple[Track, ...], host: Host) -> None:
+    """Tracks of any VIP owner: a script that cannot run is a problem, a missing interface a warning."""
+    for j, t in enumerate(tracks):
         if t.kind == "interface" and not host.has_interface(t.target):
             problems.warnings.append(f"{where}.track[{j}].interface: no interface {t.target!r} on this "
                                      "host now; the track fails until it appears")
         elif t.kind == "script" and (problem := program_problem(t.target, host)):
             problems.append(f"{where}.track[{j}].script: {problem}")
-    for f in dataclasses.fields(v.notify):
-        line = getattr(v.notify, f.name)
-        if isinstance(line, str) and (problem := program_problem(line, host)):
-            problems.append(f"{where}.notify.{f.name}: {problem}")
