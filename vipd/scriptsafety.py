@@ -78,7 +78,8 @@ def path_problem(path: str, owners: Collection[int] | None = None,
     """Why `path` is not safe (the first unsafe entry and why), or None."""
     owners = trusted_owners() if owners is None else owners
     absolute = os.path.abspath(path)
-    entries = dict.fromkeys(with_parents(absolute) + with_parents(resolve(absolute)))
+    # The file a symlink leads to, its directories, then the directories the link itself is in.
+    entries = dict.fromkeys(with_parents(resolve(absolute)) + with_parents(absolute)[1:])
     for entry in entries:
         try:
             st = stat_of(entry)

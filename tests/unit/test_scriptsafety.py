@@ -121,7 +121,11 @@ def test_a_symlink_is_checked_as_written_and_as_resolved():
     # /etc/vipd/check -> /home/alice/check: the link's own directory is safe, its target's is not.
     reason, asked = problem("/etc/vipd/check", links={"/etc/vipd/check": "/home/alice/check"})
     assert reason == "/home/alice is owned by uid 61234, not root or uid 61235"
-    assert asked == ["/etc/vipd/check", "/etc/vipd", "/etc", "/", "/home/alice/check", "/home/alice"]
+    assert asked == ["/home/alice/check", "/home/alice"]
+    # /home/alice/link -> /etc/vipd/check: the link's own directory decides what runs too.
+    reason, asked = problem("/home/alice/link", links={"/home/alice/link": "/etc/vipd/check"})
+    assert reason == "/home/alice is owned by uid 61234, not root or uid 61235"
+    assert asked == ["/etc/vipd/check", "/etc/vipd", "/etc", "/", "/home/alice"]
     assert problem("/etc/vipd/check", links={"/etc/vipd/check": "/tmp/check"})[0] is None
 
 
