@@ -289,3 +289,23 @@ def test_piled_up_transitions_are_coalesced_and_the_last_state_runs_last(tmp_pat
         assert (queue.completed, queue.superseded) == (4, 2)
     run(main())
     assert out.read_text().splitlines() == ["api MASTER 1", "api MASTER 3", "api FAULT 5", "api BACKUP 6"]
+
+
+@pytest.mark.timeout(60)
+def test_stopping_a_track_mid_run_kills_its_strays_too(tmp_path):
+    stray = tmp_path / "stray"
+
+    async def main():
+        tracks = TrackSet([Track("script", f"setsid sleep 100 & echo $! > {stray}; sleep 100", interval=60,
+                                 timeout=30)], lambda: None, lambda name: True, None)
+        tracks.start()
+        deadline = time.monotonic() + 10
+        while not (stray.exists() and stray.read_text().strip()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await tracks.stop()                 # a reload that drops the track, or the daemon stopping
+    run(main())
+    pid = int(stray.read_text())
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)

@@ -185,6 +185,27 @@ UNSAFE = "a script, its interpreter and every directory above them must be writa
          "(or set node.script_security = false)"
 
 
+def _interpreters(path: str, host: Host) -> tuple[list[str], str | None]:
+    """What else runs when `path` does: its #! interpreter and, through env, env's program; or
+    why one of them cannot run."""
+    head = read_head(path)
+    named = shebang(head) if head is not None else None
+    if named is None:
+        return [], None
+    interpreter, argument = named
+    if not os.path.isabs(interpreter):
+        return [], f"its #! line must name an interpreter by absolute path, got {interpreter!r}"
+    if reason := host.cannot_execute(interpreter):
+        return [], f"its interpreter {interpreter} (#! line) {reason}"
+    via_env = env_program(argument) if os.path.basename(interpreter) == "env" else None
+    if via_env is None:
+        return [interpreter], None
+    found = host.which(via_env, SCRIPT_PATH) if "/" not in via_env else via_env
+    if found is None or host.cannot_execute(found):
+        return [], f"its #! line runs {via_env}, not found on the scripts' PATH ({SCRIPT_PATH})"
+    return [interpreter, found], None
+
+
 def program_problem(line: str, host: Host, secure: bool = True) -> str | None:
     """Why the program a script line starts cannot run on `host`, or may not (`secure`: anyone but
     root could change it or its #! interpreter), or None. A bare name is looked up on the scripts'
@@ -203,22 +224,10 @@ def program_problem(line: str, host: Host, secure: bool = True) -> str | None:
         path = program
         if reason := host.cannot_execute(path):
             return f"{path} {reason}"
-    runs = [path]
-    head = read_head(path)
-    named = shebang(head) if head is not None else None
-    if named is not None:
-        interpreter, argument = named
-        if not os.path.isabs(interpreter):
-            return f"{path}: its #! line must name an interpreter by absolute path, got {interpreter!r}"
-        if reason := host.cannot_execute(interpreter):
-            return f"{path}: its interpreter {interpreter} (#! line) {reason}"
-        runs.append(interpreter)
-        via_env = env_program(argument) if os.path.basename(interpreter) == "env" else None
-        if via_env is not None:
-            found = host.which(via_env, SCRIPT_PATH) if "/" not in via_env else via_env
-            if found is None or host.cannot_execute(found):
-                return f"{path}: its #! line runs {via_env}, not found on the scripts' PATH ({SCRIPT_PATH})"
-            runs.append(found)
+    interpreters, problem = _interpreters(path, host)
+    if problem:
+        return f"{path}: {problem}"
+    runs = [path, *interpreters]
     if secure:
         for file in runs:
             if problem := path_problem(file):

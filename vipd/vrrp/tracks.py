@@ -26,7 +26,9 @@ from vipd.vrrp.packet import OWNER_PRIORITY
 log = logging.getLogger("vipd.vrrp")
 
 # Every run carries its own mark in its environment, which its descendants inherit: on timeout,
-# those that left the process group (setsid, double fork) are found by it and killed too.
+# those that left the process group (setsid, double fork) are found by it and killed too. One
+# that also replaces its whole environment escapes this; under systemd it still ends with the
+# unit's cgroup when vipd stops. (No cgroup per run: vipd may run without a delegated hierarchy.)
 RUN_MARK = "VIPD_SCRIPT_RUN"
 _runs = itertools.count(1)
 
@@ -63,8 +65,8 @@ def _in_group(pid: int, group: int | None) -> bool:
 
 def kill_marked(mark: str, group: int | None = None, rounds: int = 5) -> int:
     """SIGKILL every process whose environment carries RUN_MARK=`mark`; how many were killed,
-    not counting members of process group `group`. A pidfd is taken before the environment is
-    read, so a recycled PID is never signalled."""
+    not counting members of process group `group`. The environment is read again once a pidfd
+    holds the process, so a recycled PID is never signalled."""
     needle = f"\0{RUN_MARK}={mark}\0".encode()
     killed: set[int] = set()
     for _ in range(rounds):         # one may fork while the others die: look until none is new
@@ -73,12 +75,14 @@ def kill_marked(mark: str, group: int | None = None, rounds: int = 5) -> int:
             if not name.isdigit() or int(name) == os.getpid():
                 continue
             pid = int(name)
+            if not _marked(pid, needle):
+                continue
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 continue
             try:
-                if _marked(pid, needle):
+                if _marked(pid, needle):        # still the same process: the pidfd pins it
                     if not _in_group(pid, group):
                         killed.add(pid)
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -132,7 +136,9 @@ async def run_command(argv: Sequence[str], timeout: float, what: str, user: str 
         await proc.wait()
         return None
     except asyncio.CancelledError:
-        kill_run(proc.pid, mark)
+        # The group at once; the strays from a thread, not awaited: a cancelled task cannot wait.
+        kill_process_group(proc.pid)
+        asyncio.get_running_loop().run_in_executor(None, kill_marked, mark, proc.pid)
         raise
 
 
