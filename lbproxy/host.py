@@ -40,9 +40,9 @@ class Host:
     def cpu_count(self) -> int:
         return os.cpu_count() or 1
 
-    def which(self, program: str) -> str | None:
-        """The program's path as a shell would find it on PATH."""
-        return shutil.which(program)
+    def which(self, program: str, path: str | None = None) -> str | None:
+        """The program's path as a shell would find it on `path` (default: this process's PATH)."""
+        return shutil.which(program, path=path)
 
     def cannot_execute(self, path: str) -> str | None:
         """Why `path` cannot be executed, or None."""

@@ -40,6 +40,7 @@ from vipd.election.config import (
     parse_election,
     parse_etcd,
 )
+from vipd.scriptsafety import path_problem
 from vipd.vrrp import config as vrrpconfig
 from vipd.vrrp.config import (
     VrrpConfig,
@@ -93,6 +94,8 @@ class NodeConfig:
     state_dir: str = DEFAULT_STATE_DIR      # runtime drains, weights, maintenance (vipd.runtime_state)
     log_format: LogFormat = LogFormat.TEXT
     worker_user: str | None = None
+    script_security: bool = True            # scripts and this file must be root's (vipd.scriptsafety)
+    script_user: str | None = None          # whom track and notify scripts run as (None: the daemon's user)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class Config:
 def _parse_node(problems: list[str], table: Any) -> NodeConfig:
     s = Section(problems, "node", table, (
         "name", "control_socket", "control_group", "metrics_listen", "workers", "log_level", "log_format",
-        "state_dir", "worker_user"))
+        "state_dir", "worker_user", "script_security", "script_user"))
     return NodeConfig(
         name=s.get("name", str, socket.gethostname()) or socket.gethostname(),
         control_socket=s.get("control_socket", str, DEFAULT_CONTROL_SOCKET) or DEFAULT_CONTROL_SOCKET,
@@ -130,7 +133,9 @@ def _parse_node(problems: list[str], table: Any) -> NodeConfig:
         log_format=LogFormat(s.get("log_format", str, "text", check=one_of(LogFormat)) or "text"),
         state_dir=s.get("state_dir", str, DEFAULT_STATE_DIR, check=lambda v: None if os.path.isabs(v)
                         else "must be an absolute path") or DEFAULT_STATE_DIR,
-        worker_user=s.get("worker_user", str, None, check=_known_user))
+        worker_user=s.get("worker_user", str, None, check=_known_user),
+        script_security=s.get("script_security", bool, True),
+        script_user=s.get("script_user", str, None, check=_known_user))
 
 
 def _known_user(name: str) -> str | None:
@@ -186,12 +191,20 @@ def _check_track_frontends(problems: list[str], where: str, tracks, frontends: l
 
 
 def _check_on_host(problems: Findings, node: NodeConfig, vrrps: list[VrrpConfig],
-                   frontends: list[FrontendConfig], host: Host, anycasts: list[AnycastConfig] = (),
-                   elections: list[ElectionConfig] = ()) -> None:
+                   frontends: list[FrontendConfig], host: Host, config_file: str | None,
+                   anycasts: list[AnycastConfig] = (), elections: list[ElectionConfig] = ()) -> None:
+    if config_file is not None and node.script_security and (unsafe := path_problem(config_file)):
+        problems.append(f"unsafe config file: {unsafe}; it and every directory above it must be writable "
+                        "by root only (or set node.script_security = false)")
+    if node.script_user and os.geteuid() != 0 and pwd.getpwnam(node.script_user).pw_uid != os.geteuid():
+        problems.append(f"node.script_user: vipd runs as {pwd.getpwuid(os.geteuid()).pw_name}, not root, "
+                        f"and cannot run scripts as {node.script_user}")
     for i, v in enumerate(vrrps):
-        check_vrrp_on_host(problems, f"vrrp[{i}]", v, host)
+        check_vrrp_on_host(problems, f"vrrp[{i}]", v, host, node.script_security)
     for i, a in enumerate(anycasts):
-        check_tracks_on_host(problems, f"anycast[{i}]", a.tracks, host)
+        check_tracks_on_host(problems, f"anycast[{i}]", a.tracks, host, node.script_security)
+    for i, e in enumerate(elections):
+        check_tracks_on_host(problems, f"election[{i}]", e.tracks, host, node.script_security)
     for device in sorted({a.device for a in anycasts}):
         if host.has_interface(device):
             problems.warnings.append(f"anycast: device {device!r} exists on this host now; vipd creates it "
@@ -204,18 +217,22 @@ def _check_on_host(problems: Findings, node: NodeConfig, vrrps: list[VrrpConfig]
 
 
 def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = False,
-          require_frontend: bool = False, host: Host | None = None) -> Config:
+          require_frontend: bool = False, host: Host | None = None, config_file: str | None = None) -> Config:
     """`require_vrrp`: something to run (what `vipd run` needs); `require_frontend`: at least one
     [[frontend]] (what `lbproxy run` needs); `host`: also check the config against this host
-    (its programs, interfaces, addresses), else only the file's own meaning."""
+    (its programs, interfaces, addresses, and `config_file`, the file itself), else only the
+    file's own meaning."""
     problems = Findings(HINTS)
     top = Section(problems, "", data, ("node", "vrrp", "frontend", "etcd", "election", "anycast"))
     node = _parse_node(problems, data.get("node", {}))
-    vrrps = [v for w, t in top.tables("vrrp") if (v := parse_vrrp(problems, w, t)) is not None]
+    if not node.script_security:
+        problems.warnings.append("node.script_security: false: scripts and the config file are not checked; "
+                                 "whoever can change them decides what vipd runs")
+    vrrps = [v for w, t in top.tables("vrrp") if (v := parse_vrrp(problems, w, t, node.script_user)) is not None]
     frontends = [f for w, t in top.tables("frontend") if (f := parse_frontend(problems, w, t)) is not None]
     etcd = parse_etcd(problems, data["etcd"]) if "etcd" in data else None
-    elections = [e for w, t in top.tables("election") if (e := parse_election(problems, w, t)) is not None]
-    anycasts = [a for w, t in top.tables("anycast") if (a := parse_anycast(problems, w, t)) is not None]
+    elections = [e for w, t in top.tables("election") if (e := parse_election(problems, w, t, node.script_user)) is not None]
+    anycasts = [a for w, t in top.tables("anycast") if (a := parse_anycast(problems, w, t, node.script_user)) is not None]
     if not problems:
         _cross_check(problems, vrrps, frontends, anycasts, elections)
         check_elections(problems, etcd, elections, {f.name for f in frontends},
@@ -225,7 +242,7 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
     if not problems and require_frontend and not frontends:
         problems.append("frontend: lbproxy needs at least one [[frontend]]")
     if not problems and host is not None:
-        _check_on_host(problems, node, vrrps, frontends, host, anycasts, elections)
+        _check_on_host(problems, node, vrrps, frontends, host, config_file, anycasts, elections)
         check_elections_on_host(problems, etcd, elections, host)
     warnings = [f"{path}: WARNING: {w}" for w in problems.warnings]
     if problems:
@@ -243,7 +260,8 @@ def load(path: str | os.PathLike, *, require_vrrp: bool = False, require_fronten
     lists every problem, one line each; the config's `warnings` what may be fine at run time."""
     data = read_toml(path)
     try:
-        return parse(data, str(path), require_vrrp=require_vrrp, require_frontend=require_frontend, host=host)
+        return parse(data, str(path), require_vrrp=require_vrrp, require_frontend=require_frontend, host=host,
+                     config_file=None if host is None else os.fspath(path))
     except ConfigError:
         raise
     except RecursionError:

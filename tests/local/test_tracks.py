@@ -250,7 +250,7 @@ def test_reload_keeps_unchanged_tracks(tmp_path):
             assert tracks.tracks[0] is kept, "an unchanged track keeps its state and schedule"
             await tracks.wait_first_results(5)
             assert tracks.effective_priority(100) == 90
-            assert [t["name"] for t in tracks.status()] == ["script:exit 1", "script:exit 0"]
+            assert [t.config.target for t in tracks.tracks] == ["exit 1", "exit 0"]
         finally:
             await tracks.stop()
     run(main())
@@ -272,16 +272,22 @@ def notify_script(tmp_path: Path) -> tuple[Path, Path]:
 def test_notify_runs_in_order_with_args(tmp_path):
     script, out = notify_script(tmp_path)
 
+    line = f"{script} extra"
+    notify = Notify(master=line, backup=line, fault=line)
+    states = ("MASTER", "BACKUP", "FAULT")
+
     async def main():
         queue = NotifyQueue("api")
         for i in range(9):
-            queue.push(f"{script} extra", ("MASTER", "BACKUP", "FAULT")[i % 3], i)
-        queue.push(None, "MASTER", 99)   # no script configured for that state: nothing runs
+            queue.transition(notify, states[i % 3], i)
+            await until(lambda: queue.completed == i + 1, timeout=5)
+        queue.transition(notify, "STOP", 99)   # no script configured for that state: nothing runs
         assert await queue.drain(30)
         await queue.close()
+        assert queue.superseded == 0
     run(main(), timeout=40)
     lines = out.read_text().splitlines()
-    assert lines == [f"extra api {('MASTER', 'BACKUP', 'FAULT')[i % 3]} {i}" for i in range(9)]
+    assert lines == [f"extra api {states[i % 3]} {i}" for i in range(9)]
 
 
 def test_notify_waits_for_the_vip_change(tmp_path):
@@ -290,8 +296,9 @@ def test_notify_waits_for_the_vip_change(tmp_path):
     async def main():
         queue = NotifyQueue("api")
         vips_added = asyncio.get_running_loop().create_future()
-        queue.push(str(script), "MASTER", 150, after=vips_added)
-        queue.push(str(script), "BACKUP", 150)
+        notify = Notify(master=str(script), backup=str(script))
+        queue.transition(notify, "MASTER", 150, after=vips_added)
+        queue.transition(notify, "BACKUP", 150)
         await asyncio.sleep(0.5)
         assert not out.exists(), "the master script ran before the VIPs were in place"
         vips_added.set_result(None)
@@ -305,9 +312,11 @@ def test_notify_timeout_kills_and_moves_on(tmp_path):
     out = tmp_path / "out"
 
     async def main():
-        queue = NotifyQueue("api", timeout=0.3)
-        queue.push(f"sleep 100; echo late >> {out}; true", "MASTER", 1)
-        queue.push(f'echo "$2" >> {out}; true', "BACKUP", 1)
+        queue = NotifyQueue("api")
+        notify = Notify(master=f"sleep 100; echo late >> {out}; true", backup=f'echo "$2" >> {out}; true',
+                        timeout=0.3)
+        queue.transition(notify, "MASTER", 1)
+        queue.transition(notify, "BACKUP", 1)
         assert await queue.drain(20)
         await queue.close()
     run(main())
@@ -408,7 +417,7 @@ def test_instance_follows_its_tracks(tmp_path):
             assert addresses.held == set()
             status = instance.status()
             assert status["state"] == "FAULT" and status["master"] is None
-            assert status["fault_reasons"] == [f"track:script:test ! -e {dead}"]
+            assert status["fault_reasons"] == ["track:script:test"]
             assert [a.priority for a in sent[-1:]] == [0], "a master that faults resigns"
             quiet = len(sent)
             await asyncio.sleep(0.3)

@@ -44,7 +44,7 @@ def test_contract_example_is_valid():
     vrrp = cfg.vrrp[0]
     assert (vrrp.vrid, vrrp.priority, vrrp.version, vrrp.advert_interval) == (51, 150, 3, 1.0)
     assert [t.name for t in vrrp.tracks] == [
-        "script:/usr/local/bin/check-something --flag", "frontend:api", "interface:eth1"]
+        "script:check-something", "frontend:api", "interface:eth1"]
     assert vrrp.notify.for_state("MASTER") == "/usr/local/bin/on-master"
     fe = cfg.frontends[0]
     assert (fe.balance, fe.retries, fe.health.type, fe.health.fall) == ("least_conn", 2, "https", 3)
@@ -425,7 +425,7 @@ class FakeHost(Host):
     def cpu_count(self):
         return self.cpus
 
-    def which(self, program):
+    def which(self, program, path=None):
         return f"/usr/bin/{program}" if program in self.programs else None
 
 
@@ -464,7 +464,8 @@ def test_a_program_that_cannot_run_is_a_problem(programs):
         (programs["missing"], f"{programs['missing']} does not exist"),
         (f"{programs['plain']} --flag", f"{programs['plain']} is not executable (chmod +x)"),
         (programs["directory"], f"{programs['directory']} is a directory"),
-        ("pidofx nginx", "pidofx: not a shell builtin and not found on PATH; give its absolute path"),
+        ("pidofx nginx", "pidofx: not a shell builtin and not found on the scripts' PATH "
+                         "(/usr/sbin:/usr/bin:/sbin:/bin); give its absolute path"),
         ("./check.sh", "./check.sh: a relative path depends on the daemon's working directory; give an absolute path"),
     ]:
         assert host_problems(script_track(line), host) == [f"{FILE}: vrrp[0].track[0].script: {reason}"]

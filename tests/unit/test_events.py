@@ -18,7 +18,7 @@ from vipd.control.schema import Event as EventSchema
 from vipd.control.schema import EventsAnswer, check
 from vipd.events import EventLog, Kind, Level, describe_proxy_event
 from vipd.vrrp.config import Notify
-from vipd.vrrp.notify import NotifyJob, NotifyQueue
+from vipd.vrrp.notify import NotifyQueue
 
 
 def emit_n(events: EventLog, n: int, kind: Kind = Kind.RELOAD) -> None:
@@ -280,21 +280,22 @@ def test_access_log_flush_reports_a_suppressed_tail(caplog):
 # --- the generic notify script
 
 def test_generic_notify_runs_after_the_state_script_with_the_type_first():
-    queue = NotifyQueue("api")
     notify = Notify(master="/bin/on-master", generic="/bin/notify --flag")
-    assert queue.argv(NotifyJob("/bin/notify --flag", "MASTER", 150, generic=True))[3:] == [
-        "vipd-notify", "INSTANCE", "api", "MASTER", "150"]
-    assert queue.argv(NotifyJob("/bin/on-master", "MASTER", 150))[3:] == ["vipd-notify", "api", "MASTER", "150"]
 
     async def scenario():
-        queue.push = lambda script, state, priority, after=None, generic=False: pushed.append(
-            (script, state, priority, generic)) if script else None
+        queue = NotifyQueue("api")
         queue.transition(notify, "MASTER", 150)
         queue.transition(notify, "BACKUP", 100)
-    pushed: list = []
-    asyncio.run(scenario())
-    assert pushed == [("/bin/on-master", "MASTER", 150, False), ("/bin/notify --flag", "MASTER", 150, True),
-                      ("/bin/notify --flag", "BACKUP", 100, True)]
+        queued = list(queue._waiting)
+        await queue.close()              # before the runner ever started: nothing ran
+        return queue, queued
+    queue, (master, backup) = asyncio.run(scenario())
+    assert [(j.script, j.generic) for j in master.jobs] == [("/bin/on-master", False), ("/bin/notify --flag", True)]
+    assert [(j.script, j.generic) for j in backup.jobs] == [("/bin/notify --flag", True)]
+    assert queue.argv(master.jobs[1], master)[3:] == ["vipd-notify", "INSTANCE", "api", "MASTER", "150"]
+    assert queue.argv(master.jobs[0], master)[3:] == ["vipd-notify", "api", "MASTER", "150"]
+    assert queue.argv(backup.jobs[0], backup)[3:] == ["vipd-notify", "INSTANCE", "api", "BACKUP", "100"]
+    assert queue.completed == 0
 
 
 # --- the keys

@@ -45,7 +45,7 @@ def host_prefix(text: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface 
     return vip
 
 
-def parse_anycast(problems: list[str], where: str, table: Any) -> AnycastConfig | None:
+def parse_anycast(problems: list[str], where: str, table: Any, script_user: str | None = None) -> AnycastConfig | None:
     s = Section(problems, where, table, ("name", "virtual_ips", "device", "track"))
     before = len(problems)
     name = s.get("name", str, required=True, check=lambda v: None if v.strip() else "must not be empty")
@@ -64,7 +64,7 @@ def parse_anycast(problems: list[str], where: str, table: Any) -> AnycastConfig 
             vips.append(vip)
     tracks = []
     for w, t in s.tables("track"):
-        track = parse_track(problems, w, t)
+        track = parse_track(problems, w, t, script_user)
         if track is not None and track.weight != 0:
             problems.append(f"{w}.weight: an anycast VIP has no priority: a failing track withdraws it; "
                             f"leave weight out (0), got {track.weight}")

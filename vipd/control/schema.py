@@ -45,7 +45,8 @@ Seconds = Annotated[float, Range(0)]
 
 class Track(TypedDict):
     """A track of a VRRP instance."""
-    name: Annotated[str, Doc("`script:COMMAND`, `frontend:NAME` or `interface:NAME`")]
+    name: Annotated[str, Doc("`script:PROGRAM` (the file name of the program the script line starts, never "
+                             "its arguments; `#2`, `#3`... when names repeat), `frontend:NAME` or `interface:NAME`")]
     ok: Annotated[bool, Doc("true while the track passes")]
     weight: Annotated[int, Range(-254, 254), Doc(
         "a negative weight is added to the priority while failing, a positive one while ok; "

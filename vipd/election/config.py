@@ -93,7 +93,7 @@ def parse_etcd(problems: Findings, table: Any) -> EtcdConfig | None:
     return EtcdConfig(tuple(endpoints), files["ca_file"], files["cert_file"], files["key_file"], float(ttl))
 
 
-def parse_election(problems: Findings, where: str, table: Any) -> ElectionConfig | None:
+def parse_election(problems: Findings, where: str, table: Any, script_user: str | None = None) -> ElectionConfig | None:
     s = Section(problems, where, table, ("name", "interface", "virtual_ips", "key", "priority", "track"))
     before = len(problems)
     name = s.get("name", str, required=True, check=lambda v: None if v.strip() and "/" not in v
@@ -103,7 +103,7 @@ def parse_election(problems: Findings, where: str, table: Any) -> ElectionConfig
     key = s.get("key", str, None, check=lambda v: None if v.startswith("/") and len(v) > 1
                 else "must be an absolute key like /vipd/elections/api")
     priority = s.get("priority", int, 100, check=between(1, 255))
-    tracks = [t for w, raw in s.tables("track") if (t := parse_track(problems, w, raw)) is not None]
+    tracks = [t for w, raw in s.tables("track") if (t := parse_track(problems, w, raw, script_user)) is not None]
     if len(problems) > before or name is None:
         return None
     return ElectionConfig(name=name, interface=interface, virtual_ips=tuple(vips),

@@ -24,6 +24,7 @@ from lbproxy.configreader import (
     show,
 )
 from lbproxy.host import Host
+from vipd.scriptsafety import SCRIPT_PATH, env_program, path_problem, read_head, shebang
 from vipd.vrrp.packet import OWNER_PRIORITY, ChecksumMode, advert_interval_cs
 
 
@@ -36,10 +37,20 @@ class Track:
     timeout: float = 0.5           # half the interval unless given: parse_track wants it below
     rise: int = 1
     fall: int = 1
+    user: str | None = None        # node.script_user: whom a script runs as
+    label: str = ""                # set by parse_vrrp when two tracks of an instance share a name
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.target}"
+        """What status, metrics and logs call the track: a script by its program's file name,
+        never its command line (arguments may carry secrets)."""
+        if self.label:
+            return self.label
+        return f"script:{script_label(self.target)}" if self.kind == "script" else f"{self.kind}:{self.target}"
+
+
+DEFAULT_NOTIFY_TIMEOUT = 30.0
+NOTIFY_STATES = ("master", "backup", "fault", "stop")
 
 
 @dataclass(frozen=True)
@@ -49,9 +60,16 @@ class Notify:
     fault: str | None = None
     stop: str | None = None
     generic: str | None = None     # the `notify` key: every transition, as TYPE NAME STATE PRIORITY
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
+    user: str | None = None        # node.script_user: whom the scripts run as
 
     def for_state(self, state: str) -> str | None:
         return {"MASTER": self.master, "BACKUP": self.backup, "FAULT": self.fault, "STOP": self.stop}.get(state)
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(key as in [vrrp.notify], script line) of every script configured."""
+        keyed = [(key, getattr(self, key)) for key in NOTIFY_STATES] + [("notify", self.generic)]
+        return [(key, line) for key, line in keyed if line is not None]
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,7 @@ HINTS = {
            for state in ("master", "backup", "fault", "stop")},
         "interval": f"{TO_TRACK}; the adverts' interval is advert_interval",
         **{key: TO_TRACK for key in ("script", "timeout", "rise", "fall", "weight")},
+        "notify_timeout": "vipd: timeout = ... in [vrrp.notify]",
     },
     "vrrp.notify": {f"notify_{state}": renamed("keepalived", state)
                     for state in ("master", "backup", "fault", "stop")},
@@ -134,39 +153,89 @@ def script_line(line: str) -> str | None:
     if "\0" in line:
         return "must not contain a NUL byte"
     try:
-        shlex.split(line, comments=True)
+        words = shlex.split(line, comments=True)
     except ValueError as exc:
         return f"/bin/sh cannot split it into words ({str(exc).lower()})"
+    if not words:
+        return "is empty: no command to run"
     return None
+
+
+def _command_word(line: str) -> str | None:
+    """The first word of a script line that is not a variable assignment."""
+    return next((word for word in shlex.split(line, comments=True) if not ASSIGNMENT.match(word)), None)
+
+
+def script_label(line: str) -> str:
+    """The file name of what a script line starts (`check` for `/usr/local/bin/check --token x`):
+    how the track is named where its command line must not show. For lines script_line accepts."""
+    word = _command_word(line) or ""
+    return os.path.basename(word.rstrip("/")) or word
 
 
 def script_program(line: str) -> str | None:
     """The program a script line starts, as /bin/sh looks it up; None when the shell runs it
     itself (a builtin, a keyword) or only the shell can tell (an expansion). For lines that
     script_line accepts."""
-    for word in shlex.split(line, comments=True):
-        if ASSIGNMENT.match(word):
-            continue
-        return None if word in SHELL_WORDS or EXPANDED.search(word) else word
-    return None
+    word = _command_word(line)
+    return None if word is None or word in SHELL_WORDS or EXPANDED.search(word) else word
 
 
-def program_problem(line: str, host: Host) -> str | None:
-    """Why the program a script line starts cannot run on `host`, or None. A bare name is looked
-    up on PATH, as /bin/sh (and keepalived) do."""
+UNSAFE = "a script, its interpreter and every directory above them must be writable by root only " \
+         "(or set node.script_security = false)"
+
+
+def _interpreters(path: str, host: Host) -> tuple[list[str], str | None]:
+    """What else runs when `path` does: its #! interpreter and, through env, env's program; or
+    why one of them cannot run."""
+    head = read_head(path)
+    named = shebang(head) if head is not None else None
+    if named is None:
+        return [], None
+    interpreter, argument = named
+    if not os.path.isabs(interpreter):
+        return [], f"its #! line must name an interpreter by absolute path, got {interpreter!r}"
+    if reason := host.cannot_execute(interpreter):
+        return [], f"its interpreter {interpreter} (#! line) {reason}"
+    via_env = env_program(argument) if os.path.basename(interpreter) == "env" else None
+    if via_env is None:
+        return [interpreter], None
+    found = host.which(via_env, SCRIPT_PATH) if "/" not in via_env else via_env
+    if found is None or host.cannot_execute(found):
+        return [], f"its #! line runs {via_env}, not found on the scripts' PATH ({SCRIPT_PATH})"
+    return [interpreter, found], None
+
+
+def program_problem(line: str, host: Host, secure: bool = True) -> str | None:
+    """Why the program a script line starts cannot run on `host`, or may not (`secure`: anyone but
+    root could change it or its #! interpreter), or None. A bare name is looked up on the scripts'
+    PATH, as /bin/sh (and keepalived) do."""
     program = script_program(line)
     if program is None:
         return None
     if "/" not in program:
-        return None if host.which(program) else \
-            f"{program}: not a shell builtin and not found on PATH; give its absolute path"
-    if not os.path.isabs(program):
+        path = host.which(program, SCRIPT_PATH)
+        if path is None:
+            return f"{program}: not a shell builtin and not found on the scripts' PATH ({SCRIPT_PATH}); " \
+                   "give its absolute path"
+    elif not os.path.isabs(program):
         return f"{program}: a relative path depends on the daemon's working directory; give an absolute path"
-    reason = host.cannot_execute(program)
-    return f"{program} {reason}" if reason else None
+    else:
+        path = program
+        if reason := host.cannot_execute(path):
+            return f"{path} {reason}"
+    interpreters, problem = _interpreters(path, host)
+    if problem:
+        return f"{path}: {problem}"
+    runs = [path, *interpreters]
+    if secure:
+        for file in runs:
+            if problem := path_problem(file):
+                return f"{path}: unsafe: {problem}; {UNSAFE}"
+    return None
 
 
-def parse_track(problems: list[str], where: str, table: Any) -> Track | None:
+def parse_track(problems: list[str], where: str, table: Any, user: str | None = None) -> Track | None:
     s = Section(problems, where, table,
                  ("script", "frontend", "interface", "weight", "interval", "timeout", "rise", "fall"))
     kinds = [k for k in ("script", "frontend", "interface") if k in s.table]
@@ -188,9 +257,10 @@ def parse_track(problems: list[str], where: str, table: Any) -> Track | None:
         s.error("timeout", f"must be below interval ({interval:g}), got {timeout:g}")
     if kind == "script" and target and (problem := script_line(target)):
         s.error("script", problem)
+        return None
     if target is None:
         return None
-    return Track(kind, target, weight, interval, timeout, rise, fall)
+    return Track(kind, target, weight, interval, timeout, rise, fall, user if kind == "script" else None)
 
 
 def parse_virtual_ips(s: Section) -> tuple[list | None, list]:
@@ -213,7 +283,19 @@ def parse_virtual_ips(s: Section) -> tuple[list | None, list]:
     return vips_raw, vips
 
 
-def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None:
+def distinct_names(tracks: list[Track]) -> list[Track]:
+    """The tracks, the second and later of a shared name labelled NAME#2, NAME#3...: status and
+    metrics tell each track apart by its name."""
+    seen: dict[str, int] = {}
+    named = []
+    for track in tracks:
+        seen[track.name] = count = seen.get(track.name, 0) + 1
+        named.append(dataclasses.replace(track, label=f"{track.name}#{count}") if count > 1 else track)
+    return named
+
+
+def parse_vrrp(problems: list[str], where: str, table: Any, script_user: str | None = None) -> VrrpConfig | None:
+    """One [[vrrp]] table; `script_user` (node.script_user) is whom its scripts run as."""
     s = Section(problems, where, table, (
         "name", "interface", "vrid", "priority", "version", "advert_interval", "virtual_ips",
         "preempt", "preempt_delay", "unicast_peers", "unicast_src", "unicast_ttl", "garp_repeat", "garp_interval",
@@ -262,11 +344,14 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
     checksum_mode = s.get("checksum_mode", str, "pseudo_header",
                           check=one_of(ChecksumMode))
     handover = s.get("handover_timeout", float, None, check=between(0, 60, "0..60 seconds"))
-    tracks = [t for w, raw in s.tables("track") if (t := parse_track(problems, w, raw)) is not None]
+    tracks = distinct_names([t for w, raw in s.tables("track")
+                             if (t := parse_track(problems, w, raw, script_user)) is not None])
     notify_table = s.table.get("notify", {})
-    n = Section(problems, s.path("notify"), notify_table, ("master", "backup", "fault", "stop", "notify"))
-    notify = Notify(**{k: n.get(k, str, check=script_line) for k in ("master", "backup", "fault", "stop")},
-                    generic=n.get("notify", str, check=script_line))
+    n = Section(problems, s.path("notify"), notify_table, (*NOTIFY_STATES, "notify", "timeout"))
+    notify = Notify(**{k: n.get(k, str, check=script_line) for k in NOTIFY_STATES},
+                    generic=n.get("notify", str, check=script_line),
+                    timeout=n.get("timeout", float, DEFAULT_NOTIFY_TIMEOUT, check=between(0.1, 3600, "0.1..3600 seconds")),
+                    user=script_user)
     if len(problems) > before:
         return None
     return VrrpConfig(
@@ -299,27 +384,29 @@ def _check_addresses(s: Section, vips: list, peers: list, unicast_src: str | Non
                                          "between nodes, a peer's own address must not")
 
 
-def check_vrrp_on_host(problems: Findings, where: str, v: VrrpConfig, host: Host) -> None:
-    """What this host says about an instance now: programs that cannot run are problems; a
-    missing interface or address is a warning, since it may appear before it is needed."""
+def check_vrrp_on_host(problems: Findings, where: str, v: VrrpConfig, host: Host,
+                       script_security: bool = True) -> None:
+    """What this host says about an instance now: programs that cannot run (or, with
+    `script_security`, that anyone but root could change) are problems; a missing interface or
+    address is a warning, since it may appear before it is needed."""
     if not host.has_interface(v.interface):
         problems.warnings.append(f"{where}.interface: no interface {v.interface!r} on this host now; "
                                  "the instance stays in FAULT until it appears")
     if v.unicast_src and not host.holds_address(v.unicast_src, v.interface):
         problems.warnings.append(f"{where}.unicast_src: {v.unicast_src} is not an address of this host "
                                  "now; the adverts are sent from it")
-    check_tracks_on_host(problems, where, v.tracks, host)
-    for f in dataclasses.fields(v.notify):
-        line = getattr(v.notify, f.name)
-        if isinstance(line, str) and (problem := program_problem(line, host)):
-            problems.append(f"{where}.notify.{f.name}: {problem}")
+    check_tracks_on_host(problems, where, v.tracks, host, script_security)
+    for key, line in v.notify.lines():
+        if problem := program_problem(line, host, script_security):
+            problems.append(f"{where}.notify.{key}: {problem}")
 
 
-def check_tracks_on_host(problems: Findings, where: str, tracks: tuple[Track, ...], host: Host) -> None:
+def check_tracks_on_host(problems: Findings, where: str, tracks: tuple[Track, ...], host: Host,
+                         script_security: bool = True) -> None:
     """Tracks of any VIP owner: a script that cannot run is a problem, a missing interface a warning."""
     for j, t in enumerate(tracks):
         if t.kind == "interface" and not host.has_interface(t.target):
             problems.warnings.append(f"{where}.track[{j}].interface: no interface {t.target!r} on this "
                                      "host now; the track fails until it appears")
-        elif t.kind == "script" and (problem := program_problem(t.target, host)):
+        elif t.kind == "script" and (problem := program_problem(t.target, host, script_security)):
             problems.append(f"{where}.track[{j}].script: {problem}")

@@ -293,7 +293,7 @@ class VrrpInstance:
                 log.error("vrrp %s: releasing VIPs: %s", self.name, exc)
 
     async def _close_notify(self) -> None:
-        await self.notify.drain(self.notify.timeout + 1)
+        await self.notify.drain()
         await self.notify.close()
 
     # ---------------------------------------------------------------- inputs

@@ -3,85 +3,125 @@
 after the state's own script.
 
 One queue and one runner task per instance, so the scripts run strictly in the order of the
-transitions and never hold up the state machine. A job may wait for a future first (the VIP
+transitions and never hold up the state machine. A transition may wait for a future first (the VIP
 change that realises the new state), so a master script sees the VIPs already in place.
+
+The queue is bounded: a transition still waiting when the instance enters the same state again is
+superseded (it moves to the back, with the new priority), so while transitions come faster than
+the scripts run, each state's scripts wait at most once, the latest state's run last, and at most
+MAX_WAITING transitions (two scripts each) wait behind the one running.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 
-from vipd.vrrp.config import Notify
+from vipd.vrrp.config import Notify, script_label
 from vipd.vrrp.tracks import cancel_and_wait, run_command
 
 log = logging.getLogger("vipd.vrrp")
 
-DEFAULT_TIMEOUT = 30.0
 GENERIC_TYPE = "INSTANCE"     # keepalived's $1: INSTANCE or GROUP (vipd has no sync groups)
+MAX_WAITING = 4               # transitions; the states (INIT, BACKUP, MASTER, FAULT, STOP) bound it too
+
+
+@dataclass(frozen=True)
+class NotifyJob:
+    script: str
+    generic: bool
 
 
 @dataclass
-class NotifyJob:
-    script: str
+class Transition:
     state: str
     priority: int
+    jobs: tuple[NotifyJob, ...]
+    timeout: float
+    user: str | None
     after: asyncio.Future | None = None
-    generic: bool = False
 
 
 class NotifyQueue:
-    def __init__(self, name: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.timeout = timeout
-        self._queue: asyncio.Queue[NotifyJob] = asyncio.Queue()
+        self._waiting: deque[Transition] = deque()
+        self._running: Transition | None = None
         self._runner: asyncio.Task | None = None
-        self.completed = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.completed = 0        # scripts run (or given up on)
+        self.superseded = 0       # transitions whose scripts never ran: a later one replaced them
 
     def transition(self, notify: Notify, state: str, priority: int, after: asyncio.Future | None = None) -> None:
-        """The scripts `notify` names for entering `state`: the state's own, then the generic one."""
-        self.push(notify.for_state(state), state, priority, after)
-        self.push(notify.generic, state, priority, after, generic=True)
-
-    def push(self, script: str | None, state: str, priority: int, after: asyncio.Future | None = None,
-             generic: bool = False) -> None:
-        if not script:
+        """Queue the scripts `notify` names for entering `state`: the state's own, then the generic one."""
+        jobs = tuple(NotifyJob(script, generic) for script, generic in
+                     ((notify.for_state(state), False), (notify.generic, True)) if script)
+        if not jobs:
             return
-        self._queue.put_nowait(NotifyJob(script, state, priority, after, generic))
+        kept = deque(t for t in self._waiting if t.state != state)
+        while len(kept) >= MAX_WAITING:
+            kept.popleft()
+        dropped = len(self._waiting) - len(kept)
+        if dropped:
+            self.superseded += dropped
+            log.info("notify %s: %d waiting transition(s) superseded by %s", self.name, dropped, state)
+        kept.append(Transition(state, priority, jobs, notify.timeout, notify.user, after))
+        self._waiting = kept
+        self._idle.clear()
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name=f"notify {self.name}")
 
-    def argv(self, job: NotifyJob) -> list[str]:
+    @property
+    def waiting(self) -> list[str]:
+        """The states whose scripts wait, oldest first."""
+        return [t.state for t in self._waiting]
+
+    def argv(self, job: NotifyJob, transition: Transition) -> list[str]:
         # The script line may carry its own arguments; ours are appended after them.
         kind = [GENERIC_TYPE] if job.generic else []
-        return ["/bin/sh", "-c", f'{job.script} "$@"', "vipd-notify", *kind, self.name, job.state, str(job.priority)]
+        return ["/bin/sh", "-c", f'{job.script} "$@"', "vipd-notify", *kind, self.name, transition.state,
+                str(transition.priority)]
 
     async def _run(self) -> None:
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            try:
-                if job.after is not None:
+        try:
+            while self._waiting:
+                transition = self._running = self._waiting.popleft()
+                if transition.after is not None:
                     try:
-                        await asyncio.shield(job.after)
+                        await asyncio.shield(transition.after)
                     except Exception:
                         pass
-                status = await run_command(self.argv(job), self.timeout,
-                                           f"notify {self.name} {job.state}")
-                if status not in (0, None):
-                    log.warning("notify %s %s: %s exited %d", self.name, job.state, job.script, status)
-            finally:
-                self._queue.task_done()
-                self.completed += 1
+                for job in transition.jobs:
+                    status = await run_command(self.argv(job, transition), transition.timeout,
+                                               f"notify {self.name} {transition.state}", transition.user)
+                    if status not in (0, None):
+                        log.warning("notify %s %s: %s exited %d", self.name, transition.state,
+                                    script_label(job.script), status)
+                    self.completed += 1
+                self._running = None
+        finally:
+            self._running = None
+            if not self._waiting:
+                self._idle.set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every queued script has run; False when `timeout` passed first."""
+    def _worst_case(self) -> float:
+        queued = ([self._running] if self._running else []) + list(self._waiting)
+        return sum(len(t.jobs) * t.timeout for t in queued) + 1.0
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued script has run; False when `timeout` (default: long enough for
+        every queued script to reach its own timeout) passed first."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._idle.wait(), self._worst_case() if timeout is None else timeout)
             return True
         except asyncio.TimeoutError:
             return False
 
     async def close(self) -> None:
+        self._waiting.clear()
         if self._runner is not None:
             await cancel_and_wait(self._runner)
             self._runner = None
+        self._idle.set()

@@ -9,19 +9,28 @@ track puts the instance in FAULT.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lbproxy.health import HealthCounter
+from vipd.scriptsafety import SCRIPT_PATH
 from vipd.vrrp.config import Track as TrackConfig
 from vipd.vrrp.packet import OWNER_PRIORITY
 
 log = logging.getLogger("vipd.vrrp")
 
+# Every run carries its own mark in its environment, which its descendants inherit: on timeout,
+# those that left the process group (setsid, double fork) are found by it and killed too. One
+# that also replaces its whole environment escapes this; under systemd it still ends with the
+# unit's cgroup when vipd stops. (No cgroup per run: vipd may run without a delegated hierarchy.)
+RUN_MARK = "VIPD_SCRIPT_RUN"
+_runs = itertools.count(1)
 
 
 def effective_priority(priority: int, applied_weights: Iterable[int]) -> int:
@@ -39,15 +48,80 @@ def kill_process_group(pid: int) -> None:
         pass
 
 
-async def run_command(argv: Sequence[str], timeout: float, what: str) -> int | None:
-    """Run argv in a session of its own; return its exit status, or None when it could not start
-    or ran past `timeout` (then its whole process group is killed)."""
+def _marked(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            return needle in b"\0" + file.read()
+    except OSError:
+        return False
+
+
+def _in_group(pid: int, group: int | None) -> bool:
+    try:
+        return group is not None and os.getpgid(pid) == group
+    except OSError:
+        return False
+
+
+def kill_marked(mark: str, group: int | None = None, rounds: int = 5) -> int:
+    """SIGKILL every process whose environment carries RUN_MARK=`mark`; how many were killed,
+    not counting members of process group `group`. The environment is read again once a pidfd
+    holds the process, so a recycled PID is never signalled."""
+    needle = f"\0{RUN_MARK}={mark}\0".encode()
+    killed: set[int] = set()
+    for _ in range(rounds):         # one may fork while the others die: look until none is new
+        before = len(killed)
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            pid = int(name)
+            if not _marked(pid, needle):
+                continue
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                if _marked(pid, needle):        # still the same process: the pidfd pins it
+                    if not _in_group(pid, group):
+                        killed.add(pid)
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            finally:
+                os.close(pidfd)
+        if len(killed) == before:
+            break
+    return len(killed)
+
+
+def kill_run(pid: int, mark: str) -> int:
+    """Kill a script run: its process group, then whatever of it left the group."""
+    kill_process_group(pid)
+    return kill_marked(mark, group=pid)
+
+
+def run_as(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that make the child `user`, with that user's groups (initgroups)."""
+    if user is None:
+        return {}
+    account = pwd.getpwnam(user)
+    return {"user": account.pw_uid, "group": account.pw_gid,
+            "extra_groups": os.getgrouplist(user, account.pw_gid)}
+
+
+async def run_command(argv: Sequence[str], timeout: float, what: str, user: str | None = None) -> int | None:
+    """Run argv as `user` (None: as the daemon) in a session of its own, in /, with a clean
+    environment; return its exit status, or None when it could not start or ran past `timeout`
+    (then its process group and any descendant that left the group are killed)."""
+    mark = f"{os.getpid()}.{next(_runs)}"
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-    except OSError as exc:
-        log.warning("%s: cannot start: %s", what, exc.strerror or exc)
+            start_new_session=True, cwd="/", env={"PATH": SCRIPT_PATH, "LANG": "C", RUN_MARK: mark},
+            **run_as(user))
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        log.warning("%s: cannot start: %s", what, getattr(exc, "strerror", None) or exc)
         return None
     try:
         # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation that arrives
@@ -55,12 +129,16 @@ async def run_command(argv: Sequence[str], timeout: float, what: str) -> int | N
         async with asyncio.timeout(timeout):
             return await proc.wait()
     except TimeoutError:
-        log.warning("%s: timed out after %gs; killed its process group", what, timeout)
-        kill_process_group(proc.pid)
+        # /proc is read in a thread: a busy host's process table must not delay the adverts.
+        strays = await asyncio.to_thread(kill_run, proc.pid, mark)
+        log.warning("%s: timed out after %gs; killed its process group%s", what, timeout,
+                    f" and {strays} process(es) that had left it" if strays else "")
         await proc.wait()
         return None
     except asyncio.CancelledError:
+        # The group at once; the strays from a thread, not awaited: a cancelled task cannot wait.
         kill_process_group(proc.pid)
+        asyncio.get_running_loop().run_in_executor(None, kill_marked, mark, proc.pid)
         raise
 
 
@@ -137,7 +215,7 @@ class ScriptTrack(Track):
 
     async def run_once(self) -> bool:
         status = await run_command(["/bin/sh", "-c", self.config.target], self.config.timeout,
-                                   f"track {self.name}")
+                                   f"track {self.name}", self.config.user)
         self.runs += 1
         self.last_status = status
         return status == 0
@@ -145,7 +223,13 @@ class ScriptTrack(Track):
     async def _loop(self) -> None:
         while True:
             started = time.monotonic()
-            ok = await self.run_once()
+            try:
+                ok = await self.run_once()
+            except Exception as exc:
+                # Whatever goes wrong with one run is a failed check, never a dead track that
+                # keeps its last verdict forever.
+                log.error("track %s: run failed: %s: %s", self.name, type(exc).__name__, exc)
+                ok = False
             changed = self.record(ok)
             self.first_result.set()
             if changed:
