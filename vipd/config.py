@@ -162,7 +162,7 @@ def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[F
     # `lbctl maintenance NAME` names an owner of any kind.
     owners = {v.name: f"vrrp[{i}]" for i, v in reversed(list(enumerate(vrrps)))}
     for i, e in enumerate(elections):
-        if e.name in owners:
+        if e.name in owners and not owners[e.name].startswith("election"):    # those: check_elections
             problems.append(f"election[{i}].name: {e.name!r} already names {owners[e.name]}; "
                             "VIP owners need distinct names")
         owners.setdefault(e.name, f"election[{i}]")

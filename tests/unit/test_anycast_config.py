@@ -131,7 +131,7 @@ class FakeHost(Host):
     def cpu_count(self):
         return 4
 
-    def which(self, program):
+    def which(self, program, path=None):
         return None
 
 
@@ -146,8 +146,8 @@ def test_host_checks_warn_about_an_existing_device_and_check_track_scripts():
     )
     text = anycast('name = "a"\nvirtual_ips = ["198.18.1.1/32"]\n[[anycast.track]]\nscript = "nosuch --x"\n')
     assert problems_of(text, FakeHost()) == [
-        f"{FILE}: anycast[0].track[0].script: nosuch: not a shell builtin and not found on PATH; "
-        "give its absolute path"]
+        f"{FILE}: anycast[0].track[0].script: nosuch: not a shell builtin and not found on the scripts' "
+        "PATH (/usr/sbin:/usr/bin:/sbin:/bin); give its absolute path"]
 
 
 def test_the_status_entry_has_the_contract_fields_and_the_one_state_vocabulary():
