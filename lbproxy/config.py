@@ -21,6 +21,7 @@ from lbproxy.configreader import (
     split_host_port,
 )
 from lbproxy.host import Host
+from lbproxy.natcheck import nat_backend_refusals, nat_refusals
 
 
 class Balance(enum.StrEnum):
@@ -28,6 +29,11 @@ class Balance(enum.StrEnum):
     LEAST_CONN = "least_conn"
     RANDOM2 = "random2"
     SOURCE_HASH = "source_hash"
+
+
+class FrontendMode(enum.StrEnum):
+    PROXY = "proxy"    # the user-space proxy in worker processes
+    NAT = "nat"        # the kernel forwards packets: nftables DNAT + SNAT (lbproxy.natpath)
 
 
 class HealthType(enum.StrEnum):
@@ -127,6 +133,7 @@ class FrontendConfig:
     buffer_size: int = 16384                 # bytes: largest read, and each transport's high-water mark
     max_connections_per_source: int = 0      # per client address; 0: unlimited
     client_first_byte_timeout: float = 0.0   # seconds the client has to send its first byte; 0: off
+    mode: str = "proxy"                      # FrontendMode
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
         "max_connections", "retries", "drain_timeout", "health", "backend", "access_log",
-        "buffer_size", "max_connections_per_source", "client_first_byte_timeout"))
+        "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "mode"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -214,11 +221,22 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         if b.address in seen:
             s.error(f"backend[{i}].address", f"duplicate backend {b.address}")
         seen.add(b.address)
+    mode = s.get("mode", str, FrontendMode.PROXY, check=one_of(FrontendMode))
+    if mode == FrontendMode.NAT and len(problems) == before:
+        _check_nat(s, listen, backends)
     if len(problems) > before:
         return None
     host, port = split_host_port(listen)
     return FrontendConfig(name=name, listen=listen, listen_host=host, listen_port=port,
-                          backends=tuple(backends), balance=balance, health=health, **values)
+                          backends=tuple(backends), balance=balance, health=health, mode=mode, **values)
+
+
+def _check_nat(s: Section, listen: str, backends: list[BackendConfig]) -> None:
+    for key, why in nat_refusals(s.table):
+        s.error(key, f"not with mode = \"nat\": {why}")
+    listed = [(f"backend[{i}]", b.host, b.max_connections) for i, b in enumerate(backends)]
+    for key, why in nat_backend_refusals(split_host_port(listen)[0], listed):
+        s.error(key, f"not with mode = \"nat\": {why}")
 
 
 
