@@ -16,7 +16,6 @@ IGNORED_BY_KERNEL = {
     "retries": f"{NO_CONNECTION} retry: the kernel sends the SYN to one backend only",
     "buffer_size": f"{NO_CONNECTION} buffer",
     "max_connections": f"{NO_CONNECTION} count; {USE_PROXY}",
-    "drain_timeout": "nat mode does not wait at stop: conntrack keeps established flows after vipd's table is gone",
     "client_first_byte_timeout": f"{NO_CONNECTION} read",
 }
 

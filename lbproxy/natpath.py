@@ -2,6 +2,10 @@
 the health checkers' verdicts, one `nft -f` transaction per change, and reads back what the kernel
 counted. No worker process takes part: the kernel forwards the packets.
 
+At stop the maps are emptied (new connections are reset) and the table stays while flows are open,
+up to drain_timeout: the kernel translates an established flow's packets only while some nat
+chain is hooked in, so removing the table at once would cut them.
+
 Counters, polled every POLL_INTERVAL: a backend's `total` is its nft counter (packets through its
 DNAT rule, which sees only each connection's first packet: connections sent to it since vipd
 started); its `active` the ESTABLISHED conntrack entries whose reply comes from it.
@@ -31,6 +35,7 @@ log = logging.getLogger("lbproxy")
 
 NFT_TIMEOUT = 5.0          # seconds any nft or conntrack run may take
 POLL_INTERVAL = 2.0
+DRAIN_POLL = 0.2
 
 
 class NatError(Exception):
@@ -96,6 +101,7 @@ class NatDataPath:
         self._packets: dict[str, int] = {}
         self._established: dict[int, collections.Counter] = {}    # per listen port
         self._task: asyncio.Task | None = None
+        self._applying = asyncio.Lock()     # one nft transaction at a time, each from the latest state
 
     def __contains__(self, name: str) -> bool:
         return any(f.name == name for f in self.frontends)
@@ -132,6 +138,28 @@ class NatDataPath:
         self.accepting = False
         await self._apply()
 
+    async def drain(self, timeout: float | None = None) -> None:
+        """New connections reset; wait for the open flows (up to `timeout`, else the longest
+        drain_timeout), then remove the table."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else max(f.drain_timeout for f in self.frontends))
+        self._stop_task()
+        try:
+            if self.accepting:
+                await self.stop_accepting()
+            while loop.time() < deadline:
+                await self._poll()
+                if not any(self.stats(f)["active"] for f in self.frontends):
+                    break
+                await asyncio.sleep(DRAIN_POLL)
+        except NatError as exc:
+            log.error("proxy: nat frontends: %s", exc)
+        await self.stop()
+
+    def _stop_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -151,15 +179,16 @@ class NatDataPath:
                 raise NatError(f"nat frontend {frontend.name} needs packet forwarding, which cannot be enabled")
 
     async def _apply(self) -> None:
-        ruleset = render([(f, self.targets(f)) for f in self.frontends], self.accepting, self._ruleset)
-        try:
-            await run(["nft", "-f", "-"], ruleset.text)
-        except NatError:
-            self._pending = True
-            raise
-        self._ruleset = ruleset
-        self._pending = False
-        self.installed = True
+        async with self._applying:
+            ruleset = render([(f, self.targets(f)) for f in self.frontends], self.accepting, self._ruleset)
+            try:
+                await run(["nft", "-f", "-"], ruleset.text)
+            except NatError:
+                self._pending = True
+                raise
+            self._ruleset = ruleset
+            self._pending = False
+            self.installed = True
 
     async def _run(self) -> None:
         while True:

@@ -212,19 +212,20 @@ class ProxySupervisor:
         self._update_serving()
         for generation in self._generations_alive():
             generation.cancel_respawns()
+        nat_drained = self._spawn_task(self.nat.drain(timeout)) if self.nat is not None else None
         workers = list(self.workers)
         for worker in workers:
             worker.expected_exit = True
             worker.accepting = False
             worker.send({"op": "drain", "timeout": timeout})
         await self._wait_exits(workers, timeout)
+        if nat_drained is not None:
+            await nat_drained
+            self.nat = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.nat is not None:
-            await self.nat.stop()
-            self.nat = None
         await self._stop_checkers(list(self.checkers))
 
     # --- operator actions and status
