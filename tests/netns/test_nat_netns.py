@@ -20,6 +20,7 @@ from test_proxy_helpers import (
 )
 
 from lbproxy.natrules import object_name
+from vipd.lab.edges import build, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -146,3 +147,64 @@ def test_stop_resets_new_connections_and_waits_for_open_flows(nat):
     assert n.proxy.proc.wait(10) == 0
     assert time.monotonic() - closed < 3.0          # not the whole drain_timeout (30 s)
     assert "vipd_nat" not in nft_tables(n)
+
+
+def nat_edges(lab, tmp_path):
+    """vipd's two-edge lab (VRRP, VIP 198.18.0.100) with its frontend in nat mode."""
+    built = build(lab, tmp_path / "lab", advert_interval=0.1)
+    for i in range(2):
+        path = built.write_config(i)
+        text = path.read_text().replace("connect_timeout = 0.5\n", "").replace("retries = 2\n", "")
+        path.write_text(text.replace('balance = "round_robin"', 'balance = "round_robin"\nmode = "nat"'))
+    built.start_edge(0)
+    assert wait_for(lambda: built.holders() == [0] and built.state(0) == "MASTER", 20), built.log(0)
+    built.start_edge(1)
+    assert wait_for(lambda: built.state(1) == "BACKUP", 20), built.log(1)
+    return built
+
+
+@pytest.mark.timeout(120)
+def test_edge_failover_moves_the_vip_and_the_other_edge_forwards(lab, tmp_path):
+    edges = nat_edges(lab, tmp_path)
+    try:
+        client = edges.start_client(interval=0.02, duration=30, timeout=2)
+        time.sleep(1.0)
+        cut = time.monotonic()
+        edges.edges[0].set_link(False)                 # the master's cable cut: no hand-over
+        assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
+        moved = time.monotonic()
+        time.sleep(2.0)
+        attempts = edges.finish_client(client)
+        before = [a for a in attempts if a.start + a.duration < cut]
+        after = [a for a in attempts if a.start >= moved + 0.5]
+        assert len(before) > 20 and all(a.ok for a in before), [a for a in before if not a.ok][:3]
+        assert len(after) > 40 and all(a.ok for a in after), [a for a in after if not a.ok][:3]
+        assert {a.detail for a in after} == {"be-1", "be-2", "be-3"}
+        frontend = edges.status(1)["frontends"][0]
+        assert frontend["mode"] == "nat" and frontend["workers"] == 0
+        assert wait_for(lambda: edges.status(1)["frontends"][0]["total_connections"] >= len(after), 5)
+    finally:
+        for i in list(edges.procs):
+            edges.stop_edge(i, signal.SIGKILL, timeout=5)
+
+
+@pytest.mark.timeout(120)
+def test_planned_failover_of_a_nat_edge_loses_no_new_connection(lab, tmp_path):
+    """SIGTERM on the master: it hands the VIP over and keeps its table while its flows finish."""
+    edges = nat_edges(lab, tmp_path)
+    try:
+        client = edges.start_client(interval=0.02, duration=30, timeout=2)
+        time.sleep(1.0)
+        stopped = time.monotonic()
+        edges.procs[0].send_signal(signal.SIGTERM)
+        assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
+        assert edges.procs[0].wait(30) == 0, edges.log(0)
+        time.sleep(1.0)
+        attempts = edges.finish_client(client)
+        during = [a for a in attempts if a.start >= stopped - 0.5]
+        assert len(during) > 50
+        assert [a for a in during if not a.ok] == []
+        assert "vipd_nat" not in edges.edges[0].run(["nft", "list", "tables"]).stdout
+    finally:
+        for i in list(edges.procs):
+            edges.stop_edge(i, signal.SIGKILL, timeout=5)
