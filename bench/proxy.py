@@ -18,8 +18,9 @@ Per round, targets are measured interleaved (the order rotates) on three loads:
   bulk         GET of the 1 MiB file (wrk -c4): MiB/s
 
 Ratios to nginx are taken within each round, then the median over rounds is printed. CPU:
-`proxy CPU` is the user-space proxy's process time (its process group); the kernel paths forward
-in softirq, which no process is charged for, so `box CPU` is every CPU's busy time on the box
+`proxy CPU` is the user-space proxy's process time (its process group; for lbproxy-nat vipd's own:
+health checks, table updates, counter polls); the kernel paths forward in softirq, which no
+process is charged for, so `box CPU` is every CPU's busy time on the box
 during the cell (/proc/stat: wrk and the backend included) per request or MiB, and `edge CPU` is
 box CPU minus direct's in the same round: what the edge hop costs, comparable across all targets.
 conntrack is active in the edge namespace for every target (the nat targets need it).
@@ -52,7 +53,7 @@ CLIENT, EDGE, BACKEND = "198.18.0.2", "198.18.0.10", "198.18.0.21"
 BACKEND_PORT = 18080
 PORTS = {"direct": BACKEND_PORT, "nginx": 18081, "nginx-256k": 18082, "haproxy": 18083, "lbproxy": 18084,
          "lbproxy-nat": 18085, "nft": 18086}
-KERNEL = ("lbproxy-nat", "nft")           # forwarded in softirq: no process CPU to read
+KERNEL = ("lbproxy-nat", "nft")           # forwarded in softirq: nothing listens on the edge
 TESTS = ("keepalive", "newconn", "bulk")
 BULK_SIZE = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +313,7 @@ def measure(client: Host, proxies: Proxies, backend: subprocess.Popen, targets: 
                 per_unit = lambda seconds: seconds / units * 1e6 if value and units else None
                 results[test][name].append({
                     "value": value, "p99": got.get("p99") if value else None, "errors": got.get("errors", 0),
-                    "cpu_per_unit": per_unit(cpu) if name not in ("direct", *KERNEL) else None,
+                    "cpu_per_unit": per_unit(cpu) if name not in ("direct", "nft") else None,
                     "box_per_unit": per_unit(box)})
                 print(f"  round {r + 1} {test:9} {name:11} {fmt(value, digits=0):>8}"
                       f"{'' if test != 'keepalive' else ' p99 ' + fmt((got.get('p99') or 0) * 1e3, 'ms')}"
@@ -349,7 +350,9 @@ def table(all_results: dict[int, dict], targets: list[str]) -> str:
                 if test == "bulk" and t not in ("nginx", "nginx-256k") and "nginx-256k" in targets:
                     versus += f" ({fmt(ratio(results, test, t, 'nginx-256k'), 'x')} vs 256k)"
                 p99 = fmt((col("p99") or 0) * 1e3, " ms") if test == "keepalive" and col("p99") else ""
-                proxy_cpu = "kernel" if t in KERNEL else "" if t == "direct" else fmt(col("cpu_per_unit"), unit, 1)
+                proxy_cpu = {"direct": "", "nft": "kernel"}.get(t) or fmt(col("cpu_per_unit"), unit, 1)
+                if t == "lbproxy-nat":
+                    proxy_cpu += " + kernel"
                 edge = "" if t == "direct" else fmt(col("edge_per_unit"), unit, 1)
                 rows.append([label, str(workers), t, fmt(col("value"), digits=0), versus, p99, proxy_cpu,
                              fmt(col("box_per_unit"), unit, 1), edge])

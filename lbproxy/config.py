@@ -21,7 +21,7 @@ from lbproxy.configreader import (
     split_host_port,
 )
 from lbproxy.host import Host
-from lbproxy.natcheck import nat_backend_refusals, nat_refusals
+from lbproxy.natcheck import nat_backend_refusals, nat_port_clashes, nat_refusals
 
 
 class Balance(enum.StrEnum):
@@ -251,6 +251,8 @@ def check_frontends(problems: list[str], frontends: list[FrontendConfig]) -> Non
         if f.listen in listens:
             problems.append(f"frontend[{i}].listen: {f.listen} is already used by frontend[{listens[f.listen]}]")
         listens.setdefault(f.listen, i)
+    for i, why in nat_port_clashes([(f.mode, f.listen_host, f.listen_port) for f in frontends]):
+        problems.append(f"frontend[{i}].listen: {why}")
 
 
 def check_frontends_on_host(problems: Findings, frontends: Iterable[FrontendConfig], host: Host,

@@ -64,3 +64,18 @@ def nat_backend_refusals(listen_host: str, backends: list[tuple[str, str, int]])
         elif ip.is_loopback:
             out.append((f"{where}.address", "nat mode cannot forward to a loopback address"))
     return out
+
+
+def nat_port_clashes(listens: list[tuple[str, str, int]]) -> list[tuple[int, str]]:
+    """(index, reason) for frontends whose packets a nat frontend on 0.0.0.0 / [::] would take:
+    it translates its port on every local address. `listens`: (mode, host, port) per frontend."""
+    out = []
+    for i, (mode, host, port) in enumerate(listens):
+        for j, (other_mode, other_host, other_port) in enumerate(listens):
+            if i == j or port != other_port or other_mode != "nat" or host == other_host:
+                continue        # the same listen twice is refused as a duplicate already
+            other = ipaddress.ip_address(other_host)
+            if other.is_unspecified and ipaddress.ip_address(host).version == other.version:
+                out.append((i, f"port {port} is taken on every local address by the nat frontend[{j}] "
+                               f"({other_host}); give that one a specific address"))
+    return out

@@ -6,7 +6,9 @@ At stop the maps are emptied (new connections are reset) and the table stays whi
 up to drain_timeout: the kernel translates an established flow's packets only while some nat
 chain is hooked in, so removing the table at once would cut them.
 
-Counters, polled every POLL_INTERVAL: a backend's `total` is its nft counter (packets through its
+Counters, read when the status is asked for and the last reading is older than POLL_INTERVAL
+(reading conntrack walks its whole table: at thousands of new connections a second, mostly
+TIME_WAIT entries, nobody should pay that on a timer): a backend's `total` is its nft counter (packets through its
 DNAT rule, which sees only each connection's first packet: connections sent to it since vipd
 started); its `active` the ESTABLISHED conntrack entries whose reply comes from it.
 """
@@ -34,7 +36,7 @@ from lbproxy.sysctl import enable_forwarding
 log = logging.getLogger("lbproxy")
 
 NFT_TIMEOUT = 5.0          # seconds any nft or conntrack run may take
-POLL_INTERVAL = 2.0
+POLL_INTERVAL = 2.0        # seconds between retries of a failed table update, and counter readings at most
 DRAIN_POLL = 0.2
 
 
@@ -101,6 +103,8 @@ class NatDataPath:
         self._packets: dict[str, int] = {}
         self._established: dict[int, collections.Counter] = {}    # per listen port
         self._task: asyncio.Task | None = None
+        self._reading: asyncio.Task | None = None
+        self._read_at = -POLL_INTERVAL
         self._applying = asyncio.Lock()     # one nft transaction at a time, each from the latest state
 
     def __contains__(self, name: str) -> bool:
@@ -149,7 +153,7 @@ class NatDataPath:
                 await self.stop_accepting()
             while loop.time() < deadline:
                 await self._poll()
-                if not any(self.stats(f)["active"] for f in self.frontends):
+                if not any(self._counts(f)["active"] for f in self.frontends):
                     break
                 await asyncio.sleep(DRAIN_POLL)
         except NatError as exc:
@@ -157,13 +161,13 @@ class NatDataPath:
         await self.stop()
 
     def _stop_task(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._reading):
+            if task is not None:
+                task.cancel()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stop_task()
+        await asyncio.gather(*(t for t in (self._task, self._reading) if t is not None), return_exceptions=True)
         try:
             await run(["nft", "-f", "-"], render_removal())
             log.info("proxy: removed nftables table of the nat frontends")
@@ -202,10 +206,20 @@ class NatDataPath:
                     await self._apply()
                 except NatError as exc:
                     log.error("proxy: nat frontends: %s; the previous table stays in force, retrying", exc)
+
+    def _refresh_counters(self) -> None:
+        """Start a counter reading when the last one is stale; the status shows the last one."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._read_at < POLL_INTERVAL or (self._reading and not self._reading.done()):
+            return
+        self._read_at = loop.time()
+
+        async def read() -> None:
             try:
                 await self._poll()
             except (NatError, ValueError) as exc:
                 log.debug("proxy: nat counters: %s", exc)
+        self._reading = loop.create_task(read())
 
     async def _poll(self) -> None:
         self._packets = counter_packets(await run(["nft", "-j", "list", "counters", "table", FAMILY, TABLE]))
@@ -216,7 +230,12 @@ class NatDataPath:
     # --- status
 
     def stats(self, frontend: FrontendConfig) -> dict:
-        """The frontend's counters in the shape the workers report (lbproxy.status)."""
+        """The frontend's counters in the shape the workers report (lbproxy.status), as last read."""
+        if self.installed:
+            self._refresh_counters()
+        return self._counts(frontend)
+
+    def _counts(self, frontend: FrontendConfig) -> dict:
         backends = {}
         established = self._established.get(frontend.listen_port, {})
         for t in self.targets(frontend):

@@ -203,7 +203,7 @@ def test_planned_failover_of_a_nat_edge_loses_no_new_connection(lab, tmp_path):
         attempts = edges.finish_client(client)
         during = [a for a in attempts if a.start >= stopped - 0.5]
         assert len(during) > 50
-        assert [a for a in during if not a.ok] == []
+        assert [(round(a.start - stopped, 3), a.detail) for a in during if not a.ok] == [], edges.log(0) + edges.log(1)
         assert "vipd_nat" not in edges.edges[0].run(["nft", "list", "tables"]).stdout
     finally:
         for i in list(edges.procs):

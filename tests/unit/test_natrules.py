@@ -247,3 +247,18 @@ def test_unknown_mode_is_refused():
     with pytest.raises(ConfigError) as caught:
         parse(tomllib.loads(text.replace('mode = "nat"', 'mode = "lvs"')), "F.toml", require_frontend=True)
     assert caught.value.problems == ["F.toml: frontend[0].mode: must be one of proxy, nat, got 'lvs'"]
+
+
+def test_a_nat_frontend_on_every_address_cannot_share_its_port():
+    text = """
+[[frontend]]
+name = "web"
+listen = "198.18.0.100:6443"
+  [[frontend.backend]]
+  address = "198.18.0.21:6443"
+""" + NAT.replace("LISTEN", "0.0.0.0:6443").replace("EXTRA", "").replace("BACKEND", "198.18.0.22:6443")
+    with pytest.raises(ConfigError) as caught:
+        parse(tomllib.loads(text), "F.toml", require_frontend=True)
+    assert caught.value.problems == [
+        "F.toml: frontend[0].listen: port 6443 is taken on every local address by the nat frontend[1] "
+        "(0.0.0.0); give that one a specific address"]
