@@ -149,6 +149,21 @@ def test_stop_resets_new_connections_and_waits_for_open_flows(nat):
     assert "vipd_nat" not in nft_tables(n)
 
 
+@pytest.mark.timeout(60)
+def test_reload_rewrites_the_table_in_place(nat):
+    n = nat
+    served(n, 3)
+    n.proxy.write_config([frontend("api", f"{VIP}:80", BACKENDS[:2], HEALTH, mode="nat")])
+    n.proxy.workers = 0
+    n.proxy.reload()
+    wait_map(n, set(BACKENDS[:2]))
+    assert served(n, 10) == {"be1": 5, "be2": 5}
+    table = n.edge.run(["nft", "list", "table", "inet", "vipd_nat"]).stdout
+    assert object_name("b", "api", BACKENDS[2]) not in table
+    # The surviving backends' counters went on counting: 1 + 5 each.
+    assert n.proxy.wait(lambda s: [b["total_connections"] for b in s["frontends"][0]["backends"]] == [6, 6], timeout=6)
+
+
 def nat_edges(lab, tmp_path):
     """vipd's two-edge lab (VRRP, VIP 198.18.0.100) with its frontend in nat mode."""
     built = build(lab, tmp_path / "lab", advert_interval=0.1)
