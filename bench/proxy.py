@@ -350,7 +350,7 @@ def table(all_results: dict[int, dict], targets: list[str]) -> str:
                 if test == "bulk" and t not in ("nginx", "nginx-256k") and "nginx-256k" in targets:
                     versus += f" ({fmt(ratio(results, test, t, 'nginx-256k'), 'x')} vs 256k)"
                 p99 = fmt((col("p99") or 0) * 1e3, " ms") if test == "keepalive" and col("p99") else ""
-                proxy_cpu = {"direct": "", "nft": "kernel"}.get(t) or fmt(col("cpu_per_unit"), unit, 1)
+                proxy_cpu = {"direct": "", "nft": "kernel"}.get(t, fmt(col("cpu_per_unit"), unit, 1))
                 if t == "lbproxy-nat":
                     proxy_cpu += " + kernel"
                 edge = "" if t == "direct" else fmt(col("edge_per_unit"), unit, 1)

@@ -109,7 +109,7 @@ def test_a_frontends_status_joins_traffic_and_health():
     assert status == {
         "name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
         "active_connections": 3, "total_connections": 20, "failed_connections": 2, "refused": 1,
-        "bytes_in": 100, "bytes_out": 1000, "all_down": False, "serving": True, "workers": 2,
+        "bytes_in": 100, "bytes_out": 1000, "all_down": False, "serving": True, "workers": 2, "mode": "proxy",
         "backends": [
             {"address": "127.0.0.1:8081", "state": "down", "weight": 5, "active_connections": 3,
              "total_connections": 18, "failed_connections": 2, "bytes_in": 100, "bytes_out": 1000,
