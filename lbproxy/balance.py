@@ -5,15 +5,28 @@ single pass with plain attribute reads and integer arithmetic. The worker passes
 backends' current states on every call; the balancer itself only keeps what an algorithm
 needs between picks (round-robin weights, hash seeds) and is rebuilt by `make_balancer`
 whenever the backend list changes.
+
+Which backends may take a connection is decided here and only here (`tier_of`): up primaries;
+while none is up, up backups; while nothing is up at all, the down ones (a stale or wrong
+health view must not turn into a total outage). The health checker summarizes a frontend with
+the same tiers.
+
+Slow start: a backend that came up `since` a moment ago takes `ramp_weight` of its weight,
+growing linearly to the full weight over the frontend's `slow_start` seconds. Every algorithm
+reads that effective weight (source_hash too: a growing weight only ever moves clients onto
+the recovering backend, never between the others). `since` is a CLOCK_MONOTONIC reading of
+the master's: that clock is system-wide on Linux, so the workers compare it with their own.
 """
 from __future__ import annotations
 
+import enum
 import math
 import random
+import time
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import AbstractSet, Sequence
+from typing import AbstractSet, Callable, Sequence
 
 from lbproxy.health import BackendState
 
@@ -21,6 +34,43 @@ ALGORITHMS = ("round_robin", "least_conn", "random2", "source_hash")
 
 _MASK64 = (1 << 64) - 1
 _TWO_POW_MINUS_53 = 2.0 ** -53
+
+# Effective weights are integers in 1/RAMP_SCALE of a weight unit, so a ramping weight-1
+# backend still moves in 1 % steps while the algorithms keep integer arithmetic.
+RAMP_SCALE = 100
+NOT_RAMPING = -math.inf        # `since` of a backend up from the start: no slow start
+
+
+class Tier(enum.IntEnum):
+    """Where a backend stands in the order of use; the lowest tier present is the one used."""
+    PRIMARY = 0
+    BACKUP = 1
+    DOWN_PRIMARY = 2
+    DOWN_BACKUP = 3
+
+
+# (state, backup) -> tier as a plain int: `pick` looks it up for every backend of every pick.
+_TIERS: dict[tuple[str, bool], int] = {
+    (BackendState.UP, False): Tier.PRIMARY.value, (BackendState.UP, True): Tier.BACKUP.value,
+    (BackendState.DOWN, False): Tier.DOWN_PRIMARY.value, (BackendState.DOWN, True): Tier.DOWN_BACKUP.value}
+_NO_TIER = len(Tier)
+_ALL_DOWN_FROM = Tier.DOWN_PRIMARY.value
+
+
+def tier_of(state: str, backup: bool) -> Tier | None:
+    """A backend's tier; None when it takes no new connections at all (drained)."""
+    tier = _TIERS.get((state, backup))
+    return None if tier is None else Tier(tier)
+
+
+def ramp_weight(weight: int, elapsed: float, slow_start: float) -> int:
+    """The effective weight (in 1/RAMP_SCALE units) `elapsed` seconds after a backend came up:
+    linear from 1 unit to the full weight over `slow_start` seconds; full when slow start is
+    off or over."""
+    full = weight * RAMP_SCALE
+    if slow_start <= 0 or elapsed >= slow_start:
+        return full
+    return max(1, round(full * elapsed / slow_start))
 
 
 @dataclass(slots=True)
@@ -30,6 +80,9 @@ class Candidate:
     state: str                 # "up" | "down" | "drain"
     active: int = 0            # connections this worker has open to it now
     max_connections: int = 0   # 0 = unlimited; active >= max => full, skipped
+    backup: bool = False       # used only while no primary is up
+    since: float = NOT_RAMPING  # monotonic time it last came up, for slow start
+    effective: int = 0         # the weight the algorithms use, set by pick for the eligible
 
 
 class Balancer(ABC):
@@ -37,39 +90,49 @@ class Balancer(ABC):
 
     algorithm = ""
 
-    def __init__(self, backends: Sequence[Candidate]) -> None:
+    def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.all_down = False
+        self.slow_start = slow_start
+        self.clock = clock
 
     def pick(self, pool: Sequence[Candidate], tried: AbstractSet[int],
              client_ip: str) -> Candidate | None:
-        up: list[Candidate] = []
-        down: list[Candidate] = []
-        any_up = False
+        tier_get = _TIERS.get
+        best = _NO_TIER
+        eligible: list[Candidate] = []
         for c in pool:
-            state = c.state
-            if state == BackendState.UP:
-                any_up = True
-                target = up
-            elif state == BackendState.DOWN:
-                target = down
-            else:
+            tier = tier_get((c.state, c.backup))
+            # The best tier by health alone decides: a primary that is up but full or already
+            # tried keeps the backups (and the down ones) out.
+            if tier is None or tier > best:
                 continue
+            if tier < best:
+                best = tier
+                eligible = []
             if c.index in tried or (c.max_connections and c.active >= c.max_connections):
                 continue
-            target.append(c)
-        # Only when health says nothing is up do we try the down ones: a stale or wrong
-        # health view must not turn into a total outage.
-        self.all_down = not any_up
-        eligible = up if any_up else down
+            eligible.append(c)
+        self.all_down = best >= _ALL_DOWN_FROM
         if not eligible:
             return None
         if len(eligible) == 1:
             return eligible[0]
+        slow_start = self.slow_start
+        if slow_start:
+            now = self.clock()
+            settled = now - slow_start
+            for c in eligible:
+                c.effective = (c.weight * RAMP_SCALE if c.since <= settled
+                               else ramp_weight(c.weight, now - c.since, slow_start))
+        else:
+            for c in eligible:
+                c.effective = c.weight * RAMP_SCALE
         return self._choose(eligible, client_ip)
 
     @abstractmethod
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
-        """Choose among at least two usable candidates of the same health tier."""
+        """Choose among at least two usable candidates of the same tier, by `effective` weight."""
 
 
 class _SmoothWeights:
@@ -86,9 +149,9 @@ class _SmoothWeights:
         best = eligible[0]
         best_value = None
         for c in eligible:
-            value = current.get(c.index, 0) + c.weight
+            value = current.get(c.index, 0) + c.effective
             current[c.index] = value
-            total += c.weight
+            total += c.effective
             if best_value is None or value > best_value:
                 best, best_value = c, value
         current[best.index] = best_value - total
@@ -98,8 +161,9 @@ class _SmoothWeights:
 class RoundRobin(Balancer):
     algorithm = "round_robin"
 
-    def __init__(self, backends: Sequence[Candidate]) -> None:
-        super().__init__(backends)
+    def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(backends, slow_start, clock)
         self._weights = _SmoothWeights()
 
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
@@ -111,17 +175,18 @@ class LeastConn(Balancer):
 
     algorithm = "least_conn"
 
-    def __init__(self, backends: Sequence[Candidate]) -> None:
-        super().__init__(backends)
+    def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(backends, slow_start, clock)
         self._ties = _SmoothWeights()
 
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
         best = eligible[0]
         ties = [best]
         for c in eligible[1:]:
-            # c.active / c.weight against best.active / best.weight, without division.
-            mine = c.active * best.weight
-            theirs = best.active * c.weight
+            # c.active / c.effective against best.active / best.effective, without division.
+            mine = c.active * best.effective
+            theirs = best.active * c.effective
             if mine < theirs:
                 best = c
                 ties = [c]
@@ -140,10 +205,10 @@ class Random2(Balancer):
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
         total = 0
         for c in eligible:
-            total += c.weight
+            total += c.effective
         first = _weighted_draw(eligible, total, None)
-        second = _weighted_draw(eligible, total - first.weight, first)
-        if second.active * first.weight < first.active * second.weight:
+        second = _weighted_draw(eligible, total - first.effective, first)
+        if second.active * first.effective < first.active * second.effective:
             return second
         return first
 
@@ -156,7 +221,7 @@ def _weighted_draw(eligible: list[Candidate], total: int, skip: Candidate | None
         if c is skip:
             continue
         chosen = c
-        left -= c.weight
+        left -= c.effective
         if left < 0:
             break
     return chosen
@@ -172,8 +237,9 @@ class SourceHash(Balancer):
 
     algorithm = "source_hash"
 
-    def __init__(self, backends: Sequence[Candidate]) -> None:
-        super().__init__(backends)
+    def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(backends, slow_start, clock)
         self._seeds: dict[int, int] = {c.index: _backend_seed(c.index) for c in backends}
 
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
@@ -191,7 +257,7 @@ class SourceHash(Balancer):
             z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
             z ^= z >> 31
             # -Exp(weight) race: the highest log(u)/weight wins with probability weight/total.
-            score = log(((z >> 11) + 0.5) * _TWO_POW_MINUS_53) / c.weight
+            score = log(((z >> 11) + 0.5) * _TWO_POW_MINUS_53) / c.effective
             if score > best_score:
                 best, best_score = c, score
         return best
@@ -212,11 +278,12 @@ _BALANCERS: dict[str, type[Balancer]] = {
     cls.algorithm: cls for cls in (RoundRobin, LeastConn, Random2, SourceHash)}
 
 
-def make_balancer(algorithm: str, backends: Sequence[Candidate]) -> Balancer:
+def make_balancer(algorithm: str, backends: Sequence[Candidate], slow_start: float = 0.0,
+                  clock: Callable[[], float] = time.monotonic) -> Balancer:
     """A fresh balancer for this backend list; ValueError for an unknown algorithm."""
     try:
         cls = _BALANCERS[algorithm]
     except KeyError:
         raise ValueError(f"unknown balance algorithm {algorithm!r}; "
                          f"use one of {', '.join(ALGORITHMS)}") from None
-    return cls(backends)
+    return cls(backends, slow_start, clock)

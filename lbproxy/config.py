@@ -71,7 +71,8 @@ HINTS = {
         "timeout": foreign("HAProxy", "vipd has connect_timeout, idle_timeout, half_close_timeout, "
                                       "and timeout in [frontend.health]"),
         **{key: belongs_in("[frontend.health]") for key in ("interval", "rise", "fall", "type", "path", "expect")},
-        **{key: belongs_in("a [[frontend.backend]] table") for key in ("address", "weight")},
+        "slowstart": renamed("HAProxy", "slow_start"),
+        **{key: belongs_in("a [[frontend.backend]] table") for key in ("address", "weight", "backup")},
     },
     "frontend.backend": {
         "server": renamed("nginx", "address"),
@@ -82,6 +83,8 @@ HINTS = {
         "inter": foreign("HAProxy", "vipd: interval in [frontend.health]"),
         "check": foreign("HAProxy", "vipd: the frontend's [frontend.health] table"),
         **{key: belongs_in("[frontend.health]") for key in ("interval", "timeout", "rise", "fall")},
+        "slow_start": belongs_in("the [[frontend]] (one ramp for all its backends)"),
+        "slowstart": foreign("HAProxy", "vipd: slow_start in the [[frontend]]"),
     },
     "frontend.health": {
         "inter": renamed("HAProxy", "interval"),
@@ -112,6 +115,7 @@ class BackendConfig:
     port: int
     weight: int = 1
     max_connections: int = 0       # 0: unlimited
+    backup: bool = False           # used only while no primary (non-backup) backend is up
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class FrontendConfig:
     buffer_size: int = 16384                 # bytes: largest read, and each transport's high-water mark
     max_connections_per_source: int = 0      # per client address; 0: unlimited
     client_first_byte_timeout: float = 0.0   # seconds the client has to send its first byte; 0: off
+    slow_start: float = 0.0                  # seconds a backend that came up ramps to full weight; 0: off
     mode: str = "proxy"                      # FrontendMode
 
 
@@ -177,21 +182,22 @@ def parse_health(problems: list[str], where: str, table: Any) -> HealthConfig:
 
 
 def parse_backend(problems: list[str], where: str, table: Any) -> BackendConfig | None:
-    s = Section(problems, where, table, ("address", "weight", "max_connections"))
+    s = Section(problems, where, table, ("address", "weight", "max_connections", "backup"))
     address = s.get("address", str, required=True, check=host_port)
     weight = s.get("weight", int, 1, check=between(1, 1000))
     max_conns = s.get("max_connections", int, 0, check=non_negative)
+    backup = s.get("backup", bool, False)
     if address is None or weight is None or max_conns is None:
         return None
     host, port = split_host_port(address)
-    return BackendConfig(address, host, port, weight, max_conns)
+    return BackendConfig(address, host, port, weight, max_conns, backup)
 
 
 def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfig | None:
     s = Section(problems, where, table, (
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
         "max_connections", "retries", "drain_timeout", "health", "backend", "access_log",
-        "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "mode"))
+        "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "slow_start", "mode"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -211,6 +217,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "max_connections_per_source": s.get("max_connections_per_source", int, 0,
                                             check=between(0, 10_000_000)),
         "client_first_byte_timeout": s.get("client_first_byte_timeout", float, 0.0, check=non_negative),
+        "slow_start": s.get("slow_start", float, 0.0, check=between(0, 3600, "0..3600 seconds")),
     }
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
     backends = [b for w, raw in s.tables("backend") if (b := parse_backend(problems, w, raw)) is not None]

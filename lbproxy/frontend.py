@@ -17,7 +17,7 @@ import socket
 import time
 
 from lbproxy.accesslog import AccessLog, Result, client_text
-from lbproxy.balance import make_balancer
+from lbproxy.balance import NOT_RAMPING, make_balancer
 from lbproxy.config import FrontendConfig
 from lbproxy.connection import (
     LOCAL_ERRORS,
@@ -39,7 +39,8 @@ class Frontend:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: FrontendConfig, workers: int,
                  states: dict[str, str], report_failure: ReportFailure,
-                 access_log: AccessLog | None = None, weights: dict[str, int] | None = None) -> None:
+                 access_log: AccessLog | None = None, weights: dict[str, int] | None = None,
+                 since: dict[str, float] | None = None) -> None:
         self.loop = loop
         self.name = config.name
         self.report_failure = report_failure
@@ -58,12 +59,13 @@ class Frontend:
         self._log_times: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._idle_waiters: list[asyncio.Future] = []
-        self.configure(config, workers, states, weights)
+        self.configure(config, workers, states, weights, since)
 
     def configure(self, config: FrontendConfig, workers: int, states: dict[str, str],
-                  weights: dict[str, int] | None = None) -> None:
+                  weights: dict[str, int] | None = None, since: dict[str, float] | None = None) -> None:
         """Apply a (re)loaded frontend: backends keep their counters by address; `weights` are the
-        runtime ones that replace the configured."""
+        runtime ones that replace the configured; `since`, when each backend that is ramping up
+        (slow start) came up."""
         self.config = config
         self.access_log = self._access_log if config.access_log else None
         self.max_connections = -(-config.max_connections // max(workers, 1))
@@ -81,15 +83,20 @@ class Frontend:
                 slot.candidate.state = states[backend.address]
             if weights and backend.address in weights:
                 slot.candidate.weight = weights[backend.address]
+            slot.candidate.backup = backend.backup
+            slot.candidate.since = (since or {}).get(backend.address, NOT_RAMPING)
             slots.append(slot)
         self.slots = slots
         self.pool = [s.candidate for s in slots]
-        self.balancer = make_balancer(config.balance, self.pool)
+        self.balancer = make_balancer(config.balance, self.pool, config.slow_start)
 
-    def set_state(self, address: str, state: str, weight: int | None = None) -> None:
+    def set_state(self, address: str, state: str, weight: int | None = None,
+                  since: float | None = None) -> None:
+        """One backend's news from the master; `since` None: not ramping up."""
         slot = self._slots.get(address)
         if slot is not None:
             slot.candidate.state = state
+            slot.candidate.since = NOT_RAMPING if since is None else since
             if weight is not None:
                 slot.candidate.weight = weight
 

@@ -9,7 +9,11 @@ effective state (up/down/drain) or weight, which is what the workers' balancers 
 The operator's runtime overrides (drain, weight) live here too: a weight of 0 drains.
 
 The checker is the one place that decides (and logs) whether the whole frontend is down:
-`all_down` is kept current before `on_change` fires, so its listeners read a settled summary.
+`all_down` (and `using_backups`) are kept current before `on_change` fires, so its listeners
+read a settled summary. Both come from lbproxy.balance's tiers, the rule the balancers pick by.
+
+`up_since` is when a backend last became up (recovered, enabled, or added by a reload; not at
+start): the start of its slow-start ramp, pushed to the workers with its state.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Callable
 
 import aiohttp
 
+from lbproxy.balance import RAMP_SCALE, Tier, ramp_weight, tier_of
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig
 from lbproxy.health import BackendState, HealthCounter
 
@@ -55,6 +60,7 @@ class BackendHealth:
     check_failures: int = 0
     passive_failures: int = 0
     failures_in_row: int = 0
+    up_since: float | None = None      # time.monotonic() when it last came up; None: up from the start
     task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -87,7 +93,8 @@ class HealthChecker:
         self._verifying_tls = ssl.create_default_context()
         self._retiring: set[asyncio.Task] = set()
         self._running = False
-        self.all_down = self._none_up()
+        self.all_down = self.using_backups = False
+        self._summarize(quiet=True)
 
     @property
     def health(self) -> HealthConfig:
@@ -226,6 +233,8 @@ class HealthChecker:
         after = bh.state
         if after == before and not weight_changed:
             return
+        if after != before:
+            bh.up_since = time.monotonic() if after == BackendState.UP else None
         self._summarize()
         try:
             self.on_change(self.frontend.name, bh.address, after)
@@ -283,6 +292,7 @@ class HealthChecker:
             bh = old.get(backend.address)
             if bh is None:
                 bh = self._new_backend(backend)
+                bh.up_since = time.monotonic()
                 fresh.append(bh)
             else:
                 bh.backend = backend
@@ -305,26 +315,52 @@ class HealthChecker:
         elif fresh:
             self._start_probes(fresh)
 
-    def _none_up(self) -> bool:
-        return not any(bh.state == BackendState.UP for bh in self.backends.values())
-
-    def _summarize(self) -> None:
-        """Refresh `all_down` (no backend takes new connections) and log when it flips."""
-        all_down = self._none_up()
-        if all_down == self.all_down:
+    def _summarize(self, quiet: bool = False) -> None:
+        """Refresh `all_down` (no backend takes new connections) and `using_backups` (only
+        backups do), and log when either flips."""
+        tiers = [t for bh in self.backends.values() if (t := tier_of(bh.state, bh.backend.backup)) is not None]
+        best = min(tiers, default=None)
+        all_down = best is None or best >= Tier.DOWN_PRIMARY
+        using_backups = best == Tier.BACKUP
+        was_down, was_backups = self.all_down, self.using_backups
+        self.all_down, self.using_backups = all_down, using_backups
+        if quiet:
             return
-        self.all_down = all_down
-        if all_down:
-            log.warning("frontend %s: every backend is down or drained; new connections still "
-                        "try the down ones", self.frontend.name)
-        else:
-            log.info("frontend %s: a backend is up again", self.frontend.name)
+        if all_down != was_down:
+            if all_down:
+                log.warning("frontend %s: every backend is down or drained; new connections still "
+                            "try the down ones", self.frontend.name)
+            else:
+                log.info("frontend %s: a backend is up again", self.frontend.name)
+        if using_backups != was_backups and not all_down:
+            if using_backups:
+                log.warning("frontend %s: no primary backend is up; the backups take new connections",
+                            self.frontend.name)
+            else:
+                log.info("frontend %s: a primary backend is up again; the backups stand by",
+                         self.frontend.name)
+
+    def ramp(self, bh: BackendHealth, now: float) -> tuple[float, float]:
+        """(effective weight, seconds of slow start left) of one backend at `now`."""
+        slow_start = self.frontend.slow_start
+        if bh.up_since is None or not slow_start:
+            return float(bh.weight), 0.0
+        elapsed = now - bh.up_since
+        return ramp_weight(bh.weight, elapsed, slow_start) / RAMP_SCALE, max(slow_start - elapsed, 0.0)
 
     def status(self) -> list[dict]:
-        return [{
+        now = time.monotonic()
+        return [self._backend_status(bh, now) for bh in self.backends.values()]
+
+    def _backend_status(self, bh: BackendHealth, now: float) -> dict:
+        effective, remaining = self.ramp(bh, now)
+        return {
             "address": bh.address,
             "state": bh.state,
             "weight": bh.weight,
+            "backup": bh.backend.backup,
+            "effective_weight": round(effective, 3),
+            "slow_start_remaining": round(remaining, 3),
             "overrides": {**({"drain": True} if bh.drained else {}),
                           **({} if bh.weight_override is None else {"weight": bh.weight_override})},
             "health": bh.counter.describe(),
@@ -334,7 +370,7 @@ class HealthChecker:
             "checks": bh.checks,
             "check_failures": bh.check_failures,
             "passive_failures": bh.passive_failures,
-        } for bh in self.backends.values()]
+        }
 
 
 def describe_error(exc: BaseException) -> str:

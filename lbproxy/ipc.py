@@ -1,9 +1,13 @@
 """Master <-> worker messages: newline-delimited JSON over a socketpair passed to the worker.
 
-Master to worker: configure (frontends + backend states and runtime weights), state (one
-backend's state and weight),
-stop_accepting, drain. Worker to master: listening, error, stats (every STATS_INTERVAL),
-connect_failed (passive health), stopped_accepting. Everything is a small dict with an "op".
+Master to worker: configure (frontends + backend states, runtime weights and slow-start
+origins), state (one backend's state, weight and slow-start origin), stop_accepting, drain.
+Worker to master: listening, error, stats (every STATS_INTERVAL), connect_failed (passive
+health), stopped_accepting. Everything is a small dict with an "op".
+
+A slow-start origin ("since") is the master's time.monotonic(), or null when the backend is
+not ramping up: CLOCK_MONOTONIC is one system-wide clock on Linux, the same in every process
+(of one time namespace), so a worker compares it with its own reading as is.
 """
 from __future__ import annotations
 

@@ -116,9 +116,7 @@ class NatDataPath:
         for b in frontend.backends:
             bh = checker.backends.get(b.address) if checker else None
             out.append(Target(b.address, str(ipaddress.ip_address(b.host)), b.port,
-                              bh.weight if bh else b.weight, bh.state if bh else "up",
-                              # backend.backup comes with the backup-backends change; until then none is.
-                              bool(getattr(b, "backup", False))))
+                              bh.weight if bh else b.weight, bh.state if bh else "up", b.backup))
         return out
 
     # --- lifecycle

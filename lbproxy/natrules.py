@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from lbproxy.balance import tier_of
 from lbproxy.config import Balance, FrontendConfig
-from lbproxy.health import BackendState
 
 FAMILY = "inet"
 TABLE = "vipd_nat"
@@ -54,14 +54,12 @@ def object_name(kind: str, *parts: str) -> str:
 
 
 def in_map(targets: Sequence[Target]) -> list[Target]:
-    """Who gets new connections: the up primaries; else the up backups; else, as the proxy does
-    when health says nothing is up, the down ones (a wrong health view must not become an
-    outage). Drained backends never."""
-    up = [t for t in targets if t.state == BackendState.UP and t.weight > 0]
-    primaries = [t for t in up if not t.backup]
-    if primaries or up:
-        return primaries or up
-    return [t for t in targets if t.state == BackendState.DOWN and t.weight > 0]
+    """Who gets new connections: the lowest tier present (lbproxy.balance.Tier, as in proxy mode:
+    up primaries, else up backups, else the down ones, so that a wrong health view does not
+    become an outage). Drained backends and weight 0 never."""
+    tiers = [(tier_of(t.state, t.backup), t) for t in targets if t.weight > 0]
+    present = [tier for tier, _ in tiers if tier is not None]
+    return [t for tier, t in tiers if present and tier == min(present)]
 
 
 def slot_order(weights: Sequence[int]) -> list[int]:

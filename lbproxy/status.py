@@ -47,7 +47,7 @@ class TrafficTotals:
 
 
 def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict], all_down: bool,
-                    serving: bool, workers: int) -> dict:
+                    serving: bool, workers: int, using_backups: bool = False) -> dict:
     """One entry of the status document's `frontends`."""
     checked = {h["address"]: h for h in health}
     traffic = counters.get("backends", {})
@@ -55,10 +55,14 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
     for backend in frontend.backends:
         c = traffic.get(backend.address, {})
         h = checked.get(backend.address, {})
+        weight = h.get("weight", backend.weight)
         backends.append({
             "address": backend.address,
             "state": h.get("state", BackendState.UP),
-            "weight": h.get("weight", backend.weight),
+            "weight": weight,
+            "backup": backend.backup,
+            "effective_weight": h.get("effective_weight", float(weight)),
+            "slow_start_remaining": h.get("slow_start_remaining", 0.0),
             "active_connections": c.get("active", 0),
             "total_connections": c.get("total", 0),
             "failed_connections": c.get("failed", 0),
@@ -85,6 +89,7 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
         "bytes_in": sum(b["bytes_in"] for b in backends),
         "bytes_out": sum(b["bytes_out"] for b in backends),
         "all_down": all_down,
+        "using_backups": using_backups,
         "serving": serving,
         "workers": workers,
         "backends": backends,

@@ -261,7 +261,8 @@ class ProxySupervisor:
                 health=checker.status() if checker else [],
                 all_down=checker.all_down if checker else True,
                 serving=self.serving.get(frontend.name, False),
-                workers=sum(1 for w in self.workers if w.accepting and frontend.name in w.stats)))
+                workers=sum(1 for w in self.workers if w.accepting and frontend.name in w.stats),
+                using_backups=checker.using_backups if checker else False))
         return out
 
     # --- workers
@@ -335,8 +336,10 @@ class ProxySupervisor:
                   for name, checker in self.checkers.items()}
         weights = {name: {a: bh.weight for a, bh in checker.backends.items() if bh.weight_override is not None}
                    for name, checker in self.checkers.items()}
+        since = {name: {a: bh.up_since for a, bh in checker.backends.items() if bh.up_since is not None}
+                 for name, checker in self.checkers.items()}
         return {"op": "configure", "workers": config.workers, "states": states, "weights": weights,
-                "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
+                "since": since, "frontends": [ipc.frontend_to_dict(f) for f in config.frontends]}
 
     async def _read(self, worker: _Worker) -> None:
         while True:
@@ -489,9 +492,11 @@ class ProxySupervisor:
                 await checker.stop()
 
     def _health_changed(self, frontend: str, address: str, state: str) -> None:
-        # State and weight in one message: a worker never balances over a weight-0 backend as up.
+        # State, weight and slow-start origin in one message: a worker never balances over a
+        # weight-0 backend as up, nor over a recovered one at full weight.
+        bh = self.checkers[frontend].backends[address]
         message = {"op": "state", "frontend": frontend, "address": address, "state": state,
-                   "weight": self.checkers[frontend].backends[address].weight}
+                   "weight": bh.weight, "since": bh.up_since}
         for worker in self.workers:
             worker.send(message)
         if self.nat is not None and frontend in self.nat:

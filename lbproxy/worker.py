@@ -63,7 +63,8 @@ class Worker:
                 elif op == "state":
                     fe = self.frontends.get(message.get("frontend"))
                     if fe is not None:
-                        fe.set_state(message["address"], message["state"], message.get("weight"))
+                        fe.set_state(message["address"], message["state"], message.get("weight"),
+                                     message.get("since"))
                 elif op == "stop_accepting":
                     taken = self.stop_accepting()
                     self.channel.send({"op": "stopped_accepting", "taken": taken})
@@ -83,17 +84,18 @@ class Worker:
         self.workers = int(message.get("workers", 1))
         states: dict[str, dict[str, str]] = message.get("states", {})
         weights: dict[str, dict[str, int]] = message.get("weights", {})
+        since: dict[str, dict[str, float]] = message.get("since", {})
         wanted = [ipc.frontend_from_dict(f) for f in message["frontends"]]
         for config in wanted:
             fe = self.frontends.get(config.name)
             fe_states = states.get(config.name, {})
             if fe is not None and fe.config.listen == config.listen:
-                fe.configure(config, self.workers, fe_states, weights.get(config.name))
+                fe.configure(config, self.workers, fe_states, weights.get(config.name), since.get(config.name))
                 continue
             if fe is not None:
                 self._retire(fe)
             fe = Frontend(loop, config, self.workers, fe_states, self.report_failure, self.access_log,
-                          weights.get(config.name))
+                          weights.get(config.name), since.get(config.name))
             try:
                 fe.listen()
             except OSError as exc:

@@ -68,7 +68,8 @@ def run(config: str = ConfigOption) -> None:
 @summarized(app, details=CHECK_HELP)
 def check(config: str = ConfigOption, file_only: bool = FileOnlyOption) -> None:
     """Validate a config and exit: 0 when good (warnings included), 2 when refused."""
-    check_config(config, lambda c: f"{len(c.vrrp)} vrrp instance(s), {len(c.frontends)} frontend(s)",
+    check_config(config, lambda c: f"{len(c.vrrp)} vrrp instance(s), {len(c.frontends)} frontend(s)"
+                 + (f", {len(c.elections)} election(s)" if c.elections else ""),
                  file_only, require_vrrp=True)
 
 

@@ -31,6 +31,14 @@ from lbproxy.configreader import (
 from lbproxy.host import Host
 from lbproxy.logsetup import LogFormat
 from vipd.control.client import DEFAULT_CONTROL_SOCKET
+from vipd.election.config import (
+    ElectionConfig,
+    EtcdConfig,
+    check_elections,
+    check_elections_on_host,
+    parse_election,
+    parse_etcd,
+)
 from vipd.vrrp import config as vrrpconfig
 from vipd.vrrp.config import VrrpConfig, check_vrrp_on_host, parse_vrrp
 
@@ -87,6 +95,8 @@ class Config:
     node: NodeConfig
     vrrp: tuple[VrrpConfig, ...] = ()
     frontends: tuple[FrontendConfig, ...] = ()
+    etcd: EtcdConfig | None = None
+    elections: tuple[ElectionConfig, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)    # printed lines
 
     def frontend(self, name: str) -> FrontendConfig | None:
@@ -142,10 +152,10 @@ def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[F
 
 
 def _check_on_host(problems: Findings, node: NodeConfig, vrrps: list[VrrpConfig],
-                   frontends: list[FrontendConfig], host: Host) -> None:
+                   frontends: list[FrontendConfig], host: Host, elections: list[ElectionConfig]) -> None:
     for i, v in enumerate(vrrps):
         check_vrrp_on_host(problems, f"vrrp[{i}]", v, host)
-    check_frontends_on_host(problems, frontends, host, vips=(str(ip.ip) for v in vrrps for ip in v.virtual_ips))
+    check_frontends_on_host(problems, frontends, host, vips=(str(ip.ip) for v in [*vrrps, *elections] for ip in v.virtual_ips))
     if frontends and node.workers > host.cpu_count():
         problems.warnings.append(f"node.workers: {node.workers} workers for {host.cpu_count()} CPUs; "
                                  "more processes than CPUs only add switching")
@@ -157,22 +167,28 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
     [[frontend]] (what `lbproxy run` needs); `host`: also check the config against this host
     (its programs, interfaces, addresses), else only the file's own meaning."""
     problems = Findings(HINTS)
-    top = Section(problems, "", data, ("node", "vrrp", "frontend"))
+    top = Section(problems, "", data, ("node", "vrrp", "frontend", "etcd", "election"))
     node = _parse_node(problems, data.get("node", {}))
     vrrps = [v for w, t in top.tables("vrrp") if (v := parse_vrrp(problems, w, t)) is not None]
     frontends = [f for w, t in top.tables("frontend") if (f := parse_frontend(problems, w, t)) is not None]
+    etcd = parse_etcd(problems, data["etcd"]) if "etcd" in data else None
+    elections = [e for w, t in top.tables("election") if (e := parse_election(problems, w, t)) is not None]
     if not problems:
         _cross_check(problems, vrrps, frontends)
-    if not problems and require_vrrp and not vrrps and not frontends:
+        check_elections(problems, etcd, elections, {f.name for f in frontends},
+                        {vip.ip for v in vrrps for vip in v.virtual_ips})
+    if not problems and require_vrrp and not vrrps and not frontends and not elections:
         problems.append("vrrp: nothing to run: no [[vrrp]] and no [[frontend]]")
     if not problems and require_frontend and not frontends:
         problems.append("frontend: lbproxy needs at least one [[frontend]]")
     if not problems and host is not None:
-        _check_on_host(problems, node, vrrps, frontends, host)
+        _check_on_host(problems, node, vrrps, frontends, host, elections)
+        check_elections_on_host(problems, etcd, elections, host)
     warnings = [f"{path}: WARNING: {w}" for w in problems.warnings]
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems], warnings)
-    return Config(path=path, node=node, vrrp=tuple(vrrps), frontends=tuple(frontends), warnings=tuple(warnings))
+    return Config(path=path, node=node, vrrp=tuple(vrrps), frontends=tuple(frontends), etcd=etcd,
+                  elections=tuple(elections), warnings=tuple(warnings))
 
 
 THIS_HOST = Host()

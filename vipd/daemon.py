@@ -39,6 +39,7 @@ class Daemon:
         self.with_vrrp = with_vrrp
         self.config: configmod.Config | None = None
         self.vrrp: Any = None
+        self.elections: Any = None
         self.proxy: Any = None
         self.control: Any = None
         self.metrics: Any = None
@@ -52,7 +53,7 @@ class Daemon:
     def load(self) -> configmod.Config:
         loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
         if not self.with_vrrp:
-            loaded = dataclasses.replace(loaded, vrrp=())
+            loaded = dataclasses.replace(loaded, vrrp=(), elections=())
         return loaded
 
     # --- control handlers: each returns a dict; errors are ControlError(status, message)
@@ -66,6 +67,7 @@ class Daemon:
             "config": self.path,
             "vrrp": self.vrrp.status() if self.vrrp else [],
             "frontends": self.proxy.status() if self.proxy else [],
+            "elections": self.elections.status() if self.elections else [],
         }
 
     async def status(self) -> dict:
@@ -135,7 +137,8 @@ class Daemon:
         return answer
 
     def vip_owners(self) -> list[VipOwner]:
-        return list(self.vrrp.instances.values()) if self.vrrp is not None else []
+        owners: list[VipOwner] = list(self.vrrp.instances.values()) if self.vrrp is not None else []
+        return owners + (list(self.elections.instances.values()) if self.elections is not None else [])
 
     async def maintenance(self, mode: str, owner: str | None = None) -> dict:
         """A MaintenanceAnswer (vipd.control.schema): every VIP owner, or the one named."""
@@ -147,7 +150,8 @@ class Daemon:
         if not owners:
             raise ControlError(404, "this node holds no VIPs: it runs no [[vrrp]] instance")
         if owner is not None and owner not in names:
-            raise ControlError(404, f"no VRRP instance {owner!r} on this node (there is {', '.join(names)})")
+            what = "VRRP instance" if self.elections is None else "VIP owner"
+            raise ControlError(404, f"no {what} {owner!r} on this node (there is {', '.join(names)})")
         self.runtime.set_maintenance(mode == "on", owner, names)
         for o in owners:
             o.set_maintenance(self.runtime.in_maintenance(o.name))
@@ -176,7 +180,7 @@ class Daemon:
         moved = self.state_file is not None and self.state_file.directory != cfg.node.state_dir
         if self.state_file is None or moved:
             self.state_file = StateFile(cfg.node.state_dir)
-        dropped = self.runtime.prune([v.name for v in cfg.vrrp] if self.with_vrrp else None,
+        dropped = self.runtime.prune([v.name for v in (*cfg.vrrp, *cfg.elections)] if self.with_vrrp else None,
                                      {f.name: [b.address for b in f.backends] for f in cfg.frontends})
         for line in dropped:
             log.info("runtime override dropped: %s in %s", line, self.path)
@@ -209,6 +213,8 @@ class Daemon:
     def _frontend_serving(self, name: str, serving: bool) -> None:
         if self.vrrp is not None:
             self.vrrp.frontend_serving(name, serving)
+        if self.elections is not None:
+            self.elections.frontend_serving(name, serving)
 
     def _proxy_event(self, kind, fields: dict) -> None:
         subject, message, level = describe_proxy_event(kind, fields)
@@ -226,6 +232,13 @@ class Daemon:
         self.vrrp = VrrpService(cfg.vrrp, _bridge_plan(cfg), serving=self.proxy.serving if self.proxy else None,
                                 emit=self.events.emit, maintenance=self.runtime.in_maintenance)
         await self.vrrp.start()
+
+    async def _start_elections(self, cfg: configmod.Config) -> None:
+        from vipd.election.owner import ElectionService
+        self.elections = ElectionService(cfg.elections, cfg.etcd, cfg.node.name, _bridge_plan(cfg),
+                                         serving=self.proxy.serving if self.proxy else None,
+                                         emit=self.events.emit, maintenance=self.runtime.in_maintenance)
+        await self.elections.start()
 
     async def _start_control(self, node: configmod.NodeConfig) -> None:
         from vipd.control.server import ControlServer
@@ -253,6 +266,8 @@ class Daemon:
         steps.append(("metrics", self._start_metrics(cfg.node)))
         if cfg.vrrp:
             steps.append(("vrrp", self._start_vrrp(cfg)))
+        if cfg.elections:
+            steps.append(("elections", self._start_elections(cfg)))
         for what, step in steps:
             try:
                 await step
@@ -280,6 +295,13 @@ class Daemon:
             self.vrrp = None
         elif new.vrrp:
             await self._start_vrrp(new)
+        if self.elections is not None and new.elections:
+            await self.elections.reload(new.elections, new.etcd, _bridge_plan(new))
+        elif self.elections is not None:
+            await self.elections.shutdown()
+            self.elections = None
+        elif new.elections:
+            await self._start_elections(new)
         if (old.node.control_socket, old.node.control_group) != (new.node.control_socket, new.node.control_group):
             await self.control.stop()
             await self._start_control(new.node)
@@ -325,11 +347,16 @@ class Daemon:
                          {"pid": os.getpid()}, logger=log)
         if self.vrrp is not None:
             await self.vrrp.shutdown(handover=True, keep_vips=self.proxy is not None)
+        if self.elections is not None:
+            # The successor has the VIPs first; ours stay, quiet, while the proxy drains.
+            await self.elections.shutdown(keep_vips=self.proxy is not None)
         if self.proxy is not None:
             await self.proxy.stop_accepting()
             await self.proxy.drain()
         if self.vrrp is not None:
             await self.vrrp.release()
+        if self.elections is not None:
+            await self.elections.release()
         self.events.close()    # followers get the last events, then the end of their stream
         if self.control is not None:
             await self.control.stop()
@@ -340,7 +367,8 @@ class Daemon:
         cfg = self.config
         if cfg is None:
             return "starting"
-        return f"{len(cfg.vrrp)} vrrp instance(s), {len(cfg.frontends)} frontend(s)"
+        elections = f", {len(cfg.elections)} election(s)" if cfg.elections else ""
+        return f"{len(cfg.vrrp)} vrrp instance(s), {len(cfg.frontends)} frontend(s){elections}"
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

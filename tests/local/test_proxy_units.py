@@ -97,7 +97,7 @@ def test_totals_keep_an_exited_workers_counters_but_not_its_open_connections():
 def test_a_frontends_status_joins_traffic_and_health():
     frontend = parse({"frontend": [{"name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
                                     "backend": [{"address": "127.0.0.1:8081", "weight": 2},
-                                                {"address": "127.0.0.1:8082"}]}]}).frontends[0]
+                                                {"address": "127.0.0.1:8082", "backup": True}]}]}).frontends[0]
     counters = {"active": 3, "accepted": 20, "failed": 2, "refused": 1,
                 "backends": {"127.0.0.1:8081": {"active": 3, "total": 18, "failed": 2,
                                                 "bytes_in": 100, "bytes_out": 1000}}}
@@ -105,18 +105,22 @@ def test_a_frontends_status_joins_traffic_and_health():
                "last_error": "connection refused", "health_reason": "connection refused",
                "check_latency_seconds": 0.001, "checks": 5,
                "check_failures": 3, "passive_failures": 2, "weight": 5, "overrides": {"weight": 5}}]
-    status = frontend_status(frontend, counters, health, all_down=False, serving=True, workers=2)
+    status = frontend_status(frontend, counters, health, all_down=False, serving=True, workers=2,
+                             using_backups=True)
     assert status == {
         "name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
         "active_connections": 3, "total_connections": 20, "failed_connections": 2, "refused": 1,
-        "bytes_in": 100, "bytes_out": 1000, "all_down": False, "serving": True, "workers": 2, "mode": "proxy",
+        "bytes_in": 100, "bytes_out": 1000, "all_down": False, "using_backups": True, "serving": True,
+        "workers": 2, "mode": "proxy",
         "backends": [
-            {"address": "127.0.0.1:8081", "state": "down", "weight": 5, "active_connections": 3,
+            {"address": "127.0.0.1:8081", "state": "down", "weight": 5, "backup": False,
+             "effective_weight": 5.0, "slow_start_remaining": 0.0, "active_connections": 3,
              "total_connections": 18, "failed_connections": 2, "bytes_in": 100, "bytes_out": 1000,
              "health": "0/2 DOWN", "last_error": "connection refused", "health_reason": "connection refused",
              "check_latency_seconds": 0.001,
              "checks": 5, "check_failures": 3, "passive_failures": 2, "overrides": {"weight": 5}},
-            {"address": "127.0.0.1:8082", "state": "up", "weight": 1, "active_connections": 0,
+            {"address": "127.0.0.1:8082", "state": "up", "weight": 1, "backup": True,
+             "effective_weight": 1.0, "slow_start_remaining": 0.0, "active_connections": 0,
              "total_connections": 0, "failed_connections": 0, "bytes_in": 0, "bytes_out": 0,
              "health": None, "last_error": None, "health_reason": None, "check_latency_seconds": None, "checks": 0,
              "check_failures": 0, "passive_failures": 0, "overrides": {}}]}

@@ -225,7 +225,7 @@ def test_unknown_algorithm_is_a_clear_error():
 
 candidate_specs = st.lists(
     st.tuples(st.integers(1, 1000), st.sampled_from(["up", "down", "drain"]),
-              st.integers(0, 20), st.integers(0, 20)),
+              st.integers(0, 20), st.integers(0, 20), st.booleans()),
     min_size=0, max_size=12)
 
 
@@ -235,14 +235,16 @@ candidate_specs = st.lists(
     min_size=1, max_size=5))
 def test_property_picks_only_usable_and_always_finds_one(algorithm, rounds):
     balancer = make_balancer(algorithm, [Candidate(i, 1, "up") for i in range(12)])
+    # The tiers spelled out: up primaries, up backups, down primaries, down backups.
+    rank = {("up", False): 0, ("up", True): 1, ("down", False): 2, ("down", True): 3}
     for specs, tried, ip in rounds:
-        pool = [Candidate(i, w, s, a, m) for i, (w, s, a, m) in enumerate(specs)]
+        pool = [Candidate(i, w, s, a, m, b) for i, (w, s, a, m, b) in enumerate(specs)]
         usable = [c for c in pool if c.state != "drain" and c.index not in tried
                   and not (c.max_connections and c.active >= c.max_connections)]
-        any_up = any(c.state == "up" for c in pool)
-        usable_tier = [c for c in usable if (c.state == "up") == any_up]
+        best = min((rank[c.state, c.backup] for c in pool if c.state != "drain"), default=4)
+        usable_tier = [c for c in usable if rank[c.state, c.backup] == best]
         chosen = balancer.pick(pool, frozenset(tried), ip)
-        assert balancer.all_down is (not any_up)
+        assert balancer.all_down is (best >= 2)
         if usable_tier:
             assert chosen is not None
             assert chosen in usable_tier

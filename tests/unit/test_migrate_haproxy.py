@@ -92,8 +92,10 @@ listen mqtt
     db, db2, mqtt = config.frontends
     assert (db.name, db.listen, db2.name, db2.listen) == ("db", "198.18.0.100:5432", "db-2", "198.18.0.101:5432")
     assert (db.balance, db.connect_timeout, db.idle_timeout) == ("least_conn", 3.0, 30.0)
-    assert [(b.address, b.weight, b.max_connections) for b in db.backends] == [
-        ("198.18.0.21:5432", 10, 100), ("198.18.0.22:5432", 1, 0)]
+    assert (db.slow_start, mqtt.slow_start) == (30.0, 0.0)
+    assert [(b.address, b.weight, b.max_connections, b.backup) for b in db.backends] == [
+        ("198.18.0.21:5432", 10, 100, False), ("198.18.0.22:5432", 1, 0, False),
+        ("198.18.0.23:5432", 1, 0, True)]
     assert (db.health.type, db.health.interval, db.health.rise, db.health.fall) == ("tcp", 3.0, 3, 2)
     assert (mqtt.name, mqtt.listen, mqtt.balance) == ("mqtt", "[::]:1883", "source_hash")
     assert [b.address for b in mqtt.backends] == ["[2001:db8::21]:1883"]
@@ -104,9 +106,8 @@ listen mqtt
         "only default_backend is",
     ]
     for expected in (
-        f"{p}:20: server b slowstart: not translated: vipd has no equivalent",
-        f"{p}:21: server c 198.18.0.23:5432 check backup: not translated: vipd has no backup servers yet "
-        "(it would take traffic like the others); left out",
+        f"{p}:20: server b slowstart: servers differ; vipd has one slow_start per frontend: the first "
+        "server's is used",
         f"{p}:22: server d 198.18.0.24:5432 weight 0: not translated: weight 0: must be 1..256 "
         "(weight 0 takes no traffic); left out",
         f"{p}:23: server e 198.18.0.25 check: not translated: must be HOST:PORT (HAProxy takes the port from "
@@ -116,6 +117,7 @@ listen mqtt
         f"{p}:26: bind :::1883: vipd's [::] listener takes IPv6 only; add a 0.0.0.0 frontend for IPv4 clients",
     ):
         assert expected in result.notes
+    assert not notes_about(result, ":21:")           # `backup` is vipd's backend.backup
     # The check port belongs to server b only; vipd's one health setting follows the first server.
     assert db.health.port is None
     assert f"{p}:19: server a port: servers differ; vipd has one health setting per frontend: the first " \

@@ -24,9 +24,9 @@ def test_stream_config_with_weights_least_conn_backup_and_includes():
     for f in (api, api6):
         assert f.balance == "least_conn"
         assert (f.connect_timeout, f.idle_timeout, f.retries) == (2.0, 600.0, 2)
-        # The backup server is left out: vipd would send it traffic like the others.
-        assert [(b.address, b.weight, b.max_connections) for b in f.backends] == [
-            ("198.18.0.21:6443", 3, 0), ("198.18.0.22:6443", 2, 0), ("198.18.0.23:6443", 1, 500)]
+        assert [(b.address, b.weight, b.max_connections, b.backup) for b in f.backends] == [
+            ("198.18.0.21:6443", 3, 0, False), ("198.18.0.22:6443", 2, 0, False),
+            ("198.18.0.23:6443", 1, 500, False), ("198.18.0.29:6443", 1, 0, True)]
         assert (f.health.type, f.health.fall) == ("tcp", 2)
     etcd = by_listen["198.18.0.100:2379"]
     assert (etcd.name, etcd.balance) == ("etcd_clients", "source_hash")
@@ -39,8 +39,6 @@ def test_stream_config_with_weights_least_conn_backup_and_includes():
         "[frontend.health] fall = 2",
         f"{f}:17: server 198.18.0.21:6443 fail_timeout=10s: not translated: vipd takes a backend back after "
         "`rise` good probes, not after a fixed time",
-        f"{f}:20: server 198.18.0.29:6443 backup: not translated: vipd has no backup servers yet "
-        "(it would take traffic like the others); left out",
         f"{f}:23: server unix:/run/etcd.sock: not translated: vipd connects to TCP backends only",
         f"{f}:36: proxy_protocol on: not translated: vipd does not send PROXY headers",
         f"{f}:40: listen 53 udp: not translated: vipd proxies TCP only",
@@ -49,7 +47,8 @@ def test_stream_config_with_weights_least_conn_backup_and_includes():
         assert expected in result.notes
     # Nothing inside the http block is read or listed: one line says it is not translated.
     assert not notes_about(result, ":46:") and not notes_about(result, "mime.types")
-    assert "# not translated: nginx-stream.conf:20 server 198.18.0.29:6443 backup (backup)" in result.toml
+    assert not [n for n in notes_about(result, ":20:") if "backup" in n]   # it is vipd's backend.backup
+    assert "backup = true" in result.toml
 
 
 def write(tmp_path, text: str):

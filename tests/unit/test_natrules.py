@@ -105,6 +105,12 @@ def test_weight_zero_is_out_of_the_map():
     assert sorted(set(slots)) == [ADDRESSES[0], ADDRESSES[2]]
 
 
+def test_down_primaries_come_before_down_backups():
+    f = frontend()
+    ts = targets(f, states={a: "down" for a in ADDRESSES}, backup={ADDRESSES[2]})
+    assert [t.address for t in in_map(ts)] == [ADDRESSES[0], ADDRESSES[1]]
+
+
 def test_all_down_uses_the_down_ones_like_the_proxy_but_never_drained():
     f = frontend()
     ts = targets(f, states={ADDRESSES[0]: "down", ADDRESSES[1]: "down", ADDRESSES[2]: "drain"})

@@ -63,15 +63,23 @@ FULL = {
     "frontends": [{
         "name": "api", "listen": "[::]:6443", "balance": "least_conn", "active_connections": 0,
         "total_connections": 9, "failed_connections": 1, "refused": 2, "bytes_in": 10,
-        "bytes_out": 20, "all_down": True, "serving": False, "workers": 2, "mode": "proxy",
+        "bytes_out": 20, "all_down": True, "using_backups": False, "serving": False, "workers": 2, "mode": "proxy",
         "backends": [{
             "address": "[2001:db8::21]:6443", "state": "drain", "weight": 3, "active_connections": 0,
-            "overrides": {"drain": True, "weight": 3},
-            "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
+            "overrides": {"drain": True, "weight": 3}, "backup": True, "effective_weight": 1.5,
+            "slow_start_remaining": 2.5, "total_connections": 9, "failed_connections": 1, "bytes_in": 10, "bytes_out": 20,
             "health": "0/2 DOWN", "last_error": "HTTP 503", "health_reason": "HTTP 503",
             "check_latency_seconds": 0.004,
             "checks": 5, "check_failures": 5, "passive_failures": 1,
         }],
+    }],
+    "elections": [{
+        "name": "api-etcd", "state": "FAULT", "holder": None, "virtual_ips": ["198.18.0.101/24"],
+        "maintenance": False, "since": "2026-11-26T23:00:00Z",
+        "reason": "etcd: lease not renewed in time (no leader)", "interface": "eth0",
+        "key": "/vipd/elections/api-etcd", "priority": 100, "effective_priority": 100, "lease_ttl": 5.0,
+        "fence_remaining": 0.0, "keepalive_failures": 4, "transitions": 2,
+        "tracks": [{"name": "frontend:api", "ok": True, "weight": 0, "health": "1/1 UP"}],
     }],
 }
 
@@ -195,12 +203,12 @@ def test_not_a_document_at_all() -> None:
 
 def test_strict_reports_undescribed_fields_and_readers_ignore_them() -> None:
     document = copy.deepcopy(CONTRACT_EXAMPLE)
-    document["elections"] = []
-    document["frontends"][0]["backends"][0]["backup"] = False
+    document["no_such_list"] = []
+    document["frontends"][0]["backends"][0]["no_such_field"] = False
     assert check(document).problems == []
     assert check(document, strict=True).problems == [
-        "frontends[0].backends[0].backup: not described by the schema",
-        "elections: not described by the schema",
+        "frontends[0].backends[0].no_such_field: not described by the schema",
+        "no_such_list: not described by the schema",
     ]
     assert check(document).value == document
 

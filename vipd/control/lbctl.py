@@ -166,7 +166,7 @@ def maintenance(ctx: typer.Context, switch: Switch = typer.Argument(..., metavar
                                         MaintenanceAnswer)
     for owner in answer.get("owners", []):
         state = _text(owner.get("state"))
-        doing = " (handing the VIPs over)" if owner.get("maintenance") and state == "MASTER" else ""
+        doing = " (handing the VIPs over)" if owner.get("maintenance") and state in ("MASTER", "LEADER") else ""
         typer.echo(f"{_text(owner.get('name'))}: maintenance {'on' if owner.get('maintenance') else 'off'}, "
                    f"{state}{doing}")
     _warn(answer)
@@ -273,6 +273,13 @@ def render_status(document: StatusDocument) -> str:
                        rows, right={2, 3})
     else:
         lines.append("VRRP      none on this node")
+    elections = document.get("elections", [])
+    if elections:
+        rows = [(_text(e.get("name")), _text(e.get("state")) + (" (maint)" if e.get("maintenance") else ""),
+                 _text(e.get("holder")), _text(e.get("effective_priority", e.get("priority"))),
+                 _text(e.get("virtual_ips")), _text(e.get("since")), _text(e.get("reason")))
+                for e in elections]
+        lines += table(("ELECTION", "STATE", "HOLDER", "PRIO", "VIPS", "SINCE", "REASON"), rows, right={3})
     for f in document.get("frontends", []):
         head = (f"FRONTEND {_text(f.get('name'))}  listen {_text(f.get('listen'))}"
                 f"  active {_text(f.get('active_connections'))}")
@@ -280,11 +287,14 @@ def render_status(document: StatusDocument) -> str:
             head += f"  refused {f['refused']}"
         if f.get("all_down"):
             head += "  ALL BACKENDS DOWN"
+        elif f.get("using_backups"):
+            head += "  ON BACKUPS (no primary up)"
         lines.append(head)
         backends = f.get("backends", [])
         # A WEIGHT column when the daemon tells weights; `3*` marks a runtime override.
         weights = any("weight" in b for b in backends)
-        rows = [(_text(b.get("address")), _text(b.get("state")) + (OVERRIDE_MARK if b.get("overrides", {}).get("drain") else ""),
+        rows = [(_text(b.get("address")) + (" (backup)" if b.get("backup") else ""),
+                 _text(b.get("state")) + (OVERRIDE_MARK if b.get("overrides", {}).get("drain") else ""),
                  *((_weight(b),) if weights else ()), _text(b.get("health")),
                  _text(b.get("active_connections")), _text(b.get("total_connections")),
                  _text(b.get("failed_connections")), _text(b.get("last_error")))
@@ -299,7 +309,12 @@ def render_status(document: StatusDocument) -> str:
 
 
 def _weight(backend: dict) -> str:
-    return _text(backend.get("weight")) + (OVERRIDE_MARK if "weight" in backend.get("overrides", {}) else "")
+    shown = _text(backend.get("weight")) + (OVERRIDE_MARK if "weight" in backend.get("overrides", {}) else "")
+    weight, effective = backend.get("weight"), backend.get("effective_weight")
+    if weight and effective is not None and effective < weight:
+        # Slow start: how far up the ramp the backend is.
+        shown += f" ({100 * effective / weight:.0f}%)"
+    return shown
 
 
 def main() -> None:

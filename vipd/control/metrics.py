@@ -23,9 +23,10 @@ from prometheus_client.exposition import choose_encoder
 
 from lbproxy.configreader import split_host_port
 from lbproxy.health import BackendState
-from vipd.control.schema import Frontend, StatusDocument, VrrpInstance, check
+from vipd.control.schema import Election, Frontend, StatusDocument, VrrpInstance, check
 from vipd.control.server import serve_app
 from vipd.control.statuspage import HEADERS, StatusPage, render_error
+from vipd.election.core import State as ElectionState
 from vipd.vrrp.fsm import State
 
 log = logging.getLogger("vipd.metrics")
@@ -64,6 +65,8 @@ def families_from_status(document: Any) -> list[Metric]:
         out.gauge("vipd_node_info", "This node's name.", {"node": status["node"]}, 1)
     for v in status.get("vrrp", []):
         _vrrp_metrics(out, v)
+    for e in status.get("elections", []):
+        _election_metrics(out, e)
     for f in status.get("frontends", []):
         _frontend_metrics(out, f)
     out.gauge("vipd_status_problems", "Fields of the status document that do not match its "
@@ -93,6 +96,23 @@ def _vrrp_metrics(out: _Families, v: VrrpInstance) -> None:
         if "name" in track:
             out.gauge("vipd_vrrp_track_ok", "1 while the track is ok.",
                       {**who, "track": track["name"]}, track.get("ok"))
+
+
+def _election_metrics(out: _Families, e: Election) -> None:
+    if "name" not in e:
+        return
+    who = {"name": e["name"]}
+    if "state" in e:
+        out.gauge("vipd_election_leader", "1 while this node holds the election's VIPs.", who,
+                  e["state"] == ElectionState.LEADER)
+        for known in ElectionState:
+            out.gauge("vipd_election_state", "1 for the election's current state.",
+                      {**who, "state": known.value}, known == e["state"])
+    out.gauge("vipd_election_fence_remaining_seconds", "Seconds until this node must stop serving "
+              "unless a lease renewal succeeds.", who, e.get("fence_remaining"))
+    out.counter("vipd_election_keepalive_failures", "Lease renewals that failed.", who,
+                e.get("keepalive_failures"))
+    out.counter("vipd_election_transitions", "Election state changes.", who, e.get("transitions"))
 
 
 def _frontend_metrics(out: _Families, f: Frontend) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from lbproxy.config import Balance, FrontendMode
 from lbproxy.health import BackendState
+from vipd.election.core import State as ElectionState
 from vipd.events import Kind, Level
 from vipd.vrrp.fsm import State
 
@@ -80,6 +81,29 @@ class VrrpInstance(TypedDict):
         "taken out of service by `lbctl maintenance on`: never MASTER until `off` (kept across restarts)")]]
 
 
+class Election(TypedDict):
+    """One `[[election]]`: VIPs held by whichever node holds an etcd lease on its key."""
+    name: str
+    state: Annotated[ElectionState, Doc("LEADER holds the VIPs; FOLLOWER does not; FAULT has no valid "
+                                        "etcd lease (etcd unreachable or without quorum)")]
+    holder: Annotated[str | None, Doc("the node holding the key as this node last read it, or null")]
+    virtual_ips: Annotated[list[str], Doc("as configured, with prefix length")]
+    maintenance: Annotated[bool, Doc("taken out of service by `lbctl maintenance on` (kept across restarts)")]
+    since: Annotated[str, Doc("UTC time of the last state change, `YYYY-MM-DDTHH:MM:SSZ`")]
+    reason: NotRequired[Annotated[str, Doc("why it is in this state, e.g. `held by edge-2`, "
+                                           "`etcd: lease not renewed in time (...)`")]]
+    interface: NotRequired[str]
+    key: NotRequired[Annotated[str, Doc("the etcd key whose holder holds the VIPs")]]
+    priority: NotRequired[Annotated[int, Range(1, 255)]]
+    effective_priority: NotRequired[Annotated[int, Range(1, 255), Doc("priority after the track weights")]]
+    lease_ttl: NotRequired[Annotated[Seconds, Doc("the lease TTL etcd granted (or the configured one)")]]
+    fence_remaining: NotRequired[Annotated[Seconds, Doc(
+        "seconds until this node must stop serving unless a renewal succeeds; 0 without a lease")]]
+    keepalive_failures: NotRequired[Annotated[Count, Doc("lease renewals that failed since start")]]
+    transitions: NotRequired[Annotated[Count, Doc("state changes since start")]]
+    tracks: NotRequired[list[Track]]
+
+
 class BackendOverrides(TypedDict):
     """What the operator set at runtime on a backend (kept in `node.state_dir` across reloads and
     restarts); a field is present only while it overrides the config."""
@@ -99,6 +123,13 @@ class Backend(TypedDict):
     weight: NotRequired[Annotated[Count, Doc("the weight in force: the configured one or a runtime override; "
                                              "0 takes no new connections (state `drain`)")]]
     overrides: NotRequired[BackendOverrides]
+    backup: NotRequired[Annotated[bool, Doc("a backup backend: takes new connections only while no "
+                                            "non-backup backend is up")]]
+    effective_weight: NotRequired[Annotated[float, Range(0), Doc(
+        "the weight the balancer uses now: below `weight` while the backend ramps up after coming "
+        "up (`slow_start`), else equal to it")]]
+    slow_start_remaining: NotRequired[Annotated[Seconds, Doc(
+        "seconds until the backend reaches its full weight; 0 when it is not ramping up")]]
     bytes_in: NotRequired[Annotated[Count, Doc("bytes received from clients for this backend")]]
     bytes_out: NotRequired[Annotated[Count, Doc("bytes sent to clients from this backend")]]
     health: NotRequired[Annotated[str | None, Doc(
@@ -126,6 +157,8 @@ class Frontend(TypedDict):
     bytes_in: NotRequired[Count]
     bytes_out: NotRequired[Count]
     all_down: NotRequired[Annotated[bool, Doc("true while no backend takes new connections")]]
+    using_backups: NotRequired[Annotated[bool, Doc("true while no primary backend is up and the "
+                                                   "backup backends take new connections")]]
     serving: NotRequired[Annotated[bool, Doc("listening and at least one backend up "
                                              "(what a `frontend:NAME` track sees)")]]
     workers: NotRequired[Annotated[Count, Doc("worker processes accepting on this frontend")]]
@@ -141,6 +174,7 @@ class StatusDocument(TypedDict):
     node: Annotated[str, Doc("the node's name (`node.name`)")]
     vrrp: list[VrrpInstance]
     frontends: list[Frontend]
+    elections: NotRequired[list[Election]]
     pid: NotRequired[Annotated[int, Range(1)]]
     config: NotRequired[Annotated[str, Doc("path of the config file in force")]]
 
@@ -169,7 +203,7 @@ class WeightAnswer(TypedDict):
 class OwnerMaintenance(TypedDict):
     """A VIP owner after `lbctl maintenance`."""
     name: str
-    kind: Literal["vrrp"]
+    kind: Literal["vrrp", "election"]
     state: Annotated[str, Doc("its state now; a MASTER going into maintenance hands over first")]
     maintenance: bool
 

@@ -40,8 +40,7 @@ VALUE_OPTIONS = {
     "guid", "hash-key", "ciphers", "ciphersuites", "curves", "sigalgs", "client-sigalgs", "ssl-min-ver",
     "ssl-max-ver", "proxy-v2-options", "log-proto", "shard", "npn", "check-reuse-pool",
 }
-SERVER_ONLY = {"backup": "vipd has no backup servers yet (it would take traffic like the others)",
-               "disabled": "disabled in HAProxy",
+SERVER_ONLY = {"disabled": "disabled in HAProxy",
                "ssl": "HAProxy encrypts to this server; vipd passes bytes through unchanged",
                "send-proxy": "vipd does not send PROXY headers",
                "send-proxy-v2": "vipd does not send PROXY headers",
@@ -323,6 +322,7 @@ class _Translator:
                 settings.set("balance", name, source(b.balance))
                 if algorithm in ("static-rr", ) or algorithm.startswith("random"):
                     self.notes.note(b.balance.origin, b.balance.text, f"approximated: balance = {name!r}")
+        self.slow_start(b, settings)
         connect = self.timeout(b, "connect")
         if connect is not None:
             settings.set("connect_timeout", connect, source(b.timeouts["connect"]))
@@ -340,6 +340,23 @@ class _Translator:
             else:
                 settings.set("retries", count, source(b.retries))
         return settings
+
+    def slow_start(self, b: Proxy, settings: Table) -> None:
+        """HAProxy's per-server `slowstart` -> the frontend's one `slow_start`."""
+        defaults = _options([w for d in b.default_server for w in d.args])
+        servers = [(d, {**defaults, **_options(d.args[2:])}) for d in b.servers if len(d.args) >= 2]
+        given = [(d, options["slowstart"]) for d, options in servers if "slowstart" in options]
+        if not given:
+            return
+        first, text = given[0]
+        value = seconds(text)
+        if value is None or value > 3600:
+            self.notes.skip(first.origin, f"server {first.args[0]} slowstart {text}", "must be a time up to 1h")
+            return
+        settings.set("slow_start", value, f"{source(first)} (slowstart)")
+        if len(given) < len(servers) or len({t for _, t in given}) > 1:
+            self.notes.note(first.origin, f"server {first.args[0]} slowstart", "servers differ; vipd has one "
+                            "slow_start per frontend: the first server's is used")
 
     def timeout(self, p: Proxy, kind: str) -> float | None:
         d = p.timeouts.get(kind)
@@ -387,13 +404,14 @@ class _Translator:
                 self.notes.skip(d.origin, f"server {d.args[0]} maxconn {maxconn}", "must be a number")
                 maxconn = None
             for option in options:
-                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn"):
+                if option not in HEALTH_OPTIONS and option not in ("weight", "maxconn", "backup", "slowstart"):
                     self.notes.skip(d.origin, f"server {d.args[0]} {option}", "vipd has no equivalent")
             if "check" in options and "no-check" not in options:
                 checked.append((d, options))
             else:
                 unchecked.append(d)
-            tables.append(backend_table(address, source(d), weight, int(maxconn) if maxconn else None))
+            tables.append(backend_table(address, source(d), weight, int(maxconn) if maxconn else None,
+                                        backup="backup" in options))
         return tables, left_out, self.health(b, checked, unchecked)
 
     def health(self, b: Proxy, checked: list[tuple[Directive, dict[str, str]]],

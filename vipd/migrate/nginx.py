@@ -260,12 +260,10 @@ class _Translator:
         for word in d.args[1:]:
             key, _, value = word.partition("=")
             params[key] = value
-        for flag, why in (("down", "marked down"),
-                          ("backup", "vipd has no backup servers yet (it would take traffic like the others)")):
-            if flag in params:
-                self.skip(d, f"{why}; left out")
-                upstream.left_out.append(f"not translated: {source(d)} ({flag})")
-                return
+        if "down" in params:
+            self.skip(d, "marked down; left out")
+            upstream.left_out.append(f"not translated: {source(d)} (down)")
+            return
         weight = None
         if "weight" in params:
             low, high = BACKEND_WEIGHT_RANGE
@@ -292,9 +290,9 @@ class _Translator:
         for param in params:
             if param in SKIPPED_PARAMS:
                 self.notes.skip(d.origin, f"server {d.args[0]} {param}", SKIPPED_PARAMS[param])
-            elif param not in ("weight", "max_conns", "max_fails", "fail_timeout"):
+            elif param not in ("weight", "max_conns", "max_fails", "fail_timeout", "backup"):
                 self.notes.skip(d.origin, f"server {d.args[0]} {param}", "vipd has no equivalent")
-        upstream.backends.append(backend_table(address, source(d), weight, max_conns))
+        upstream.backends.append(backend_table(address, source(d), weight, max_conns, backup="backup" in params))
 
     def server(self, block: Directive, inherited: dict[str, Directive]) -> None:
         own: dict[str, Directive] = dict(inherited)

@@ -69,11 +69,13 @@ class FrontendDraft:
 
 
 def backend_table(address: str, comment: str, weight: int | None = None,
-                  max_connections: int | None = None) -> Table:
+                  max_connections: int | None = None, backup: bool = False) -> Table:
     backend = Table()
     backend.set("address", address, comment)
     if weight is not None:
         backend.set("weight", weight)
     if max_connections:
         backend.set("max_connections", max_connections)
+    if backup:
+        backend.set("backup", True)
     return backend

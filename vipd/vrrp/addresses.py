@@ -32,7 +32,8 @@ class AddressWorker:
             ipr = self._local.ipr = IPRoute(groups=0, use_event_loop=self._local.loop)
         return ipr
 
-    def _change(self, command: str, ifname: str, vips: tuple) -> list[str]:
+    def _change(self, command: str, ifname: str, vips: tuple,
+                lifetime: int | None = None) -> list[str]:
         done: list[str] = []
         ipr = self._ipr()
         found = ipr.link_lookup(ifname=ifname)
@@ -41,8 +42,10 @@ class AddressWorker:
             return done
         for vip in vips:
             kwargs = {"index": found[0], "address": str(vip.ip), "prefixlen": vip.network.prefixlen}
-            if command == "add":
+            if command in ("add", "replace"):
                 kwargs["proto"] = VIP_ADDRESS_PROTO
+                if lifetime is not None:
+                    kwargs["valid_lft"] = kwargs["preferred_lft"] = lifetime
                 if vip.version == 6:
                     kwargs["flags"] = _IFA_F_NODAD
             try:
@@ -56,8 +59,13 @@ class AddressWorker:
                 log.error("cannot %s %s on %s: %s", command, vip, ifname, exc)
         return done
 
-    def add(self, ifname: str, vips: Iterable) -> asyncio.Future:
-        return asyncio.wrap_future(self._executor.submit(self._change, "add", ifname, tuple(vips)))
+    def add(self, ifname: str, vips: Iterable, lifetime: int | None = None) -> asyncio.Future:
+        """With `lifetime` (whole seconds) the kernel itself deletes each VIP that long after the
+        last add: calling add again refreshes it, so a holder that stops refreshing (killed,
+        frozen, wedged) loses its VIPs without anyone's help."""
+        command = "add" if lifetime is None else "replace"
+        return asyncio.wrap_future(
+            self._executor.submit(self._change, command, ifname, tuple(vips), lifetime))
 
     def remove(self, ifname: str, vips: Iterable) -> asyncio.Future:
         return asyncio.wrap_future(self._executor.submit(self._change, "del", ifname, tuple(vips)))

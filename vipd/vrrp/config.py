@@ -193,6 +193,26 @@ def parse_track(problems: list[str], where: str, table: Any) -> Track | None:
     return Track(kind, target, weight, interval, timeout, rise, fall)
 
 
+def parse_virtual_ips(s: Section) -> tuple[list | None, list]:
+    """`virtual_ips` as written (None when missing) and the addresses that parsed."""
+    vips_raw = s.get("virtual_ips", list, required=True)
+    vips: list = []
+    if vips_raw is None:
+        return None, vips
+    if not vips_raw:
+        s.error("virtual_ips", "must list at least one address")
+    for i, text in enumerate(vips_raw):
+        try:
+            if not isinstance(text, str):
+                raise ValueError
+            vip = ipaddress.ip_interface(text if "/" in text else text + ("/128" if ":" in text else "/32"))
+        except ValueError:
+            s.error(f"virtual_ips[{i}]", f"must be an address like 198.18.0.100/24, got {show(text)}")
+            continue
+        vips.append(vip)
+    return vips_raw, vips
+
+
 def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None:
     s = Section(problems, where, table, (
         "name", "interface", "vrid", "priority", "version", "advert_interval", "virtual_ips",
@@ -211,21 +231,8 @@ def parse_vrrp(problems: list[str], where: str, table: Any) -> VrrpConfig | None
             advert_interval_cs(interval, version)
         except ValueError as exc:
             s.error("advert_interval", str(exc))
-    vips_raw = s.get("virtual_ips", list, required=True)
-    vips: list = []
+    vips_raw, vips = parse_virtual_ips(s)
     if vips_raw is not None:
-        if not vips_raw:
-            s.error("virtual_ips", "must list at least one address")
-        for i, text in enumerate(vips_raw):
-            try:
-                if not isinstance(text, str):
-                    raise ValueError
-                vip = ipaddress.ip_interface(text if "/" in text else
-                                             text + ("/128" if ":" in text else "/32"))
-            except ValueError:
-                s.error(f"virtual_ips[{i}]", f"must be an address like 198.18.0.100/24, got {show(text)}")
-                continue
-            vips.append(vip)
         if len({v.version for v in vips}) > 1:
             s.error("virtual_ips", "mixes IPv4 and IPv6; use one instance per family")
         if vips and version == 2 and vips[0].version == 6:

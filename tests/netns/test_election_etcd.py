@@ -1,0 +1,160 @@
+"""`[[election]]` against a real 3-member etcd and real `vipd run` candidates (vipd.lab.etcdlab):
+one holder; no dual holder when it is killed, cut off from etcd or frozen; nobody without a quorum;
+hand-overs (preemption, maintenance, stop) without a failed request."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from support import require_binary, wait_until
+
+from vipd.lab import connclient
+from vipd.lab.etcdlab import (
+    CANDIDATES,
+    ETCD,
+    TTL,
+    VIP,
+    ElectionLab,
+    start_client,
+    stop_all,
+)
+
+
+@pytest.fixture
+def cluster(lab, tmp_path):
+    require_binary("etcd", "etcd-server")
+    require_binary("etcdctl", "etcd-client")
+    c = ElectionLab(lab, tmp_path / "election")
+    for name in ETCD:
+        c.start_etcd(name)
+    assert wait_until(c.etcd_healthy, 20, "etcd cluster healthy")
+    try:
+        yield c
+    finally:
+        stop_all(c)
+
+
+def leader_is(c: ElectionLab, name: str) -> bool:
+    return c.leads(name)
+
+
+@pytest.mark.timeout(150)
+def test_one_holder_and_no_dual_holder_when_it_is_killed_cut_off_or_frozen(cluster):
+    c = cluster
+    c.start("c1", 200)
+    c.start("c2", 100)
+    c.start("c3", 50)
+    assert wait_until(lambda: leader_is(c, "c1"), 20, "c1 leads"), c.logs()
+    assert wait_until(lambda: all(c.election(n).get("holder") == "c1" for n in CANDIDATES), 10, "all see c1"), c.logs()
+    follower = c.election("c2")
+    assert (follower["state"], follower["reason"], follower["virtual_ips"]) == ("FOLLOWER", "held by c1", [f"{VIP}/24"])
+    assert "api" in c.lbctl("c1", "status").stdout and "LEADER" in c.lbctl("c1", "status").stdout
+
+    # SIGKILL: the kernel lifetime drops the dead holder's VIP before the lease can expire
+    killed = time.time()
+    c.lab.stop(c.vipd["c1"], signal.SIGKILL)
+    assert wait_until(lambda: c.holders() == ["c2"], TTL + 2, "c2 holds after the kill"), c.logs()
+    took = c.added_at("c2", killed) - killed
+    assert c.removed_at("c1", killed) < c.added_at("c2", killed)
+    assert took <= TTL + 2 and c.overlap(killed, time.time()) == 0.0
+    print(f"SIGKILL: takeover {took:.2f}s, dead holder's VIP gone after {c.removed_at('c1', killed) - killed:.2f}s")
+
+    # the higher priority comes back and takes over by hand-over
+    c.start("c1", 200)
+    assert wait_until(lambda: leader_is(c, "c1"), 15, "c1 preempts"), c.logs()
+    assert wait_until(lambda: c.election("c2").get("state") == "FOLLOWER", 5, "c2 follows"), c.logs()
+
+    # cut off from every etcd member: steps down (fence) before anyone else can win
+    cut = time.time()
+    c.cut_from_etcd("c1", True)
+    try:
+        assert wait_until(lambda: c.holders() == ["c2"], TTL + 3, "c2 holds after the cut"), c.logs()
+        assert c.removed_at("c1", cut) < c.added_at("c2", cut)
+        assert c.overlap(cut, time.time()) == 0.0
+        print(f"cut off: holder stepped down after {c.removed_at('c1', cut) - cut:.2f}s, "
+              f"successor after {c.added_at('c2', cut) - cut:.2f}s")
+        faulted = c.election("c1")
+        assert faulted["state"] == "FAULT" and faulted["reason"].startswith("etcd:"), faulted
+    finally:
+        c.cut_from_etcd("c1", False)
+    assert wait_until(lambda: leader_is(c, "c1"), 15, "c1 back after the heal"), c.logs()
+
+    # frozen holder: the kernel drops its VIP; the successor adds it only after that
+    frozen = time.time()
+    c.vipd["c1"].send_signal(signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: c.holders() == ["c2"], TTL + 3, "c2 holds while c1 is frozen"), c.logs()
+        assert c.removed_at("c1", frozen) < c.added_at("c2", frozen)
+        assert c.overlap(frozen, time.time()) == 0.0
+    finally:
+        c.vipd["c1"].send_signal(signal.SIGCONT)
+    assert wait_until(lambda: leader_is(c, "c1"), 15, "c1 back after SIGCONT"), c.logs()
+    assert "Traceback" not in c.logs()
+
+
+@pytest.mark.timeout(120)
+def test_without_an_etcd_quorum_nobody_holds_the_vip_and_status_says_why(cluster):
+    c = cluster
+    c.start("c1", 200)
+    c.start("c2", 100)
+    assert wait_until(lambda: leader_is(c, "c1"), 20, "c1 leads"), c.logs()
+    lost = time.time()
+    for name in ("e2", "e3"):
+        c.lab.stop(c.etcd[name], signal.SIGKILL)
+    assert wait_until(lambda: c.holders() == [] and all(c.election(n).get("state") == "FAULT" for n in ("c1", "c2")),
+                      TTL + 4, "nobody holds"), c.logs()
+    time.sleep(TTL)             # and it stays so
+    assert c.holders() == [] and c.overlap(lost, time.time()) == 0.0
+    for n in ("c1", "c2"):
+        e = c.election(n)
+        assert e["state"] == "FAULT" and e["reason"].startswith("etcd:") and e["holder"] is None, e
+    for name in ("e2", "e3"):
+        c.start_etcd(name, state="existing")
+    assert wait_until(lambda: leader_is(c, "c1"), 30, "c1 leads again"), c.logs()
+    assert "Traceback" not in c.logs()
+
+
+@pytest.mark.timeout(120)
+def test_preemption_and_maintenance_hand_over_without_a_failed_request(cluster):
+    c = cluster
+    c.start("c2", 100)
+    assert wait_until(lambda: leader_is(c, "c2"), 20, "c2 leads"), c.logs()
+    out = c.workdir / "client.json"
+    client = start_client(c, out)
+    time.sleep(1.0)
+    started = time.time()
+    c.start("c1", 200)
+    assert wait_until(lambda: leader_is(c, "c1"), 20, "c1 preempts by hand-over"), c.logs()
+    handed = time.time()
+    # the planned overlap: the successor added the VIP before the old holder removed it
+    assert c.added_at("c1", started) < c.removed_at("c2", started)
+    time.sleep(0.5)
+    on = c.lbctl("c1", "maintenance", "on", "api")
+    assert on.returncode == 0, on.stderr
+    assert wait_until(lambda: leader_is(c, "c2"), 10, "maintenance hands back to c2"), c.logs()
+    assert json.loads((c.workdir / "c1.state" / "runtime.json").read_text())["maintenance"]["owners"] == ["api"]
+    e = c.election("c1")
+    assert (e["state"], e["maintenance"], e["holder"]) == ("FOLLOWER", True, "c2")
+    time.sleep(TTL)            # priority 200 against 100: still not taking it back
+    assert c.holders() == ["c2"]
+    off = c.lbctl("c1", "maintenance", "off", "api")
+    assert off.returncode == 0, off.stderr
+    assert wait_until(lambda: leader_is(c, "c1"), 10, "back to c1"), c.logs()
+    time.sleep(0.5)
+    # a stopping holder hands over too
+    assert c.lab.stop(c.vipd["c1"], signal.SIGTERM, timeout=20) == 0, c.log("c1")
+    assert wait_until(lambda: leader_is(c, "c2"), 10, "c2 after c1 stopped"), c.logs()
+    time.sleep(0.5)
+    c.lab.stop(client, signal.SIGTERM, timeout=10)
+    attempts = connclient.load(str(out))
+    result = connclient.summarize(attempts)
+    skew = time.time() - time.monotonic()
+    print("not ok or slow:", [(round(a.start + skew - started, 3), round(a.duration, 3), a.detail)
+                              for a in attempts if not a.ok or a.duration > 0.5][:10])
+    print("VIP spans:", {n: [(round(a - started, 3), round(b - started, 3)) for a, b in spans]
+                         for n, spans in c.intervals().items()})
+    print("hand-overs under traffic:", result, f"preemption took {handed - started:.2f}s")
+    assert result["requests"] > 300 and result["failed"] == 0, result
+    assert "Traceback" not in c.logs()
