@@ -1,19 +1,33 @@
-"""L4 proxy throughput on loopback: direct, nginx stream, HAProxy (mode tcp) and lbproxy.
+"""The L4 data paths side by side in a namespace topology: client ns -> edge ns -> backend ns.
 
-Everything runs in one throw-away network namespace (its loopback), so nothing touches the
-host's network: an nginx HTTP backend (a small body and a 1 MiB file), the proxies in front of
-it with the same number of workers, and wrk as the client. Per round, targets are measured
-interleaved (the order rotates) on three loads:
+Three lab hosts on one switch (nothing touches the host's network): `client` runs wrk, `edge`
+runs the proxies, `backend` runs nginx (HTTP: a small body and a 1 MiB file). Targets:
 
-  keep-alive   small requests on persistent connections: req/s and p99 (wrk --latency)
+  direct       the client to the backend, no edge at all: the limit of this box
+  nginx        nginx stream (the baseline), nginx-256k: with proxy_buffer_size 256k (bulk only)
+  haproxy      HAProxy mode tcp, nbthread = workers
+  lbproxy      vipd's user-space proxy (frontend.mode = "proxy"), the same worker count
+  lbproxy-nat  vipd's kernel path (frontend.mode = "nat": nftables DNAT + masquerade, vipd's
+               health checks and counters running)
+  nft          a bare nftables DNAT + masquerade on the edge: what the kernel does here, for reference
+
+Per round, targets are measured interleaved (the order rotates) on three loads:
+
+  keep-alive   small requests on persistent connections (wrk -c64): req/s and p99 (wrk --latency)
   new conn     one connection per request (wrk -H "Connection: close"): req/s
-  bulk         GET of the 1 MiB file: MB/s (MiB/s), against nginx defaults and with
-               proxy_buffer_size 256k
+  bulk         GET of the 1 MiB file (wrk -c4): MiB/s
 
-Ratios to nginx are taken within each round, then the median over rounds is printed, with
-the proxies' CPU time per request (or per MiB) read from /proc. lbproxy workers run 10 nice
-levels below their master (that is the product: VRRP in the master comes first); the bench
-starts the master at nice -10 so that every proxy's data path runs at nice 0 like the others.
+Ratios to nginx are taken within each round, then the median over rounds is printed. CPU:
+`proxy CPU` is the user-space proxy's process time (its process group; for lbproxy-nat vipd's own:
+health checks, table updates, counter polls); the kernel paths forward in softirq, which no
+process is charged for, so `box CPU` is every CPU's busy time on the box
+during the cell (/proc/stat: wrk and the backend included) per request or MiB, and `edge CPU` is
+box CPU minus direct's in the same round: what the edge hop costs, comparable across all targets.
+conntrack is active in the edge namespace for every target (the nat targets need it).
+
+lbproxy workers run 10 nice levels below their master (that is the product: VRRP in the master
+comes first); the bench starts the master at nice -10 so that every proxy's data path runs at
+nice 0 like the others.
 
 Run from the repository root as root: `python bench/proxy.py [--rounds 3 --duration 5]`.
 """
@@ -32,13 +46,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import NGINX_STREAM_MODULE, fmt, markdown_table, median  # noqa: E402
+from bench._common import NGINX_STREAM_MODULE, fmt, markdown_table, median, parse_list  # noqa: E402
 from vipd.lab.netns import Host, Lab, unavailable_reason  # noqa: E402
 
+CLIENT, EDGE, BACKEND = "198.18.0.2", "198.18.0.10", "198.18.0.21"
 BACKEND_PORT = 18080
-PORTS = {"direct": BACKEND_PORT, "nginx": 18081, "nginx-256k": 18082, "haproxy": 18083, "lbproxy": 18084}
+PORTS = {"direct": BACKEND_PORT, "nginx": 18081, "nginx-256k": 18082, "haproxy": 18083, "lbproxy": 18084,
+         "lbproxy-nat": 18085, "nft": 18086}
+KERNEL = ("lbproxy-nat", "nft")           # forwarded in softirq: nothing listens on the edge
 TESTS = ("keepalive", "newconn", "bulk")
 BULK_SIZE = 1 << 20
+REPO = Path(__file__).resolve().parents[1]
+
+
+def address(name: str) -> str:
+    return f"{BACKEND if name == 'direct' else EDGE}:{PORTS[name]}"
 
 
 def nginx_backend_conf(workdir: Path) -> str:
@@ -51,7 +73,7 @@ http {{
   access_log off;
   keepalive_requests 10000000;
   server {{
-    listen 127.0.0.1:{BACKEND_PORT} reuseport backlog=4096;
+    listen {BACKEND}:{BACKEND_PORT} reuseport backlog=4096;
     location = / {{ return 200 "hello from the backend\\n"; }}
     location = /healthz {{ return 200 "ok\\n"; }}
     location = /1m {{ alias {workdir}/1m.bin; }}
@@ -70,8 +92,8 @@ error_log {workdir}/{name}.log warn;
 events {{ worker_connections 16384; }}
 stream {{
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
-    proxy_pass 127.0.0.1:{BACKEND_PORT};
+    listen {EDGE}:{port} reuseport backlog=4096;
+    proxy_pass {BACKEND}:{BACKEND_PORT};
 {extra}  }}
 }}
 """
@@ -87,45 +109,68 @@ defaults
   timeout client 600s
   timeout server 600s
 frontend fe
-  bind 127.0.0.1:{PORTS["haproxy"]}
+  bind {EDGE}:{PORTS["haproxy"]}
   default_backend be
 backend be
-  server b1 127.0.0.1:{BACKEND_PORT}
+  server b1 {BACKEND}:{BACKEND_PORT}
 """
 
 
-def lbproxy_conf(workdir: Path, workers: int) -> str:
+def lbproxy_conf(workdir: Path, name: str, workers: int) -> str:
+    nat = name == "lbproxy-nat"
+    settings = 'mode = "nat"' if nat else "max_connections = 100000"
     return f"""[node]
 name = "bench"
-control_socket = "{workdir}/lbproxy.sock"
+control_socket = "{workdir}/{name}.sock"
 workers = {workers}
 log_level = "warning"
 
 [[frontend]]
 name = "bench"
-listen = "127.0.0.1:{PORTS["lbproxy"]}"
-max_connections = 100000
+listen = "{address(name)}"
+{settings}
   [frontend.health]
   type = "tcp"
   interval = 1.0
   [[frontend.backend]]
-  address = "127.0.0.1:{BACKEND_PORT}"
+  address = "{BACKEND}:{BACKEND_PORT}"
+"""
+
+
+def bare_nft(port: int) -> str:
+    """The reference: DNAT to the backend and masquerade, nothing else (no health, no counters)."""
+    return f"""add table ip bench_nat
+delete table ip bench_nat
+table ip bench_nat {{
+  chain pre {{ type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {EDGE} tcp dport {port} dnat to {BACKEND}:{BACKEND_PORT}
+  }}
+  chain post {{ type nat hook postrouting priority srcnat; policy accept;
+    ip daddr {BACKEND} tcp dport {BACKEND_PORT} ct original proto-dst {port} masquerade
+  }}
+}}
 """
 
 
 class Proxies:
-    """The backend and every proxy of one worker count, running in the bench namespace."""
+    """Every edge of one worker count, running in the edge namespace."""
 
-    def __init__(self, host: Host, workdir: Path, workers: int) -> None:
-        self.host = host
+    def __init__(self, edge: Host, workdir: Path, workers: int) -> None:
+        self.host = edge
         self.workdir = workdir
         self.workers = workers
         self.procs: dict[str, subprocess.Popen] = {}
+        self.nft = False
 
     def start(self, targets: list[str]) -> None:
         w, d = self.workers, self.workdir
         for name in targets:
             if name == "direct":
+                continue
+            if name == "nft":
+                self.host.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                self.host.run(["nft", "-f", "-"], input=bare_nft(PORTS["nft"]))
+                self.nft = True
                 continue
             if name in ("nginx", "nginx-256k"):
                 conf = d / f"{name}.conf"
@@ -136,18 +181,19 @@ class Proxies:
                 conf.write_text(haproxy_conf(w))
                 argv = ["haproxy", "-db", "-f", str(conf)]
             else:
-                conf = d / "lbproxy.toml"
-                conf.write_text(lbproxy_conf(d, w))
+                conf = d / f"{name}.toml"
+                conf.write_text(lbproxy_conf(d, name, w))
                 argv = ["nice", "-n", "-10", sys.executable, "-m", "vipd.proxycli", "run", "-c", str(conf)]
             log = open(d / f"{name}.out", "ab")
-            self.procs[name] = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                               cwd=str(Path(__file__).resolve().parents[1]))
+            self.procs[name] = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
             log.close()
         for name in targets:
-            if not wait_listening(self.host, PORTS[name], 20):
+            if name not in ("direct", *KERNEL) and not wait_listening(self.host, PORTS[name], 20):
                 raise SystemExit(f"{name} did not start listening; see {d}/{name}.out")
-        if "lbproxy" in targets:
-            time.sleep(1.5)      # the first health checks pass and reach the workers
+        if "lbproxy-nat" in targets and not wait_nat(self.host, 20):
+            raise SystemExit(f"lbproxy-nat did not install its table; see {d}/lbproxy-nat.out")
+        if {"lbproxy", "lbproxy-nat"} & set(targets):
+            time.sleep(1.5)      # the first health checks pass and reach the workers / the map
 
     def cpu_seconds(self, name: str) -> float:
         """CPU time used so far by the proxy's processes (its process group)."""
@@ -179,12 +225,30 @@ class Proxies:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(5)
         self.procs.clear()
+        if self.nft:
+            self.host.run(["nft", "delete", "table", "ip", "bench_nat"], check=False)
+            self.nft = False
+
+
+def box_busy_seconds() -> float:
+    """Busy time of every CPU of the box so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_listening(host: Host, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if host.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def wait_nat(host: Host, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "vipd_nat" in host.run(["nft", "list", "tables"], check=False).stdout:
             return True
         time.sleep(0.1)
     return False
@@ -213,24 +277,24 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def run_wrk(host: Host, test: str, port: int, duration: float, connections: int) -> dict:
-    url = f"http://127.0.0.1:{port}/" + ("1m" if test == "bulk" else "")
+def run_wrk(client: Host, test: str, name: str, duration: float, connections: int) -> dict:
+    url = f"http://{address(name)}/" + ("1m" if test == "bulk" else "")
     argv = ["wrk", "-t1", f"-c{connections if test != 'bulk' else 4}", f"-d{duration:g}s", "--timeout", "5s"]
     if test == "keepalive":
         argv.append("--latency")
     if test == "newconn":
         argv += ["-H", "Connection: close"]
-    done = host.run(argv + [url], check=False, timeout=duration + 60)
+    done = client.run(argv + [url], check=False, timeout=duration + 60)
     return parse_wrk(done.stdout)
 
 
-def measure(host: Host, proxies: Proxies, backend: subprocess.Popen, targets: list[str], rounds: int,
-            duration: float, connections: int) -> dict:
-    """results[test][target] = list over rounds of {value, p99, cpu, errors}. A cell with wrk
-    errors has no value: it counts in the error total, not in the medians."""
+def measure(client: Host, proxies: Proxies, backend: subprocess.Popen, targets: list[str],
+            tests: tuple[str, ...], rounds: int, duration: float, connections: int) -> dict:
+    """results[test][target] = list over rounds of {value, p99, errors, cpu_per_unit, box_per_unit,
+    edge_per_unit}. A cell with wrk errors has no value: it counts in the error total, not in the medians."""
     results: dict = {t: {name: [] for name in targets} for t in TESTS}
     for r in range(rounds):
-        for test in TESTS:
+        for test in tests:
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             for name in order:
                 if name == "nginx-256k" and test != "bulk":
@@ -239,19 +303,28 @@ def measure(host: Host, proxies: Proxies, backend: subprocess.Popen, targets: li
                     if proc is not None and proc.poll() is not None:
                         raise SystemExit(f"{what} exited ({proc.returncode}) in the middle of the bench "
                                          "(another program's `pkill nginx`?); no table")
-                before = proxies.cpu_seconds(name)
-                got = run_wrk(host, test, PORTS[name], duration, connections)
-                cpu = proxies.cpu_seconds(name) - before
+                before, box_before = proxies.cpu_seconds(name), box_busy_seconds()
+                got = run_wrk(client, test, name, duration, connections)
+                cpu, box = proxies.cpu_seconds(name) - before, box_busy_seconds() - box_before
                 value = got.get("mbps") if test == "bulk" else got.get("rps")
                 if got.get("errors"):
                     value = None
                 units = (got.get("bytes", 0) / 1024 ** 2) if test == "bulk" else got.get("requests", 0)
+                per_unit = lambda seconds: seconds / units * 1e6 if value and units else None
                 results[test][name].append({
                     "value": value, "p99": got.get("p99") if value else None, "errors": got.get("errors", 0),
-                    "cpu_per_unit": (cpu / units * 1e6) if value and units and name != "direct" else None})
-                print(f"  round {r + 1} {test:9} {name:10} {fmt(value, digits=0):>8}"
+                    "cpu_per_unit": per_unit(cpu) if name not in ("direct", "nft") else None,
+                    "box_per_unit": per_unit(box)})
+                print(f"  round {r + 1} {test:9} {name:11} {fmt(value, digits=0):>8}"
                       f"{'' if test != 'keepalive' else ' p99 ' + fmt((got.get('p99') or 0) * 1e3, 'ms')}"
-                      f"  errors {got.get('errors', 0)}", file=sys.stderr, flush=True)
+                      f"  box {fmt(per_unit(box), digits=1)} µs  errors {got.get('errors', 0)}",
+                      file=sys.stderr, flush=True)
+        for test in tests:
+            direct = results[test].get("direct", [None] * (r + 1))[r]
+            for name, runs in results[test].items():
+                if runs and len(runs) == r + 1:
+                    box, base = runs[r]["box_per_unit"], direct and direct["box_per_unit"]
+                    runs[r]["edge_per_unit"] = box - base if box is not None and base is not None else None
     return results
 
 
@@ -262,31 +335,27 @@ def ratio(results: dict, test: str, name: str, baseline: str, key: str = "value"
 
 
 def table(all_results: dict[int, dict], targets: list[str]) -> str:
-    proxies = [t for t in targets if t not in ("direct", "nginx-256k")]
-    header = ["load", "workers", *targets, *(f"{p}/nginx" for p in proxies if p != "nginx"),
-              *(f"{p} CPU" for p in proxies)]
+    header = ["load", "workers", "target", "value", "×nginx", "keep-alive p99", "proxy CPU", "box CPU", "edge CPU"]
     rows = []
     for workers, results in all_results.items():
         for test in TESTS:
             label = {"keepalive": "keep-alive req/s", "newconn": "new conn req/s", "bulk": "1 MiB bulk MiB/s"}[test]
-            cells = [fmt(median([x["value"] for x in results[test][t]]), digits=0) if t != "nginx-256k" or test == "bulk"
-                     else "" for t in targets]
-            ratios = []
-            for p in proxies:
-                if p == "nginx":
+            unit = " µs/MiB" if test == "bulk" else " µs/req"
+            for t in targets:
+                runs = results[test][t]
+                if not runs:
                     continue
-                text = fmt(ratio(results, test, p, "nginx"), "x")
-                if test == "bulk" and "nginx-256k" in targets:
-                    text += f" ({fmt(ratio(results, test, p, 'nginx-256k'), 'x')} vs 256k)"
-                ratios.append(text)
-            unit = "µs/MiB" if test == "bulk" else "µs/req"
-            cpu = [fmt(median([x["cpu_per_unit"] for x in results[test][p]]), f" {unit}", 1) for p in proxies]
-            rows.append([label, str(workers), *cells, *ratios, *cpu])
-            if test == "keepalive":
-                p99 = [fmt((median([x["p99"] for x in results[test][t]]) or 0) * 1e3, " ms") if t != "nginx-256k" else ""
-                       for t in targets]
-                p99_ratios = [fmt(ratio(results, test, p, "nginx", "p99"), "x") for p in proxies if p != "nginx"]
-                rows.append(["keep-alive p99", str(workers), *p99, *p99_ratios, *([""] * len(proxies))])
+                col = lambda key: median([x.get(key) for x in runs])
+                versus = "" if t == "nginx" else fmt(ratio(results, test, t, "nginx"), "x")
+                if test == "bulk" and t not in ("nginx", "nginx-256k") and "nginx-256k" in targets:
+                    versus += f" ({fmt(ratio(results, test, t, 'nginx-256k'), 'x')} vs 256k)"
+                p99 = fmt((col("p99") or 0) * 1e3, " ms") if test == "keepalive" and col("p99") else ""
+                proxy_cpu = {"direct": "", "nft": "kernel"}.get(t, fmt(col("cpu_per_unit"), unit, 1))
+                if t == "lbproxy-nat":
+                    proxy_cpu += " + kernel"
+                edge = "" if t == "direct" else fmt(col("edge_per_unit"), unit, 1)
+                rows.append([label, str(workers), t, fmt(col("value"), digits=0), versus, p99, proxy_cpu,
+                             fmt(col("box_per_unit"), unit, 1), edge])
     errors = sum(x["errors"] for results in all_results.values() for t in results.values()
                  for runs in t.values() for x in runs)
     return markdown_table(header, rows) + f"\n\nwrk errors (all cells): {errors}"
@@ -296,7 +365,7 @@ def missing() -> str | None:
     reason = unavailable_reason()
     if reason:
         return reason
-    for binary in ("nginx", "haproxy", "wrk"):
+    for binary in ("nginx", "haproxy", "wrk", "nft", "conntrack"):
         if shutil.which(binary) is None:
             return f"needs `{binary}` (run scripts/install.sh)"
     if not os.path.exists(NGINX_STREAM_MODULE):
@@ -309,14 +378,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, e.g. 1,2")
-    parser.add_argument("--connections", type=int, default=50, help="wrk connections (bulk uses 4)")
-    parser.add_argument("--targets", default="direct,nginx,nginx-256k,haproxy,lbproxy")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (bulk uses 4)")
+    parser.add_argument("--targets", default=",".join(PORTS))
+    parser.add_argument("--tests", default=",".join(TESTS), help="loads to run, e.g. newconn,bulk")
     args = parser.parse_args()
     reason = missing()
     if reason:
         print(f"bench/proxy.py: {reason}", file=sys.stderr)
         return 2
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    tests = parse_list(args.tests, TESTS, "tests")
     unknown = [t for t in targets if t not in PORTS]
     if unknown or "nginx" not in targets:
         print(f"--targets: choose from {', '.join(PORTS)} (nginx is the baseline and required)", file=sys.stderr)
@@ -332,25 +403,30 @@ def main() -> int:
         workdir.chmod(0o755)                 # nginx's workers (www-data) read the 1 MiB file
         (workdir / "1m.bin").write_bytes(os.urandom(BULK_SIZE))
         (workdir / "1m.bin").chmod(0o644)
-        host = lab.add_host("bench")
+        client = lab.add_host("client", [f"{CLIENT}/24"])
+        edge = lab.add_host("edge", [f"{EDGE}/24"])
+        server = lab.add_host("backend", [f"{BACKEND}/24"])
         (workdir / "backend.conf").write_text(nginx_backend_conf(workdir))
-        backend = host.popen(["nginx", "-p", str(workdir), "-e", str(workdir / "backend.log"),
-                              "-c", str(workdir / "backend.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_listening(host, BACKEND_PORT, 10):
+        backend = server.popen(["nginx", "-p", str(workdir), "-e", str(workdir / "backend.log"),
+                                "-c", str(workdir / "backend.conf")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        if not wait_listening(server, BACKEND_PORT, 10):
             print("the nginx backend did not start", file=sys.stderr)
             return 1
         for workers in worker_counts:
             print(f"workers = {workers}", file=sys.stderr)
-            proxies = Proxies(host, workdir, workers)
+            proxies = Proxies(edge, workdir, workers)
             try:
                 proxies.start(targets)
-                all_results[workers] = measure(host, proxies, backend, targets, args.rounds, args.duration,
-                                               args.connections)
+                all_results[workers] = measure(client, proxies, backend, targets, tests, args.rounds,
+                                               args.duration, args.connections)
             finally:
                 proxies.stop()
         lab.stop(backend)
-    print(f"\nLoopback, {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} (bulk -c4), {args.duration:g} s per cell, "
-          f"median of {args.rounds} rounds; ratios are per-round medians; CPU = proxy process time per request / per MiB.\n")
+    print(f"\nclient ns -> edge ns -> backend ns (veth + bridge), {os.cpu_count()} CPUs, wrk -t1 -c{args.connections} "
+          f"(bulk -c4), {args.duration:g} s per cell, median of {args.rounds} rounds; ×nginx: per-round ratios' median; "
+          f"proxy CPU: the proxy's process time, box CPU: all CPUs' busy time (wrk and backend included), "
+          f"edge CPU: box CPU minus direct's, per request / per MiB.\n")
     print(table(all_results, targets))
     return 0
 

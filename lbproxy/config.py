@@ -22,6 +22,7 @@ from lbproxy.configreader import (
     split_host_port,
 )
 from lbproxy.host import Host
+from lbproxy.natcheck import nat_backend_refusals, nat_port_clashes, nat_refusals
 from lbproxy.proxyproto import ProxyProtocol
 
 
@@ -30,6 +31,11 @@ class Balance(enum.StrEnum):
     LEAST_CONN = "least_conn"
     RANDOM2 = "random2"
     SOURCE_HASH = "source_hash"
+
+
+class FrontendMode(enum.StrEnum):
+    PROXY = "proxy"    # the user-space proxy in worker processes
+    NAT = "nat"        # the kernel forwards packets: nftables DNAT + SNAT (lbproxy.natpath)
 
 
 class HealthType(enum.StrEnum):
@@ -139,6 +145,7 @@ class FrontendConfig:
     proxy_protocol: str = ProxyProtocol.OFF  # PROXY header sent to backends
     accept_proxy_protocol: bool = False      # clients (all from trusted_proxies) send a PROXY header
     trusted_proxies: tuple[str, ...] = ()    # networks, normalized ("198.18.0.0/24", "2001:db8::1/128")
+    mode: str = "proxy"                      # FrontendMode
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "name", "listen", "balance", "connect_timeout", "idle_timeout", "half_close_timeout",
         "max_connections", "retries", "drain_timeout", "health", "backend", "access_log",
         "buffer_size", "max_connections_per_source", "client_first_byte_timeout", "slow_start",
-        "proxy_protocol", "accept_proxy_protocol", "trusted_proxies"))
+        "proxy_protocol", "accept_proxy_protocol", "trusted_proxies", "mode"))
     before = len(problems)
     name = s.get("name", str, required=True)
     listen = s.get("listen", str, required=True, check=host_port)
@@ -253,11 +260,22 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         if b.address in seen:
             s.error(f"backend[{i}].address", f"duplicate backend {b.address}")
         seen.add(b.address)
+    mode = s.get("mode", str, FrontendMode.PROXY, check=one_of(FrontendMode))
+    if mode == FrontendMode.NAT and len(problems) == before:
+        _check_nat(s, listen, backends)
     if len(problems) > before:
         return None
     host, port = split_host_port(listen)
     return FrontendConfig(name=name, listen=listen, listen_host=host, listen_port=port,
-                          backends=tuple(backends), balance=balance, health=health, **values)
+                          backends=tuple(backends), balance=balance, health=health, mode=mode, **values)
+
+
+def _check_nat(s: Section, listen: str, backends: list[BackendConfig]) -> None:
+    for key, why in nat_refusals(s.table):
+        s.error(key, f"not with mode = \"nat\": {why}")
+    listed = [(f"backend[{i}]", b.host, b.max_connections) for i, b in enumerate(backends)]
+    for key, why in nat_backend_refusals(split_host_port(listen)[0], listed):
+        s.error(key, f"not with mode = \"nat\": {why}")
 
 
 
@@ -272,6 +290,8 @@ def check_frontends(problems: list[str], frontends: list[FrontendConfig]) -> Non
         if f.listen in listens:
             problems.append(f"frontend[{i}].listen: {f.listen} is already used by frontend[{listens[f.listen]}]")
         listens.setdefault(f.listen, i)
+    for i, why in nat_port_clashes([(f.mode, f.listen_host, f.listen_port) for f in frontends]):
+        problems.append(f"frontend[{i}].listen: {why}")
 
 
 def check_frontends_on_host(problems: Findings, frontends: Iterable[FrontendConfig], host: Host,

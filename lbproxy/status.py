@@ -81,6 +81,7 @@ def frontend_status(frontend: FrontendConfig, counters: dict, health: list[dict]
         "name": frontend.name,
         "listen": frontend.listen,
         "balance": frontend.balance,
+        "mode": frontend.mode,
         "active_connections": counters.get("active", 0),
         "total_connections": counters.get("accepted", 0),
         "failed_connections": counters.get("failed", 0),

@@ -29,10 +29,11 @@ from typing import Callable, Mapping
 
 import lbproxy
 from lbproxy import ipc
-from lbproxy.config import FrontendConfig, ProxyConfig
+from lbproxy.config import FrontendConfig, FrontendMode, ProxyConfig
 from lbproxy.events import OnEvent, ProxyEvent
 from lbproxy.health import BackendState
 from lbproxy.healthcheck import HealthChecker, Override
+from lbproxy.natpath import NatDataPath, NatError
 from lbproxy.status import TrafficTotals, frontend_status
 from lbproxy.sysctl import enable_request_migration
 
@@ -117,6 +118,7 @@ class ProxySupervisor:
         self.totals = TrafficTotals()
         self._tasks: set[asyncio.Task] = set()
         self._heartbeat: asyncio.Task | None = None
+        self.nat: NatDataPath | None = None      # owner of the nat frontends' nftables table
 
     # --- lifecycle
 
@@ -127,14 +129,17 @@ class ProxySupervisor:
             await self._add_checker(frontend)
         generation = self._new_generation(self.config)
         try:
+            await self._sync_nat(self.config)
             await self._boot(generation)
         except BaseException:
+            if self.nat is not None:
+                await self.nat.stop()
             await self._stop_checkers(list(self.checkers))
             raise
         self.current = generation
         self.accepting = True
         self._heartbeat = asyncio.get_running_loop().create_task(self._watch_heartbeats())
-        log.info("proxy: %d frontend(s) listening in %d worker(s)", len(self.config.frontends),
+        log.info("proxy: %d frontend(s) listening in %d worker(s)", len(generation.config.frontends),
                  len(generation.workers))
         self._update_serving()
 
@@ -152,10 +157,11 @@ class ProxySupervisor:
             else:
                 await self._add_checker(frontend)
         removed = [name for name in self.checkers if config.frontend(name) is None]
-        if listeners(old) == listeners(config) and self.current is not None:
+        await self._sync_nat(config)
+        if listeners(in_workers(old)) == listeners(in_workers(config)) and self.current is not None:
             self.config = config
-            self.current.config = config
-            message = self._configure_message(config)
+            self.current.config = in_workers(config)
+            message = self._configure_message(self.current.config)
             for worker in self.current.workers.values():
                 worker.send(message)
             log.info("proxy: reloaded in place (backends and settings only)")
@@ -187,6 +193,11 @@ class ProxySupervisor:
         self._update_serving()
         for generation in self._generations_alive():
             generation.cancel_respawns()
+        if self.nat is not None:
+            try:
+                await self.nat.stop_accepting()
+            except NatError as exc:
+                log.error("proxy: nat frontends: %s", exc)
         workers = [w for w in self.workers if w.accepting]
         for worker in workers:
             worker.send({"op": "stop_accepting"})
@@ -201,12 +212,16 @@ class ProxySupervisor:
         self._update_serving()
         for generation in self._generations_alive():
             generation.cancel_respawns()
+        nat_drained = self._spawn_task(self.nat.drain(timeout)) if self.nat is not None else None
         workers = list(self.workers)
         for worker in workers:
             worker.expected_exit = True
             worker.accepting = False
             worker.send({"op": "drain", "timeout": timeout})
         await self._wait_exits(workers, timeout)
+        if nat_drained is not None:
+            await nat_drained
+            self.nat = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._tasks:
@@ -240,8 +255,9 @@ class ProxySupervisor:
         out = []
         for frontend in self.config.frontends:
             checker = self.checkers.get(frontend.name)
+            nat = self.nat is not None and frontend.name in self.nat
             out.append(frontend_status(
-                frontend, counters.get(frontend.name, {}),
+                frontend, self.nat.stats(frontend) if nat else counters.get(frontend.name, {}),
                 health=checker.status() if checker else [],
                 all_down=checker.all_down if checker else True,
                 serving=self.serving.get(frontend.name, False),
@@ -253,7 +269,24 @@ class ProxySupervisor:
 
     def _new_generation(self, config: ProxyConfig) -> _Generation:
         self._generations += 1
-        return _Generation(self._generations, config)
+        return _Generation(self._generations, in_workers(config))
+
+    async def _sync_nat(self, config: ProxyConfig) -> None:
+        """The nat frontends' table made to match `config` (created, updated, or removed)."""
+        nat = [f for f in config.frontends if f.mode == FrontendMode.NAT]
+        try:
+            if self.nat is None and nat:
+                owner = NatDataPath(nat, self.checkers)
+                await owner.start()
+                self.nat = owner
+                log.info("proxy: %d nat frontend(s) forwarded by the kernel (nftables table inet vipd_nat)", len(nat))
+            elif self.nat is not None and nat:
+                await self.nat.update(nat)
+            elif self.nat is not None:
+                await self.nat.stop()
+                self.nat = None
+        except NatError as exc:
+            raise ProxyError(str(exc)) from None
 
     def _generations_alive(self) -> set[_Generation]:
         alive = {w.generation for w in self.workers}
@@ -466,6 +499,8 @@ class ProxySupervisor:
                    "weight": bh.weight, "since": bh.up_since}
         for worker in self.workers:
             worker.send(message)
+        if self.nat is not None and frontend in self.nat:
+            self.nat.changed()
         self._report_health(frontend, address, state)
         self._update_serving()
 
@@ -498,10 +533,12 @@ class ProxySupervisor:
         a backend up) and push the ones that changed."""
         listening = (self.accepting and self.current is not None
                      and any(w.accepting for w in self.current.workers.values()))
+        nat_listening = self.accepting and self.nat is not None and self.nat.installed
         names = [f.name for f in self.config.frontends]
         for name in names + [n for n in self.serving if n not in names]:
             checker = self.checkers.get(name)
-            serving = listening and checker is not None and not checker.all_down
+            here = nat_listening if self.nat is not None and name in self.nat else listening
+            serving = here and checker is not None and not checker.all_down
             if self.serving.get(name, False) == serving:     # not known yet: not serving
                 continue
             self.serving[name] = serving
@@ -510,3 +547,9 @@ class ProxySupervisor:
                     self.on_serving(name, serving)
                 except Exception:
                     log.exception("proxy: on_serving callback failed")
+
+
+def in_workers(config: ProxyConfig) -> ProxyConfig:
+    """What the worker processes serve: the proxy-mode frontends; no worker at all without one."""
+    frontends = tuple(f for f in config.frontends if f.mode == FrontendMode.PROXY)
+    return dataclasses.replace(config, frontends=frontends, workers=config.workers if frontends else 0)

@@ -27,3 +27,24 @@ def enable_request_migration() -> None:
     except OSError as exc:
         log.warning("proxy: cannot set net.ipv4.tcp_migrate_req=1 (%s); on reload, old workers "
                     "serve their queued connections before closing their listeners", exc.strerror or exc)
+
+
+FORWARDING = {4: ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+              6: ("net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding")}
+
+
+def enable_forwarding(version: int, frontend: str) -> bool:
+    """Packet forwarding on (this network namespace) for a nat frontend; logged when it changes.
+    False when it is off and cannot be set (the nat frontend cannot serve)."""
+    name, path = FORWARDING[version]
+    try:
+        with open(path) as f:
+            if f.read().strip() == "1":
+                return True
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        log.error("proxy: cannot set %s=1 for nat frontend %s (%s)", name, frontend, exc.strerror or exc)
+        return False
+    log.info("proxy: set %s=1 for nat frontend %s", name, frontend)
+    return True

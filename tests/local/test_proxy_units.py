@@ -111,7 +111,7 @@ def test_a_frontends_status_joins_traffic_and_health():
         "name": "api", "listen": "127.0.0.1:6443", "balance": "least_conn",
         "active_connections": 3, "total_connections": 20, "failed_connections": 2, "refused": 1,
         "bytes_in": 100, "bytes_out": 1000, "all_down": False, "using_backups": True, "serving": True,
-        "workers": 2,
+        "workers": 2, "mode": "proxy",
         "backends": [
             {"address": "127.0.0.1:8081", "state": "down", "weight": 5, "backup": False,
              "effective_weight": 5.0, "slow_start_remaining": 0.0, "active_connections": 3,

@@ -63,7 +63,7 @@ FULL = {
     "frontends": [{
         "name": "api", "listen": "[::]:6443", "balance": "least_conn", "active_connections": 0,
         "total_connections": 9, "failed_connections": 1, "refused": 2, "bytes_in": 10,
-        "bytes_out": 20, "all_down": True, "using_backups": False, "serving": False, "workers": 2,
+        "bytes_out": 20, "all_down": True, "using_backups": False, "serving": False, "workers": 2, "mode": "proxy",
         "backends": [{
             "address": "[2001:db8::21]:6443", "state": "drain", "weight": 3, "active_connections": 0,
             "overrides": {"drain": True, "weight": 3}, "backup": True, "effective_weight": 1.5,

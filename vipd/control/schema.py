@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
-from lbproxy.config import Balance
+from lbproxy.config import Balance, FrontendMode
 from lbproxy.health import BackendState
 from vipd.anycast.core import AnycastState
 from vipd.election.core import State as ElectionState
@@ -179,6 +179,11 @@ class Frontend(TypedDict):
     serving: NotRequired[Annotated[bool, Doc("listening and at least one backend up "
                                              "(what a `frontend:NAME` track sees)")]]
     workers: NotRequired[Annotated[Count, Doc("worker processes accepting on this frontend")]]
+    mode: NotRequired[Annotated[FrontendMode, Doc(
+        "proxy: worker processes carry the connections; nat: the kernel forwards the packets (nftables "
+        "DNAT): a backend's total_connections counts connections sent to it since the start, its "
+        "active_connections the established conntrack entries, bytes and failed connects are not counted, "
+        "refused counts connections reset while no backend was in the map")]]
 
 
 class StatusDocument(TypedDict):
