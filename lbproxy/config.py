@@ -244,7 +244,7 @@ def parse_frontend(problems: list[str], where: str, table: Any) -> FrontendConfi
         "accept_proxy_protocol": s.get("accept_proxy_protocol", bool, False),
         "trusted_proxies": parse_trusted_proxies(s, "trusted_proxies"),
     }
-    if values["accept_proxy_protocol"] and not values["trusted_proxies"]:
+    if values["accept_proxy_protocol"] and not values["trusted_proxies"] and s.table.get("mode") != FrontendMode.NAT:
         s.error("trusted_proxies", "accept_proxy_protocol needs the addresses of the balancers in front "
                                    "(every other source is refused); 0.0.0.0/0 and ::/0 trust anyone")
     health = parse_health(problems, s.path("health"), s.table.get("health", {}))
