@@ -1,6 +1,11 @@
 """`vipd run` / `lbproxy run`: one asyncio loop running VRRP, the proxy supervisor, the control
 socket and metrics. Signal handlers only enqueue; one dispatcher applies commands in order
 (gunicorn's arbiter), so a reload and a stop never interleave.
+
+Nothing unexpected ends the daemon without resigning: an exception that escapes into the loop (a
+timer or reader callback, a task nobody awaits, a failed VRRP action, the dispatcher itself)
+reaches `_on_loop_exception`, the one place that turns it into a fatal stop: VRRP resigns at once
+(priority 0) and removes its VIPs, the proxy stops accepting, and the process exits EXIT_FAILED.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from vipd.sdnotify import SystemdNotifier
 log = logging.getLogger("vipd")
 
 STATUS_PAGE_EVENTS = 30
+EXIT_FAILED = 1
+FATAL_STOP_TIMEOUT = 10.0     # resigning and removing VIPs after a fatal error takes no longer
 
 
 class StartError(Exception):
@@ -48,6 +55,7 @@ class Daemon:
         self.runtime = RuntimeState()
         self.state_file: StateFile | None = None
         self.events = EventLog()
+        self.fatal: BaseException | None = None
 
     def load(self) -> configmod.Config:
         loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
@@ -348,9 +356,56 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The loop's exception handler: an exception no one handled is fatal, but for a
+        transport's (one client's connection) and the loop's own closing noise."""
+        exc = context.get("exception")
+        if exc is None or "transport" in context or "protocol" in context or isinstance(exc, asyncio.CancelledError):
+            loop.default_exception_handler(context)
+            return
+        self._fail(str(context.get("message") or "unhandled exception"), exc)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        if self.fatal is not None or self.commands is None:
+            return
+        self.fatal = exc
+        frame = _innermost(exc)
+        log.error("fatal: %s: %s: %s%s; resigning VRRP, removing VIPs and exiting", what, type(exc).__name__,
+                  describe(exc), f" (at {frame})" if frame else "")
+        # Once, for the bug report; the line above is what the operator acts on.
+        log.error("traceback of the fatal error", exc_info=exc)
+        self.commands.put_nowait(("fatal", None))
+
+    def _watch_task(self, task: asyncio.Task, what: str) -> asyncio.Task:
+        def done(finished: asyncio.Task) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                self._fail(what, finished.exception())
+        task.add_done_callback(done)
+        return task
+
+    async def _fatal_stop(self) -> None:
+        """Resign and remove the VIPs first and fast; the rest is best effort."""
+        self.notifier.stopping()
+        steps = []
+        if self.vrrp is not None:
+            steps.append(("resigning VRRP", self.vrrp.shutdown(handover=False)))
+        if self.proxy is not None:
+            steps.append(("closing the listeners", self.proxy.stop_accepting()))
+        if self.control is not None:
+            steps.append(("closing the control socket", self.control.stop()))
+        if self.metrics is not None:
+            steps.append(("closing the metrics listener", self.metrics.stop()))
+        for what, step in steps:
+            try:
+                await asyncio.wait_for(step, FATAL_STOP_TIMEOUT)
+            except (Exception, asyncio.CancelledError) as exc:
+                log.error("after the fatal error: %s failed: %s", what, describe(exc))
+        self.events.close()
+
     async def run(self, cfg: configmod.Config) -> int:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
+        loop.set_exception_handler(self._on_loop_exception)
         for signum, command in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
             loop.add_signal_handler(signum, self.commands.put_nowait, (command, None))
         try:
@@ -358,25 +413,46 @@ class Daemon:
         except StartError as exc:
             log.error("%s", exc)
             await self.stop()
-            return 1
-        watchdog = asyncio.create_task(self._watchdog())
+            return EXIT_FAILED
+        watchdog = self._watch_task(asyncio.create_task(self._watchdog()), "systemd watchdog")
         self.notifier.ready(self.summary())
         self.events.emit(Kind.DAEMON_START, self.path, f"running {self.path} (pid {os.getpid()}): {self.summary()}",
                          {"pid": os.getpid(), "config": self.path, "summary": self.summary()}, logger=log)
+        try:
+            await self._dispatch()
+        except Exception as exc:
+            self._fail("the command dispatcher", exc)
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if self.fatal is not None:
+            watchdog.cancel()
+            await self._fatal_stop()
+            return EXIT_FAILED
+        await self.stop()
+        watchdog.cancel()
+        log.info("stopped")
+        return EXIT_FAILED if self.fatal is not None else 0
+
+    async def _dispatch(self) -> None:
         while True:
             command, reply = await self.commands.get()
             if command == "reload":
                 result = await self.handle_reload()
                 if reply is not None and not reply.done():
                     reply.set_result(result)
-            elif command == "stop":
-                break
-        for signum in (signal.SIGHUP, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await self.stop()
-        watchdog.cancel()
-        log.info("stopped")
-        return 0
+            elif command in ("stop", "fatal"):
+                return
+
+
+def _innermost(exc: BaseException) -> str | None:
+    """`file:line in function` where the exception was raised."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _bridge_plan(cfg: configmod.Config):

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import math
 import socket
 import time
 from typing import Callable, Mapping
@@ -30,6 +31,15 @@ log = logging.getLogger("vipd.vrrp")
 
 NO_ADDRESS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 STOP_SAFETY_MARGIN = 5.0
+# Self-fencing: a held VIP carries a kernel lifetime, renewed this often from the loop that sends
+# the adverts, so a daemon killed, frozen or wedged loses its VIPs without anyone's help.
+VIP_REFRESH_PERIOD = 1.0
+
+
+def vip_lifetime(advert_interval: float) -> int:
+    """Whole seconds a VIP outlives its last refresh: three refresh periods (a loop stall of two
+    seconds costs nothing) and no shorter than a peer's wait for three missed adverts."""
+    return max(math.ceil(3 * VIP_REFRESH_PERIOD), math.ceil(3 * advert_interval))
 
 
 def _utc_now() -> str:
@@ -39,6 +49,19 @@ def _utc_now() -> str:
 def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
     """True when `new` is another router, not the same one reconfigured."""
     return (old.interface, old.vrid, old.version, old.family) != (new.interface, new.vrid, new.version, new.family)
+
+
+def encode_advert(c: VrrpConfig, priority: int, src: str, dst: str) -> bytes:
+    """The advert `c` sends from `src` to `dst` (without the IP header)."""
+    advert = packet.Advert(
+        c.version, c.vrid, priority, c.advert_interval_cs, tuple(v.ip for v in c.virtual_ips),
+        packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
+        packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
+    return packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
+
+
+def destinations(c: VrrpConfig) -> list[str]:
+    return list(c.unicast_peers) or [VRRP_GROUP[c.family]]
 
 
 class VrrpInstance:
@@ -75,6 +98,8 @@ class VrrpInstance:
         self.fault_reasons: set[str] = set()
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
+        self._refreshed_at = 0.0
+        self._vips_seen: set = set()         # managed VIPs netlink showed on the link while held
         self._vip_change: asyncio.Future | None = None
         self._frames: asyncio.Future | None = None
         self._frames_for: tuple | None = None
@@ -148,19 +173,12 @@ class VrrpInstance:
     def _managed_vips(self) -> list:
         return [v for v in self.config.virtual_ips if v not in self._unmanaged]
 
-    def _destinations(self) -> list[str]:
-        return list(self.config.unicast_peers) or [VRRP_GROUP[self.config.family]]
 
     def _encode(self, priority: int, src: str, dst: str) -> bytes:
         key = (priority, src, dst)
         payload = self._encoded.get(key)
         if payload is None:
-            c = self.config
-            advert = packet.Advert(
-                c.version, c.vrid, priority, c.advert_interval_cs, tuple(v.ip for v in c.virtual_ips),
-                packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
-                packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
-            payload = packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
+            payload = encode_advert(self.config, priority, src, dst)
             if len(self._encoded) > 64:
                 self._encoded.clear()
             self._encoded[key] = payload
@@ -220,7 +238,9 @@ class VrrpInstance:
             if dropped:
                 self._vip_change = self.addresses.remove(config.interface, dropped)
             if self._holding:
-                self._vip_change = self.addresses.add(config.interface, self._managed_vips())
+                self._refreshed_at = self.clock()
+                self._vip_change = self.addresses.add(config.interface, self._managed_vips(),
+                                                      vip_lifetime(config.advert_interval))
             self._rebuild_frames()
             if self._holding:
                 self._start_garp()
@@ -292,6 +312,7 @@ class VrrpInstance:
     def _on_link(self, name: str) -> None:
         if name == self.config.interface:
             self._rebuild_frames()
+            self._check_vips_present()
         self.tracks.links_changed()
         self._evaluate()
 
@@ -372,12 +393,18 @@ class VrrpInstance:
         self._schedule()
 
     def _report_bug(self, what: str, exc: Exception) -> None:
-        # A bug that fires every advert interval must not flood the log: once a minute per kind.
+        """To the loop's exception handler: the daemon's resigns and exits (vipd.daemon); outside
+        it, the default one logs. A bug that fires every advert interval must not flood the log:
+        once a minute per kind."""
         key = (what.split("(")[0], type(exc).__name__)
         now = self.clock()
         if now - self._bug_reported.get(key, -3600.0) >= 60.0:
             self._bug_reported[key] = now
-            log.error("vrrp %s: %s failed", self.name, what, exc_info=exc)
+            message = f"vrrp {self.name}: {what} failed"
+            try:
+                asyncio.get_running_loop().call_exception_handler({"message": message, "exception": exc})
+            except RuntimeError:
+                log.error("%s", message, exc_info=exc)
 
     def _schedule(self) -> None:
         self._cancel_timer()
@@ -425,7 +452,9 @@ class VrrpInstance:
             self._hold_quietly()
         elif isinstance(action, fsm.ReleaseVips):
             log.info("vrrp %s: releasing the VIPs held quietly (%s)", self.name, action.reason)
-            # Queued now, so a later AddVips (rejoining after maintenance) comes after it.
+            # Queued now, so a later AddVips (rejoining after maintenance) comes after it, and no
+            # renewal after it.
+            self.quiet.stop_refreshing()
             removed = self.addresses.remove(self.config.interface, self.quiet.vips)
             self._vip_change = asyncio.ensure_future(self.quiet.release(lambda vips: removed))
         elif isinstance(action, fsm.PrepareBridge):
@@ -439,18 +468,58 @@ class VrrpInstance:
             self.notify.transition(self.config.notify, "STOP", self.router.effective_priority, self._vip_change)
 
     def _send_advert(self, priority: int) -> None:
+        self._refresh_vips()
         src = self.router.params.primary_address
         if self.channel is None or src == NO_ADDRESS[self.config.family]:
             return
         sent = False
-        for dst in self._destinations():
+        for dst in destinations(self.config):
             sent |= self.channel.send(self._encode(priority, src, dst), src, dst)
         if sent:
             self.adverts_sent += 1
 
     def _add_vips(self) -> None:
         self._holding = True
-        self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
+        self._refreshed_at = self.clock()
+        self._vip_change = self.addresses.add(self.config.interface, self._managed_vips(),
+                                              vip_lifetime(self.config.advert_interval))
+
+    def _refresh_vips(self, due_only: bool = True) -> asyncio.Future | None:
+        """Renew the VIPs' lifetime (at most once a refresh period): called as adverts go out."""
+        now = self.clock()
+        if not self._holding or (due_only and now < self._refreshed_at + VIP_REFRESH_PERIOD):
+            return None
+        self._refreshed_at = now
+        change = self.addresses.add(self.config.interface, self._managed_vips(),
+                                    vip_lifetime(self.config.advert_interval))
+        self._report_failure(change, "renewing VIPs")
+        return change
+
+    def _report_failure(self, change: asyncio.Future, what: str) -> None:
+        def done(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.error("vrrp %s: %s: %s", self.name, what, future.exception())
+        change.add_done_callback(done)
+
+    def _check_vips_present(self) -> None:
+        """A held VIP gone from the link (its lifetime ran out while this process was frozen or its
+        loop stalled, or someone deleted it) is added again at once, and announced: the
+        neighbours may have moved to another router meanwhile. Until netlink first shows a VIP
+        (the add is in flight) its absence says nothing."""
+        link = self.interfaces.by_name(self.config.interface)
+        if not self._holding or link is None:
+            self._vips_seen.clear()
+            return
+        managed = self._managed_vips()
+        present = {v for v in managed if link.has(str(v.ip)) is not None}
+        vanished = (self._vips_seen & set(managed)) - present
+        self._vips_seen = present
+        if vanished and self.router.state is fsm.State.MASTER:
+            log.warning("vrrp %s: %s vanished from %s while master (the lifetime ran out: was this process "
+                        "stopped?); adding again", self.name, ", ".join(map(str, sorted(vanished, key=str))),
+                        self.config.interface)
+            self._vip_change = self._refresh_vips(due_only=False)
+            self._start_garp()
 
     def _remove_vips(self) -> None:
         self._give_up_vips()
@@ -458,11 +527,15 @@ class VrrpInstance:
 
     def _hold_quietly(self) -> None:
         self._give_up_vips()
-        self.quiet.hold(self._managed_vips())
+        lifetime = vip_lifetime(self.config.advert_interval)
+        self.quiet.hold(self._managed_vips(), VIP_REFRESH_PERIOD,
+                        lambda vips: self._report_failure(self.addresses.add(self.config.interface, vips, lifetime),
+                                                          "renewing VIPs held quietly"))
 
     def _give_up_vips(self) -> None:
         # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
         self._holding = False
+        self._vips_seen.clear()
         self._cancel_garp()
         self.bridge.end_soon()
 
