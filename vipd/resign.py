@@ -33,10 +33,9 @@ class Outcome:
     note: str
 
     def line(self) -> str:
-        if not self.removed:
-            return f"vrrp {self.instance}: {self.note}"
-        done = f"vrrp {self.instance}: removed {', '.join(self.removed)}"
-        return done + ("; sent a priority-0 advert" if self.advertised else f"; {self.note}")
+        done = [f"removed {', '.join(self.removed)}"] if self.removed else []
+        done += ["sent a priority-0 advert"] if self.advertised else []
+        return f"vrrp {self.instance}: " + "; ".join(done + ([self.note] if self.note else []))
 
 
 def _primary(c: VrrpConfig, link: Link) -> str | None:
@@ -73,10 +72,11 @@ async def _resign_one(c: VrrpConfig, table: InterfaceTable, addresses: AddressWo
         return Outcome(c.name, (), False, f"no VIP left on {c.interface}: this node was not master")
     # The VIPs first: from here on this node no longer answers for them.
     removed = tuple(await addresses.remove(c.interface, left))
+    expired = "" if removed else "the VIPs expired meanwhile"
     if quiet:
         return Outcome(c.name, removed, False, "they were held quietly after a hand-over: no advert")
     why_not = _advertise_resign(c, link)
-    return Outcome(c.name, removed, why_not is None, why_not or "")
+    return Outcome(c.name, removed, why_not is None, why_not or expired)
 
 
 async def resign(configs: tuple[VrrpConfig, ...]) -> list[Outcome]:

@@ -38,8 +38,10 @@ VIP_REFRESH_PERIOD = 1.0
 
 def vip_lifetime(advert_interval: float) -> int:
     """Whole seconds a VIP outlives its last refresh: three refresh periods (a loop stall of two
-    seconds costs nothing) and no shorter than a peer's wait for three missed adverts."""
-    return max(math.ceil(3 * VIP_REFRESH_PERIOD), math.ceil(3 * advert_interval))
+    seconds costs nothing), and no shorter than a backup waits before it takes over (three
+    adverts and Skew_Time: under an interval in v3, under a second in v2), so that the VIPs expire
+    only once a backup holds them."""
+    return max(math.ceil(3 * VIP_REFRESH_PERIOD), math.ceil(3 * advert_interval + max(advert_interval, 1.0)))
 
 
 def _utc_now() -> str:
@@ -380,6 +382,9 @@ class VrrpInstance:
     def _dispatch(self, event, now: float | None = None) -> None:
         if self.router.stopped:
             return
+        if not isinstance(event, fsm.VipsLost):
+            # Said before anything else, above all before the adverts that fell due meanwhile.
+            self._tell_if_vips_expired()
         # Never hand the router a time before one it has already seen.
         now = self._last_now = max(self._last_now, self.clock() if now is None else now)
         try:
@@ -487,7 +492,9 @@ class VrrpInstance:
     def _refresh_vips(self, due_only: bool = True) -> asyncio.Future | None:
         """Renew the VIPs' lifetime (at most once a refresh period): called as adverts go out."""
         now = self.clock()
-        if not self._holding or (due_only and now < self._refreshed_at + VIP_REFRESH_PERIOD):
+        # Half an interval early rather than an interval late: adverts and renewals share a grid.
+        due = self._refreshed_at + VIP_REFRESH_PERIOD - self.config.advert_interval / 2
+        if not self._holding or (due_only and now < due):
             return None
         self._refreshed_at = now
         change = self.addresses.add(self.config.interface, self._managed_vips(),
@@ -502,10 +509,10 @@ class VrrpInstance:
         change.add_done_callback(done)
 
     def _check_vips_present(self) -> None:
-        """A held VIP gone from the link (its lifetime ran out while this process was frozen or its
-        loop stalled, or someone deleted it) is added again at once, and announced: the
-        neighbours may have moved to another router meanwhile. Until netlink first shows a VIP
-        (the add is in flight) its absence says nothing."""
+        """A held VIP gone from the link: when its lifetime ran out (this process was frozen or its
+        loop stalled), the router steps down (VipsLost); when someone deleted it, it is added again
+        at once and announced. Until netlink first shows a VIP (the add is in flight) its absence
+        says nothing."""
         link = self.interfaces.by_name(self.config.interface)
         if not self._holding or link is None:
             self._vips_seen.clear()
@@ -514,12 +521,25 @@ class VrrpInstance:
         present = {v for v in managed if link.has(str(v.ip)) is not None}
         vanished = (self._vips_seen & set(managed)) - present
         self._vips_seen = present
-        if vanished and self.router.state is fsm.State.MASTER:
-            log.warning("vrrp %s: %s vanished from %s while master (the lifetime ran out: was this process "
-                        "stopped?); adding again", self.name, ", ".join(map(str, sorted(vanished, key=str))),
-                        self.config.interface)
-            self._vip_change = self._refresh_vips(due_only=False)
-            self._start_garp()
+        if not vanished or self.router.state is not fsm.State.MASTER:
+            return
+        if self._tell_if_vips_expired():
+            return
+        log.warning("vrrp %s: %s vanished from %s while master; adding again", self.name,
+                    ", ".join(map(str, sorted(vanished, key=str))), self.config.interface)
+        self._vip_change = self._refresh_vips(due_only=False)
+        self._start_garp()
+
+    def _tell_if_vips_expired(self) -> bool:
+        """Frozen or stalled past the VIPs' lifetime: the kernel has dropped them, and a backup
+        holds them by now; the router hears VipsLost."""
+        late = self.clock() - self._refreshed_at
+        if not self._holding or late < vip_lifetime(self.config.advert_interval):
+            return False
+        log.warning("vrrp %s: the VIPs expired, %.1fs after their last renewal (was this process stopped "
+                    "or its loop stalled?)", self.name, late)
+        self._dispatch(fsm.VipsLost())
+        return True
 
     def _remove_vips(self) -> None:
         self._give_up_vips()
