@@ -2,10 +2,12 @@
 socket and metrics. Signal handlers only enqueue; one dispatcher applies commands in order
 (gunicorn's arbiter), so a reload and a stop never interleave.
 
-Nothing unexpected ends the daemon without resigning: an exception that escapes into the loop (a
-timer or reader callback, a task nobody awaits, a failed VRRP action, the dispatcher itself)
-reaches `_on_loop_exception`, the one place that turns it into a fatal stop: VRRP resigns at once
-(priority 0) and removes its VIPs, the proxy stops accepting, and the process exits EXIT_FAILED.
+Nothing unexpected ends the daemon without resigning: an exception of vipd's or lbproxy's code that
+escapes into the loop (a timer or reader callback, a task whose failure no one takes within
+UNCLAIMED_GRACE, a failed VRRP action, the dispatcher itself) reaches `_on_loop_exception`, the one
+place that turns it into a fatal stop: VRRP resigns at once (priority 0) and removes its VIPs, the
+proxy stops accepting, and the process exits EXIT_FAILED. Libraries' own failures (a client's
+connection in aiohttp) are only logged.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import signal
 import sys
 from typing import Any
 
+import lbproxy
+import vipd
 from lbproxy import logsetup
 from vipd import config as configmod
 from vipd.events import EventLog, Kind, Level, describe_proxy_event
@@ -29,6 +33,10 @@ log = logging.getLogger("vipd")
 STATUS_PAGE_EVENTS = 30
 EXIT_FAILED = 1
 FATAL_STOP_TIMEOUT = 10.0     # resigning and removing VIPs after a fatal error takes no longer
+# A failed task's exception is taken by whoever awaits it within a few turns of the loop; one still
+# untaken after this has no one to handle it.
+UNCLAIMED_GRACE = 0.5
+OUR_CODE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (lbproxy, vipd))
 
 
 class StartError(Exception):
@@ -357,13 +365,31 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        """The loop's exception handler: an exception no one handled is fatal, but for a
-        transport's (one client's connection) and the loop's own closing noise."""
+        """The loop's exception handler: an exception our code did not handle is fatal; a
+        transport's (one client's connection) and a library's are logged as asyncio would."""
         exc = context.get("exception")
-        if exc is None or "transport" in context or "protocol" in context or isinstance(exc, asyncio.CancelledError):
+        if (exc is None or "transport" in context or "protocol" in context
+                or isinstance(exc, asyncio.CancelledError) or not _from_our_code(context)):
             loop.default_exception_handler(context)
             return
         self._fail(str(context.get("message") or "unhandled exception"), exc)
+
+    def _task_factory(self, loop: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        # `_log_traceback` is asyncio's own mark of an exception no one has taken yet (it logs
+        # "Task exception was never retrieved" from it, but only once the task is collected).
+        if getattr(task, "_log_traceback", False):
+            task.get_loop().call_later(UNCLAIMED_GRACE, self._claim, task)
+
+    def _claim(self, task: asyncio.Task) -> None:
+        if getattr(task, "_log_traceback", False):
+            exc = task.exception()
+            self._on_loop_exception(task.get_loop(), {"message": f"task {task.get_name()} failed",
+                                                      "exception": exc, "task": task})
 
     def _fail(self, what: str, exc: BaseException) -> None:
         if self.fatal is not None or self.commands is None:
@@ -406,6 +432,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
         loop.set_exception_handler(self._on_loop_exception)
+        loop.set_task_factory(self._task_factory)
         for signum, command in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
             loop.add_signal_handler(signum, self.commands.put_nowait, (command, None))
         try:
@@ -442,6 +469,21 @@ class Daemon:
                     reply.set_result(result)
             elif command in ("stop", "fatal"):
                 return
+
+
+def _from_our_code(context: dict) -> bool:
+    """Whether the failing task or callback is vipd's or lbproxy's (so are failures reported
+    without either: a VRRP action's)."""
+    task = context.get("task") or context.get("future")
+    if task is not None:
+        code = getattr(getattr(task, "get_coro", lambda: None)(), "cr_code", None)
+        return code is not None and code.co_filename.startswith(OUR_CODE)
+    handle = context.get("handle")
+    if handle is not None:
+        callback = getattr(handle, "_callback", None)
+        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+        return code is not None and code.co_filename.startswith(OUR_CODE)
+    return True
 
 
 def _innermost(exc: BaseException) -> str | None:

@@ -65,18 +65,20 @@ async def _resign_one(c: VrrpConfig, table: InterfaceTable, addresses: AddressWo
     if link is None:
         return Outcome(c.name, (), False, f"no interface {c.interface}: nothing to do")
     left = [v for v in c.virtual_ips if (found := link.has(str(v.ip))) is not None and found.ours]
-    quiet = c.family == socket.AF_INET and await handover.quiet_hold_left(c.vrid)
-    if c.family == socket.AF_INET:
-        await handover.clear_leftovers(c.vrid)
-    if not left:
-        return Outcome(c.name, (), False, f"no VIP left on {c.interface}: this node was not master")
-    # The VIPs first: from here on this node no longer answers for them.
-    removed = tuple(await addresses.remove(c.interface, left))
-    expired = "" if removed else "the VIPs expired meanwhile"
-    if quiet:
-        return Outcome(c.name, removed, False, "they were held quietly after a hand-over: no advert")
-    why_not = _advertise_resign(c, link)
-    return Outcome(c.name, removed, why_not is None, why_not or expired)
+    quiet = bool(left) and c.family == socket.AF_INET and await handover.quiet_hold_left(c.vrid)
+    try:
+        if not left:
+            return Outcome(c.name, (), False, f"no VIP left on {c.interface}: this node was not master")
+        # The VIPs first: from here on this node no longer answers for them.
+        removed = tuple(await addresses.remove(c.interface, left))
+        expired = "" if removed else "the VIPs expired meanwhile"
+        if quiet:
+            return Outcome(c.name, removed, False, "they were held quietly after a hand-over: no advert")
+        why_not = _advertise_resign(c, link)
+        return Outcome(c.name, removed, why_not is None, why_not or expired)
+    finally:
+        if c.family == socket.AF_INET:
+            await handover.clear_leftovers(c.vrid)
 
 
 async def resign(configs: tuple[VrrpConfig, ...]) -> list[Outcome]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import own_network
+from support import free_port, own_network
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,3 +118,44 @@ def test_workers_of_a_killed_master_refuse_new_connections_and_finish_open_ones(
     assert result["still_relays"], log
     assert result["left"] == [], log
     assert "the master is gone" in log
+
+
+# `lbproxy run` with one real failure: the supervisor's clock raises on the heartbeat task's third
+# look at it, so that task (which no one awaits) fails as a bug there would, a second after the start.
+FAILING_PROXY = """
+import sys, time
+from lbproxy import supervisor
+calls = 0
+class FailingClock:
+    @staticmethod
+    def monotonic():
+        global calls
+        if sys._getframe(1).f_code.co_name == "_watch_heartbeats":
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("injected failure")
+        return time.monotonic()
+supervisor.time = FailingClock
+from vipd.proxycli import main
+sys.argv[0] = "lbproxy"
+sys.exit(main())
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_task_that_fails_unawaited_stops_the_daemon_with_one_line_and_exit_1(tmp_path):
+    listen, backend = free_port(), free_port()
+    config = tmp_path / "lbproxy.toml"
+    config.write_text("\n".join([
+        "[node]", 'name = "fails"', f'control_socket = "{tmp_path}/control.sock"', "workers = 1",
+        f'state_dir = "{tmp_path}/state"',
+        "[[frontend]]", 'name = "api"', f'listen = "127.0.0.1:{listen}"',
+        "  [[frontend.backend]]", f'  address = "127.0.0.1:{backend}"', ""]))
+    done = subprocess.run(own_network([sys.executable, "-c", FAILING_PROXY, "run", "-c", str(config)]), cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log
+    fatal = [line for line in log.splitlines() if "fatal:" in line]
+    assert len(fatal) == 1, log
+    assert "task" in fatal[0] and "RuntimeError: injected failure" in fatal[0], log
+    assert "Traceback" in log and "_watch_heartbeats" in log

@@ -158,7 +158,7 @@ def test_resign_after_kill_9_fails_over_in_about_skew_time(lab, tmp_path):
         done = subprocess.CompletedProcess(resign.args, resign.returncode, out, err)
         finished = time.monotonic()
         assert done.returncode == 0, done.stderr
-        assert "removed 198.18.0.100/24; sent a priority-0 advert" in done.stdout, done.stdout
+        assert f"removed {VIP}/24; sent a priority-0 advert" in done.stdout, done.stdout
         assert wait_for(lambda: built.holders() == [1], 10, step=0.02), built.log(1)
         time.sleep(0.2)
         watch.stop()
