@@ -402,13 +402,6 @@ class Daemon:
         log.error("traceback of the fatal error", exc_info=exc)
         self.commands.put_nowait(("fatal", None))
 
-    def _watch_task(self, task: asyncio.Task, what: str) -> asyncio.Task:
-        def done(finished: asyncio.Task) -> None:
-            if not finished.cancelled() and finished.exception() is not None:
-                self._fail(what, finished.exception())
-        task.add_done_callback(done)
-        return task
-
     async def _fatal_stop(self) -> None:
         """Resign and remove the VIPs first and fast; the rest is best effort."""
         self.notifier.stopping()
@@ -441,7 +434,7 @@ class Daemon:
             log.error("%s", exc)
             await self.stop()
             return EXIT_FAILED
-        watchdog = self._watch_task(asyncio.create_task(self._watchdog()), "systemd watchdog")
+        watchdog = asyncio.create_task(self._watchdog(), name="systemd watchdog")
         self.notifier.ready(self.summary())
         self.events.emit(Kind.DAEMON_START, self.path, f"running {self.path} (pid {os.getpid()}): {self.summary()}",
                          {"pid": os.getpid(), "config": self.path, "summary": self.summary()}, logger=log)

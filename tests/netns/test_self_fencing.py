@@ -245,3 +245,26 @@ def test_an_unexpected_exception_resigns_removes_the_vip_and_exits_non_zero(lab,
         assert "master_resigned" in built.log(1)
     finally:
         stop_all(built)
+
+
+@pytest.mark.timeout(120)
+def test_vips_held_quietly_after_a_hand_over_are_renewed_until_the_hold_ends(lab, tmp_path):
+    built = start_pair(lab, tmp_path, INTERVAL)
+    # The proxy's longest drain_timeout (the lab's 5 s) plus a second: longer than the lifetime.
+    hold = 5.0 + 1.0
+    assert hold > vip_lifetime(INTERVAL) + 1
+    try:
+        watch = Holders(built, step=0.05)
+        started = time.monotonic()
+        done = built.lbctl(0, "maintenance", "on")
+        assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: built.state(1) == "MASTER", 10), built.log(1)
+        assert wait_for(lambda: 0 not in built.holders(), hold + 10), built.log(0)
+        watch.stop()
+        released = watch.first(lambda held: 0 not in held, started)
+        print(f"\nmaintenance hand-over: the old master kept the VIP quietly for {released - started:.2f}s "
+              f"(hold {hold:g}s, lifetime {vip_lifetime(INTERVAL)}s)")
+        assert hold - 0.5 < released - started < hold + 3
+        assert built.holders() == [1]
+    finally:
+        stop_all(built)

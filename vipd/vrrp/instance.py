@@ -175,7 +175,6 @@ class VrrpInstance:
     def _managed_vips(self) -> list:
         return [v for v in self.config.virtual_ips if v not in self._unmanaged]
 
-
     def _encode(self, priority: int, src: str, dst: str) -> bytes:
         key = (priority, src, dst)
         payload = self._encoded.get(key)
