@@ -1,4 +1,4 @@
-"""`vipd run | check | import | demo | manifest`."""
+"""`vipd run | check | resign | import | demo | manifest`."""
 from __future__ import annotations
 
 import inspect
@@ -71,6 +71,49 @@ def check(config: str = ConfigOption, file_only: bool = FileOnlyOption) -> None:
     check_config(config, lambda c: f"{len(c.vrrp)} vrrp instance(s), {len(c.frontends)} frontend(s)"
                  + (f", {len(c.elections)} election(s)" if c.elections else ""),
                  file_only, require_vrrp=True)
+
+
+RESIGN_HELP = f"""
+\b
+Exit status: 0 when done (also when there was nothing to do), 1 when it
+cannot (no privileges, no netlink), {EXIT_REFUSED} when the config is refused.
+One line per instance on stdout says what was done."""
+
+
+@summarized(app, details=RESIGN_HELP)
+def resign(
+    config: str = ConfigOption,
+    only_if_failed: bool = typer.Option(
+        False, "--only-if-failed",
+        help="For systemd's ExecStopPost: do nothing when $SERVICE_RESULT is `success` (the daemon "
+             "stopped cleanly and resigned itself)."),
+) -> None:
+    """After the daemon died: remove the VIPs it left and send a priority-0 advert for each.
+
+    Only addresses vipd added are removed, and an instance that had none left (this node was not
+    master) sends no advert. A backup then takes over after Skew_Time, not Master_Down_Interval."""
+    import asyncio
+    import os
+
+    from vipd.config import ConfigError, load
+    from vipd.resign import CLEAN_STOP
+    from vipd.resign import resign as resign_all
+    from vipd.vrrp.links import VrrpError
+    if only_if_failed and os.environ.get("SERVICE_RESULT") == CLEAN_STOP:
+        return
+    try:
+        loaded = load(config, require_vrrp=True, host=None)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    try:
+        outcomes = asyncio.run(resign_all(loaded.vrrp))
+    except VrrpError as exc:
+        typer.echo(f"vipd resign: {exc}", err=True)
+        raise typer.Exit(1)
+    for outcome in outcomes:
+        typer.echo(outcome.line())
 
 
 @summarized(app, "import")

@@ -1,6 +1,13 @@
 """`vipd run` / `lbproxy run`: one asyncio loop running VRRP, the proxy supervisor, the control
 socket and metrics. Signal handlers only enqueue; one dispatcher applies commands in order
 (gunicorn's arbiter), so a reload and a stop never interleave.
+
+Nothing unexpected ends the daemon without resigning: an exception of vipd's or lbproxy's code that
+escapes into the loop (a timer or reader callback, a task whose failure no one takes within
+UNCLAIMED_GRACE, a failed VRRP action, the dispatcher itself) reaches `_on_loop_exception`, the one
+place that turns it into a fatal stop: VRRP resigns at once (priority 0) and removes its VIPs, the
+proxy stops accepting, and the process exits EXIT_FAILED. Libraries' own failures (a client's
+connection in aiohttp) are only logged.
 """
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import signal
 import sys
 from typing import Any
 
+import lbproxy
+import vipd
 from lbproxy import logsetup
 from vipd import config as configmod
 from vipd.events import EventLog, Kind, Level, describe_proxy_event
@@ -22,6 +31,12 @@ from vipd.sdnotify import SystemdNotifier
 log = logging.getLogger("vipd")
 
 STATUS_PAGE_EVENTS = 30
+EXIT_FAILED = 1
+FATAL_STOP_TIMEOUT = 10.0     # resigning and removing VIPs after a fatal error takes no longer
+# A failed task's exception is taken by whoever awaits it within a few turns of the loop; one still
+# untaken after this has no one to handle it.
+UNCLAIMED_GRACE = 0.5
+OUR_CODE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (lbproxy, vipd))
 
 
 class StartError(Exception):
@@ -50,6 +65,7 @@ class Daemon:
         self.runtime = RuntimeState()
         self.state_file: StateFile | None = None
         self.events = EventLog()
+        self.fatal: BaseException | None = None
 
     def load(self) -> configmod.Config:
         loaded = configmod.load(self.path, require_vrrp=True, require_frontend=not self.with_vrrp)
@@ -397,9 +413,68 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The loop's exception handler: an exception our code did not handle is fatal; a
+        transport's (one client's connection) and a library's are logged as asyncio would."""
+        exc = context.get("exception")
+        if (exc is None or "transport" in context or "protocol" in context
+                or isinstance(exc, asyncio.CancelledError) or not _from_our_code(context)):
+            loop.default_exception_handler(context)
+            return
+        self._fail(str(context.get("message") or "unhandled exception"), exc)
+
+    def _task_factory(self, loop: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        # `_log_traceback` is asyncio's own mark of an exception no one has taken yet (it logs
+        # "Task exception was never retrieved" from it, but only once the task is collected).
+        if getattr(task, "_log_traceback", False):
+            task.get_loop().call_later(UNCLAIMED_GRACE, self._claim, task)
+
+    def _claim(self, task: asyncio.Task) -> None:
+        if getattr(task, "_log_traceback", False):
+            exc = task.exception()
+            self._on_loop_exception(task.get_loop(), {"message": f"task {task.get_name()} failed",
+                                                      "exception": exc, "task": task})
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        if self.fatal is not None or self.commands is None:
+            return
+        self.fatal = exc
+        frame = _innermost(exc)
+        log.error("fatal: %s: %s: %s%s; resigning VRRP, removing VIPs and exiting", what, type(exc).__name__,
+                  describe(exc), f" (at {frame})" if frame else "")
+        # Once, for the bug report; the line above is what the operator acts on.
+        log.error("traceback of the fatal error", exc_info=exc)
+        self.commands.put_nowait(("fatal", None))
+
+    async def _fatal_stop(self) -> None:
+        """Resign and remove the VIPs first and fast; the rest is best effort."""
+        self.notifier.stopping()
+        steps = []
+        if self.vrrp is not None:
+            steps.append(("resigning VRRP", self.vrrp.shutdown(handover=False)))
+        if self.proxy is not None:
+            steps.append(("closing the listeners", self.proxy.stop_accepting()))
+        if self.control is not None:
+            steps.append(("closing the control socket", self.control.stop()))
+        if self.metrics is not None:
+            steps.append(("closing the metrics listener", self.metrics.stop()))
+        for what, step in steps:
+            try:
+                await asyncio.wait_for(step, FATAL_STOP_TIMEOUT)
+            except (Exception, asyncio.CancelledError) as exc:
+                log.error("after the fatal error: %s failed: %s", what, describe(exc))
+        self.events.close()
+
     async def run(self, cfg: configmod.Config) -> int:
         loop = asyncio.get_running_loop()
         self.commands = asyncio.Queue()
+        loop.set_exception_handler(self._on_loop_exception)
+        loop.set_task_factory(self._task_factory)
         for signum, command in ((signal.SIGHUP, "reload"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
             loop.add_signal_handler(signum, self.commands.put_nowait, (command, None))
         try:
@@ -407,25 +482,61 @@ class Daemon:
         except StartError as exc:
             log.error("%s", exc)
             await self.stop()
-            return 1
-        watchdog = asyncio.create_task(self._watchdog())
+            return EXIT_FAILED
+        watchdog = asyncio.create_task(self._watchdog(), name="systemd watchdog")
         self.notifier.ready(self.summary())
         self.events.emit(Kind.DAEMON_START, self.path, f"running {self.path} (pid {os.getpid()}): {self.summary()}",
                          {"pid": os.getpid(), "config": self.path, "summary": self.summary()}, logger=log)
+        try:
+            await self._dispatch()
+        except Exception as exc:
+            self._fail("the command dispatcher", exc)
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if self.fatal is not None:
+            watchdog.cancel()
+            await self._fatal_stop()
+            return EXIT_FAILED
+        await self.stop()
+        watchdog.cancel()
+        log.info("stopped")
+        return EXIT_FAILED if self.fatal is not None else 0
+
+    async def _dispatch(self) -> None:
         while True:
             command, reply = await self.commands.get()
             if command == "reload":
                 result = await self.handle_reload()
                 if reply is not None and not reply.done():
                     reply.set_result(result)
-            elif command == "stop":
-                break
-        for signum in (signal.SIGHUP, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await self.stop()
-        watchdog.cancel()
-        log.info("stopped")
-        return 0
+            elif command in ("stop", "fatal"):
+                return
+
+
+def _from_our_code(context: dict) -> bool:
+    """Whether the failing task or callback is vipd's or lbproxy's (so are failures reported
+    without either: a VRRP action's)."""
+    task = context.get("task") or context.get("future")
+    if task is not None:
+        code = getattr(getattr(task, "get_coro", lambda: None)(), "cr_code", None)
+        return code is not None and code.co_filename.startswith(OUR_CODE)
+    handle = context.get("handle")
+    if handle is not None:
+        callback = getattr(handle, "_callback", None)
+        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+        return code is not None and code.co_filename.startswith(OUR_CODE)
+    return True
+
+
+def _innermost(exc: BaseException) -> str | None:
+    """`file:line in function` where the exception was raised."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _bridge_plan(cfg: configmod.Config):

@@ -1,6 +1,7 @@
 """The shipped units: `systemd-analyze verify` passes with the commands as this install put them, the
 settings the daemon relies on are there (read from the parsed unit), and each unit's ExecStartPre
 check refuses what its ExecStart could not run."""
+import os
 import shlex
 import shutil
 import subprocess
@@ -132,3 +133,33 @@ def test_exec_start_pre_checks_what_exec_start_needs(tmp_path, name):
             2, f"{path}: frontend: lbproxy needs at least one [[frontend]]\n")
     else:
         assert only_vrrp.returncode == 0, only_vrrp.stderr
+
+
+@pytest.mark.timeout(10)
+def test_vipd_unit_resigns_after_a_crash_and_reaches_only_the_tun_device():
+    unit = read_unit(UNITS / "vipd.service")
+    # systemd sets $SERVICE_RESULT for ExecStopPost; `--only-if-failed` reads it.
+    assert one(unit, "Service", "ExecStopPost") == "/usr/local/bin/vipd resign --only-if-failed -c /etc/vipd/vipd.toml"
+    # BGP anycast opens /dev/net/tun, which PrivateDevices=yes would hide.
+    assert one(unit, "Service", "PrivateDevices") == "no"
+    assert one(unit, "Service", "DevicePolicy") == "closed"
+    assert one(unit, "Service", "DeviceAllow") == "/dev/net/tun rw"
+
+
+@pytest.mark.timeout(60)
+def test_vipd_resign_does_nothing_after_a_clean_stop_and_says_what_it_did_otherwise(tmp_path):
+    require_console_scripts()
+    unit = read_unit(UNITS / "vipd.service")
+    argv = installed(one(unit, "Service", "ExecStopPost"))
+    config = tmp_path / "vipd.toml"
+    argv[argv.index("/etc/vipd/vipd.toml")] = str(config)
+    base = {k: v for k, v in os.environ.items() if k != "SERVICE_RESULT"}
+    # A clean stop: the daemon resigned itself; not even the config is read.
+    clean = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**base, "SERVICE_RESULT": "success"})
+    assert (clean.returncode, clean.stdout, clean.stderr) == (0, "", "")
+    crashed = {**base, "SERVICE_RESULT": "signal"}
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=crashed)
+    assert refused.returncode == 2 and str(config) in refused.stderr
+    config.write_text(VRRP_ONLY_CONFIG.replace('interface = "eth0"', 'interface = "vipd-none0"'))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=crashed)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "vrrp api: no interface vipd-none0: nothing to do\n", "")

@@ -9,7 +9,7 @@ from pathlib import Path
 from vipd.vrrp import fsm, packet
 from vipd.vrrp.addresses import Change
 from vipd.vrrp.config import Notify, Track, VrrpConfig
-from vipd.vrrp.instance import VrrpInstance
+from vipd.vrrp.instance import VrrpInstance, vip_lifetime
 from vipd.vrrp.links import Address, InterfaceTable
 from vipd.vrrp.notify import NotifyQueue
 from vipd.vrrp.tracks import ScriptTrack, TrackSet, effective_priority
@@ -365,9 +365,9 @@ class RecordingAddresses:
         future.set_result(Change())
         return future
 
-    def add(self, ifname, vips):
+    def add(self, ifname, vips, lifetime=None):
         vips = [str(v) for v in vips]
-        self.calls.append(("add", vips))
+        self.calls.append(("add", vips, lifetime))
         self.held.update(vips)
         return self._done()
 
@@ -449,3 +449,35 @@ def test_instance_follows_its_tracks(tmp_path):
     assert notified.read_text().splitlines() == [
         "api BACKUP 200", "api MASTER 200", "api FAULT 150", "api BACKUP 200", "api MASTER 200",
         "api BACKUP 200", "api STOP 200"]
+
+
+def test_a_master_renews_its_vips_about_once_a_second_and_steps_down_after_a_stall_past_their_lifetime():
+    """Self-fencing (issue 8) in the instance: at 20 adverts a second the VIPs' lifetime is renewed
+    about once a second, not per advert; a loop stalled past the lifetime (the kernel dropped the
+    VIPs, a backup took over) makes the master step down, not reclaim them."""
+    config = VrrpConfig(name="api", interface="eth0", vrid=51, virtual_ips=(ipaddress.ip_interface("198.18.0.100/24"),),
+                        priority=200, advert_interval=0.05, garp_repeat=0)
+    lifetime = vip_lifetime(config.advert_interval)
+
+    async def main():
+        channels, addresses = RecordingChannels(), RecordingAddresses()
+        instance = VrrpInstance(config, interfaces=lab_interfaces(), channels=channels, addresses=addresses)
+        await instance.start()
+        try:
+            await until(lambda: instance.router.state is fsm.State.MASTER)
+            became_master = time.monotonic()
+            await asyncio.sleep(3.3)
+            adds = [c for c in addresses.calls if c[0] == "add"]
+            adverts = len(channels.channel.sent)
+            elapsed = time.monotonic() - became_master
+            assert adverts >= 40 and all(c == ("add", ["198.18.0.100/24"], lifetime) for c in adds)
+            assert int(elapsed) <= len(adds) <= int(elapsed) + 2, (len(adds), elapsed)
+            sent_before = len(channels.channel.sent)
+            time.sleep(lifetime + 0.2)                  # the loop itself stalls
+            await until(lambda: instance.router.state is fsm.State.BACKUP)
+            assert addresses.held == set() and addresses.calls[-1][0] == "remove"
+            # No advert went out for the stalled stretch: the new master must not be made to step down.
+            assert len(channels.channel.sent) == sent_before
+        finally:
+            await instance.stop(handover=False)
+    run(main())

@@ -23,12 +23,22 @@ from vipd.lab import edges
 from vipd.lab.edges import toml_value
 from vipd.lab.keepalived import keepalived_config, start_keepalived
 from vipd.lab.netns import Lab
+from vipd.vrrp.instance import vip_lifetime
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 VIP = "198.18.0.100"
 VIP6 = "2001:db8::100"
 INTERVAL = 0.05
+
+
+# Adds a VIP as a vipd run without VIP lifetimes did: marked IFA_PROTO 112, valid forever.
+LEFTOVER = """
+import sys
+from pyroute2 import IPRoute
+with IPRoute() as ipr:
+    ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=sys.argv[1], prefixlen=24, proto=112)
+"""
 
 
 def wait_for(predicate, timeout: float = 15.0, step: float = 0.05):
@@ -154,7 +164,10 @@ def test_three_nodes_elect_the_highest_and_kill9_moves_the_vip(lab, tmp_path):
     assert not c.has(VIP), "only the next-highest priority takes over"
     assert b.transitions("MASTER")[-1] == "master_down_timer"
 
-    # A restarted node must drop the VIP its crashed run left behind, and (nopreempt) stay backup.
+    # The crashed run's VIP expires by itself (its kernel lifetime). One without a lifetime, as an
+    # older vipd left them (IFA_PROTO 112), is removed by the next start, which (nopreempt) stays backup.
+    assert wait_for(lambda: not a.has(VIP), vip_lifetime(INTERVAL) + 2), "the dead node kept the VIP"
+    a.host.run([sys.executable, "-c", LEFTOVER, VIP])
     assert a.has(VIP)
     a.write([api(150, preempt=False)])
     a.start()

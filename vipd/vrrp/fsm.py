@@ -30,6 +30,11 @@ Decisions beyond the RFC:
   prepares the bridge back to it (PrepareBridge, when it decides to and again as it takes over):
   connections in flight there finish, as on a planned stop. ``quiet_hold`` 0 removes the VIPs at
   once (RFC behaviour).
+- VIPs lost (``VipsLost``: their kernel lifetime ran out, the process was frozen or its loop stalled
+  past it) mean another router has taken over by now: a MASTER steps down to BACKUP (preempt
+  rules then apply to the adverts it hears) instead of reclaiming them. The loss is older than any
+  timer that fell due meanwhile, so it is handled before them: the stale advert a resumed master
+  owes would otherwise make the new master step down too.
 - Maintenance (``MaintenanceChanged``) is an operator's planned hand-over that does not stop the
   router: a MASTER resigns as on Shutdown (priority-0 adverts, VIPs kept until the successor is
   heard), then becomes BACKUP, holding the VIPs quietly for ``quiet_hold`` seconds. While
@@ -162,6 +167,11 @@ class MaintenanceChanged:
 
 
 @dataclass(frozen=True)
+class VipsLost:
+    pass
+
+
+@dataclass(frozen=True)
 class Timeout:
     pass
 
@@ -217,7 +227,7 @@ class Stopped:
 
 
 Event = (Startup | Shutdown | Drained | AdvertReceived | PriorityChanged | FaultRaised | FaultCleared
-         | MaintenanceChanged | Timeout)
+         | MaintenanceChanged | VipsLost | Timeout)
 Action = (SendAdvert | AddVips | RemoveVips | HoldVipsQuietly | ReleaseVips | PrepareBridge | SendGratuitous
           | StateChanged | Stopped)
 
@@ -262,6 +272,7 @@ class VrrpRouter:
             FaultRaised: self._on_fault_raised,
             FaultCleared: self._on_fault_cleared,
             MaintenanceChanged: self._on_maintenance,
+            VipsLost: self._on_vips_lost,
             Timeout: self._on_timeout,
         }
 
@@ -295,6 +306,8 @@ class VrrpRouter:
         if self.holds_vips_quietly:
             # Nothing but the end of the drain, or an impatient second stop, concerns us now.
             return handler(event, now) if isinstance(event, (Drained, Shutdown)) else []
+        if isinstance(event, VipsLost):
+            return handler(event, now) + self._fire_due_timers(now)
         actions = self._fire_due_timers(now)
         if not self.stopped and not self.holds_vips_quietly:
             actions += handler(event, now)
@@ -455,6 +468,13 @@ class VrrpRouter:
             self._adver_timer = now + self.params.advert_interval
             return [SendAdvert(self.effective_priority)]
         return []
+
+    def _on_vips_lost(self, event: VipsLost, now: float) -> list[Action]:
+        if self.state is not State.MASTER:
+            return []
+        if self.handing_over:
+            return self._end_handover(now, "vips_lost")
+        return self._become_backup(now, "vips_lost", master=None)
 
     def _on_fault_raised(self, event: FaultRaised, now: float) -> list[Action]:
         if event.reason in self.faults:

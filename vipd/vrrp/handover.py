@@ -117,6 +117,16 @@ async def remove(family: str, table: str) -> None:
             log.warning("cannot remove nftables table %s %s: %s", family, table, why)
 
 
+async def quiet_hold_left(vrid: int) -> bool:
+    """Whether a run that died left the ARP silence of a quiet hold: it had resigned already."""
+    if shutil.which("nft") is None:
+        return False
+    proc = await asyncio.create_subprocess_exec(
+        "nft", "list", "table", "arp", quiet_table(vrid), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait() == 0
+
+
 async def clear_leftovers(vrid: int) -> None:
     """Remove the tables a run killed mid-hand-over left: a stale ARP silence would hide the VIPs
     the next time this node is master."""
@@ -176,19 +186,27 @@ class Bridge:
 
 
 class QuietHold:
-    """On the old master: the VIPs it keeps, silent on ARP, while its proxy drains."""
+    """On the old master: the VIPs it keeps, silent on ARP, while its proxy drains. Their kernel
+    lifetime is renewed every `period` by `renew` while held (from the daemon's loop: a daemon
+    that dies meanwhile still loses them)."""
 
     def __init__(self, vrid: int, label: str) -> None:
         self.vrid = vrid
         self.label = label
         self.vips: list = []
         self._quiet: asyncio.Future | None = None
+        self._renewal: asyncio.TimerHandle | None = None
 
-    def hold(self, vips: Sequence, remove_addresses: Callable[[list], Awaitable]) -> None:
-        """Keep `vips` silent on ARP; if the rules that silence them cannot be installed, a VIP
-        kept would answer ARP and pull clients back: they go at once instead (`remove_addresses`)."""
+    def hold(self, vips: Sequence, remove_addresses: Callable[[list], Awaitable], period: float = 0.0,
+             renew: Callable[[list], object] | None = None) -> None:
+        """Keep `vips` silent on ARP, renewing their kernel lifetime every `period` with `renew`; if
+        the rules that silence them cannot be installed, a VIP kept would answer ARP and pull clients
+        back: they go at once instead (`remove_addresses`)."""
         self.vips = list(vips)
         self._quiet = asyncio.ensure_future(self._silence(remove_addresses))
+        self.stop_refreshing()
+        if renew is not None and period > 0 and self.vips:
+            self._schedule_renewal(period, renew)
 
     async def _silence(self, remove_addresses: Callable[[list], Awaitable]) -> None:
         why = await quiet([v.ip for v in self.vips], self.vrid)
@@ -196,14 +214,28 @@ class QuietHold:
             return
         log.warning("%s: cannot silence ARP for the VIPs handed over (%s): releasing them now instead of "
                     "holding them for connections in flight", self.label, why)
+        self.stop_refreshing()
         vips, self.vips = self.vips, []
         try:
             await asyncio.wait_for(remove_addresses(vips), 10)
         except Exception as exc:
             log.error("%s: releasing VIPs: %s", self.label, exc)
 
+    def _schedule_renewal(self, period: float, renew: Callable[[list], object]) -> None:
+        def fire() -> None:
+            renew(self.vips)
+            self._schedule_renewal(period, renew)
+        self._renewal = asyncio.get_running_loop().call_later(period, fire)
+
+    def stop_refreshing(self) -> None:
+        """Called before the VIPs' removal is queued, so no renewal follows (and re-adds) them."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+
     async def release(self, remove_addresses: Callable[[list], Awaitable]) -> None:
         """Drop the VIPs first, then the ARP silence: never answer ARP for a VIP being released."""
+        self.stop_refreshing()
         if self._quiet is not None:
             await self._quiet
         try:

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import math
 import socket
 import time
 from typing import Callable, Mapping
@@ -34,6 +35,17 @@ STOP_SAFETY_MARGIN = 5.0
 # BACKUP first, then adding the VIPs when it is master), doubling up to the maximum.
 VIP_RETRY_FIRST = 1.0
 VIP_RETRY_MAX = 30.0
+# Self-fencing: a held VIP carries a kernel lifetime, renewed this often from the loop that sends
+# the adverts, so a daemon killed, frozen or wedged loses its VIPs without anyone's help.
+VIP_REFRESH_PERIOD = 1.0
+
+
+def vip_lifetime(advert_interval: float) -> int:
+    """Whole seconds a VIP outlives its last refresh: three refresh periods (a loop stall of two
+    seconds costs nothing), and no shorter than a backup waits before it takes over (three
+    adverts and Skew_Time: under an interval in v3, under a second in v2), so that the VIPs expire
+    only once a backup holds them."""
+    return max(math.ceil(3 * VIP_REFRESH_PERIOD), math.ceil(3 * advert_interval + max(advert_interval, 1.0)))
 
 
 def _utc_now() -> str:
@@ -43,6 +55,19 @@ def _utc_now() -> str:
 def needs_recreate(old: VrrpConfig, new: VrrpConfig) -> bool:
     """True when `new` is another router, not the same one reconfigured."""
     return (old.interface, old.vrid, old.version, old.family) != (new.interface, new.vrid, new.version, new.family)
+
+
+def encode_advert(c: VrrpConfig, priority: int, src: str, dst: str) -> bytes:
+    """The advert `c` sends from `src` to `dst` (without the IP header)."""
+    advert = packet.Advert(
+        c.version, c.vrid, priority, c.advert_interval_cs, tuple(v.ip for v in c.virtual_ips),
+        packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
+        packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
+    return packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
+
+
+def destinations(c: VrrpConfig) -> list[str]:
+    return list(c.unicast_peers) or [VRRP_GROUP[c.family]]
 
 
 class VrrpInstance:
@@ -82,6 +107,8 @@ class VrrpInstance:
         self._vip_retry_delay = VIP_RETRY_FIRST
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
+        self._refreshed_at = 0.0
+        self._vips_seen: set = set()         # managed VIPs netlink showed on the link while held
         self._vip_change: asyncio.Future | None = None
         self._frames: asyncio.Future | None = None
         self._frames_for: tuple | None = None
@@ -159,19 +186,11 @@ class VrrpInstance:
     def _managed_vips(self) -> list:
         return [v for v in self.config.virtual_ips if v not in self._unmanaged]
 
-    def _destinations(self) -> list[str]:
-        return list(self.config.unicast_peers) or [VRRP_GROUP[self.config.family]]
-
     def _encode(self, priority: int, src: str, dst: str) -> bytes:
         key = (priority, src, dst)
         payload = self._encoded.get(key)
         if payload is None:
-            c = self.config
-            advert = packet.Advert(
-                c.version, c.vrid, priority, c.advert_interval_cs, tuple(v.ip for v in c.virtual_ips),
-                packet.AUTH_SIMPLE_PASSWORD if c.auth_pass else packet.AUTH_NONE,
-                packet.password_bytes(c.auth_pass) if c.auth_pass else b"")
-            payload = packet.encode(advert, src=src, dst=dst, checksum_mode=c.checksum_mode)
+            payload = encode_advert(self.config, priority, src, dst)
             if len(self._encoded) > 64:
                 self._encoded.clear()
             self._encoded[key] = payload
@@ -309,6 +328,7 @@ class VrrpInstance:
     def _on_link(self, name: str) -> None:
         if name == self.config.interface:
             self._rebuild_frames()
+            self._check_vips_present()
         self.tracks.links_changed()
         self._evaluate()
 
@@ -386,6 +406,9 @@ class VrrpInstance:
     def _dispatch(self, event, now: float | None = None) -> None:
         if self.router.stopped:
             return
+        if not isinstance(event, fsm.VipsLost):
+            # Said before anything else, above all before the adverts that fell due meanwhile.
+            self._tell_if_vips_expired()
         # Never hand the router a time before one it has already seen.
         now = self._last_now = max(self._last_now, self.clock() if now is None else now)
         try:
@@ -399,12 +422,18 @@ class VrrpInstance:
         self._schedule()
 
     def _report_bug(self, what: str, exc: Exception) -> None:
-        # A bug that fires every advert interval must not flood the log: once a minute per kind.
+        """To the loop's exception handler: the daemon's resigns and exits (vipd.daemon); outside
+        it, the default one logs. A bug that fires every advert interval must not flood the log:
+        once a minute per kind."""
         key = (what.split("(")[0], type(exc).__name__)
         now = self.clock()
         if now - self._bug_reported.get(key, -3600.0) >= 60.0:
             self._bug_reported[key] = now
-            log.error("vrrp %s: %s failed", self.name, what, exc_info=exc)
+            message = f"vrrp {self.name}: {what} failed"
+            try:
+                asyncio.get_running_loop().call_exception_handler({"message": message, "exception": exc})
+            except RuntimeError:
+                log.error("%s", message, exc_info=exc)
 
     def _schedule(self) -> None:
         self._cancel_timer()
@@ -452,7 +481,9 @@ class VrrpInstance:
             self._hold_quietly()
         elif isinstance(action, fsm.ReleaseVips):
             log.info("vrrp %s: releasing the VIPs held quietly (%s)", self.name, action.reason)
-            # Queued now, so a later AddVips (rejoining after maintenance) comes after it.
+            # Queued now, so a later AddVips (rejoining after maintenance) comes after it, and no
+            # renewal after it.
+            self.quiet.stop_refreshing()
             removed = self.addresses.remove(self.config.interface, self.quiet.vips)
             self._vip_change = asyncio.ensure_future(self.quiet.release(lambda vips: removed))
         elif isinstance(action, fsm.PrepareBridge):
@@ -466,18 +497,21 @@ class VrrpInstance:
             self.notify.transition(self.config.notify, "STOP", self.router.effective_priority, self._vip_change)
 
     def _send_advert(self, priority: int) -> None:
+        self._refresh_vips()
         src = self.router.params.primary_address
         if self.channel is None or src == NO_ADDRESS[self.config.family]:
             return
         sent = False
-        for dst in self._destinations():
+        for dst in destinations(self.config):
             sent |= self.channel.send(self._encode(priority, src, dst), src, dst)
         if sent:
             self.adverts_sent += 1
 
     def _add_vips(self) -> None:
         self._holding = True
-        change = self._vip_change = self.addresses.add(self.config.interface, self._managed_vips())
+        self._refreshed_at = self.clock()
+        change = self._vip_change = self.addresses.add(self.config.interface, self._managed_vips(),
+                                                       vip_lifetime(self.config.advert_interval))
         change.add_done_callback(self._vips_added)
 
     def _vips_added(self, change: asyncio.Future) -> None:
@@ -503,17 +537,78 @@ class VrrpInstance:
         self._vip_fault = {}
         self._evaluate()
 
+    def _refresh_vips(self, due_only: bool = True) -> asyncio.Future | None:
+        """Renew the VIPs' lifetime (at most once a refresh period): called as adverts go out."""
+        now = self.clock()
+        # Half an interval early rather than an interval late: adverts and renewals share a grid.
+        due = self._refreshed_at + VIP_REFRESH_PERIOD - self.config.advert_interval / 2
+        if not self._holding or (due_only and now < due):
+            return None
+        self._refreshed_at = now
+        change = self.addresses.add(self.config.interface, self._managed_vips(),
+                                    vip_lifetime(self.config.advert_interval))
+        change.add_done_callback(self._vips_added)     # a refused renewal is a refused add: FAULT
+        return change
+
+    def _report_failure(self, change: asyncio.Future, what: str) -> None:
+        def done(future: asyncio.Future) -> None:
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                log.error("vrrp %s: %s: %s", self.name, what, future.exception())
+            elif future.result().failed:
+                log.error("vrrp %s: %s: %s", self.name, what, future.result().failed)
+        change.add_done_callback(done)
+
+    def _check_vips_present(self) -> None:
+        """A held VIP gone from the link: when its lifetime ran out (this process was frozen or its
+        loop stalled), the router steps down (VipsLost); when someone deleted it, it is added again
+        at once and announced. Until netlink first shows a VIP (the add is in flight) its absence
+        says nothing."""
+        link = self.interfaces.by_name(self.config.interface)
+        if not self._holding or link is None:
+            self._vips_seen.clear()
+            return
+        managed = self._managed_vips()
+        present = {v for v in managed if link.has(str(v.ip)) is not None}
+        vanished = (self._vips_seen & set(managed)) - present
+        self._vips_seen = present
+        if not vanished or self.router.state is not fsm.State.MASTER:
+            return
+        if self._tell_if_vips_expired():
+            return
+        log.warning("vrrp %s: %s vanished from %s while master; adding again", self.name,
+                    ", ".join(map(str, sorted(vanished, key=str))), self.config.interface)
+        self._vip_change = self._refresh_vips(due_only=False)
+        self._start_garp()
+
+    def _tell_if_vips_expired(self) -> bool:
+        """Frozen or stalled past the VIPs' lifetime: the kernel has dropped them, and a backup
+        holds them by now; the router hears VipsLost."""
+        late = self.clock() - self._refreshed_at
+        if not self._holding or late < vip_lifetime(self.config.advert_interval):
+            return False
+        log.warning("vrrp %s: the VIPs expired, %.1fs after their last renewal (was this process stopped "
+                    "or its loop stalled?)", self.name, late)
+        self._dispatch(fsm.VipsLost())
+        return True
+
     def _remove_vips(self) -> None:
         self._give_up_vips()
         self._vip_change = self.addresses.remove(self.config.interface, self._managed_vips())
 
     def _hold_quietly(self) -> None:
         self._give_up_vips()
-        self.quiet.hold(self._managed_vips(), lambda vips: self.addresses.remove(self.config.interface, vips))
+        lifetime = vip_lifetime(self.config.advert_interval)
+        self.quiet.hold(self._managed_vips(), lambda vips: self.addresses.remove(self.config.interface, vips),
+                        VIP_REFRESH_PERIOD,
+                        lambda vips: self._report_failure(self.addresses.add(self.config.interface, vips, lifetime),
+                                                          "renewing VIPs held quietly"))
 
     def _give_up_vips(self) -> None:
         # No more gratuitous ARP for VIPs we no longer serve, nor a bridge for their connections.
         self._holding = False
+        self._vips_seen.clear()
         self._cancel_garp()
         self.bridge.end_soon()
 
