@@ -214,7 +214,7 @@ def test_drains_and_weights_survive_reload_and_restart_and_show_as_overrides(nod
         assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "127.0.0.1:1" in unknown.stderr
         no_vips = node.lbctl("maintenance", "on")
         assert no_vips.returncode == 1 and no_vips.stderr == (
-            "lbctl: this node holds no VIPs: it runs no [[vrrp]] instance and no [[anycast]]\n")
+            "lbctl: this node holds no VIPs: it runs no [[vrrp]], [[election]] or [[anycast]]\n")
 
         reloaded = node.lbctl("reload")
         assert reloaded.returncode == 0, reloaded.stderr
