@@ -121,7 +121,10 @@ class Section:
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf        # refused below as not finite
         if isinstance(value, bool) and bool not in kinds:
             ok = False
         else:

@@ -88,6 +88,8 @@ def _interval_problem(interval_cs: int, version: int, shown: float) -> str | Non
 def advert_interval_cs(seconds: float, version: int) -> int:
     """A configured advert interval in the wire's centiseconds. ValueError (saying the rule) unless
     VRRPv`version` carries it exactly: v3 in 0.01 s steps up to 40.95 s, v2 in whole seconds to 255."""
+    if not 0 < seconds <= 1000:      # far beyond both versions' limits; keeps the arithmetic finite
+        raise ValueError(_interval_problem(-1, version, seconds))
     centis = round(seconds * 100)
     off_grid = abs(centis - seconds * 100) > 1e-6
     problem = _interval_problem(-1 if off_grid else centis, version, seconds)
