@@ -140,7 +140,7 @@ def _holder(tree, path):
 def _random_value(rng: random.Random):
     choice = rng.random()
     if choice < 0.6:
-        return rng.choice(ODD_VALUES)
+        return copy.deepcopy(rng.choice(ODD_VALUES))     # a shared dict could come to hold itself
     if choice < 0.75:
         return rng.uniform(-1e6, 1e6)
     if choice < 0.9:
