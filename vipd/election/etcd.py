@@ -66,6 +66,25 @@ def ssl_context(config: EtcdConfig) -> ssl.SSLContext | None:
     return context
 
 
+def failure(exc: BaseException, client_cert: bool) -> str:
+    """One line for a failed request; for TLS, whose certificate is the problem and which key to check."""
+    if isinstance(exc, TimeoutError):
+        return type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        exc = exc.certificate_error
+    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS: etcd's certificate is not trusted ({cause.verify_message}); check etcd.ca_file"
+    if not isinstance(cause, ssl.SSLError):
+        return str(exc)
+    reason = cause.reason or str(cause)
+    if "ALERT" in reason and "CERTIFICATE" in reason:
+        if client_cert:
+            return f"TLS: etcd refused our client certificate ({reason}); is etcd.cert_file from a CA etcd trusts?"
+        return f"TLS: etcd wants a client certificate ({reason}); set etcd.cert_file and etcd.key_file"
+    return f"TLS: {reason}"
+
+
 class EtcdClient:
     """Calls go to one endpoint at a time; a failed call moves to the next one."""
 
@@ -74,6 +93,7 @@ class EtcdClient:
         self.timeout = timeout
         self._current = 0
         self._ssl = ssl_context(config)
+        self._client_cert = bool(config.cert_file)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -98,7 +118,7 @@ class EtcdClient:
                     text = await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._current += 1
-            raise EtcdError(f"{url}: {type(exc).__name__ if isinstance(exc, TimeoutError) else exc}") from None
+            raise EtcdError(f"{url}: {failure(exc, self._client_cert)}") from None
         line = text.strip().splitlines()[0] if text.strip() else "{}"
         try:
             answer = json.loads(line)
@@ -164,5 +184,5 @@ class EtcdClient:
                         yield None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             self._current += 1
-            raise EtcdError(f"{url}: {exc}") from None
+            raise EtcdError(f"{url}: {failure(exc, self._client_cert)}") from None
         self._current += 1

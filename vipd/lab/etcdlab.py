@@ -2,7 +2,8 @@
 each serving the VIP through its own frontend, and a client host, all on one segment. Who really
 holds the VIP is read from the kernel: one `ip -ts monitor address` per candidate (all namespaces
 share one clock), so a dual holder shows as overlapping intervals whatever the daemons believe.
-Used by tests/netns/test_election_etcd.py and bench/election.py."""
+With `tls`, the members serve https only and ask for a client certificate (--client-cert-auth).
+Used by tests/netns/test_election_etcd.py, test_election_tls.py and bench/election.py."""
 from __future__ import annotations
 
 import datetime
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vipd.lab.netns import Lab
@@ -26,13 +28,28 @@ TTL = 3
 MONITOR_LINE = re.compile(r"^\[(?P<ts>[^\]]+)\]\s*(?P<deleted>Deleted )?\d+: \S+\s+inet (?P<ip>[\d.]+)/")
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files: the CA both sides trust, the members' certificate (SAN: their IPs; serverAuth and
+    clientAuth, since etcd's JSON gateway dials its own gRPC port with it) and a client's one."""
+    ca_file: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
 class ElectionLab:
-    def __init__(self, lab: Lab, workdir: Path, ttl: int = TTL) -> None:
+    def __init__(self, lab: Lab, workdir: Path, ttl: int = TTL, members: tuple[str, ...] = tuple(ETCD),
+                 tls: EtcdTls | None = None) -> None:
         self.lab = lab
         self.ttl = ttl
+        self.members = {name: ETCD[name] for name in members}
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        for name, ip in {**ETCD, **CANDIDATES, "client": CLIENT}.items():
+        for name, ip in {**self.members, **CANDIDATES, "client": CLIENT}.items():
             lab.add_host(name, [f"{ip}/24"])
         self.etcd: dict[str, subprocess.Popen] = {}
         self.vipd: dict[str, subprocess.Popen] = {}
@@ -47,29 +64,39 @@ class ElectionLab:
     # --- etcd
 
     def start_etcd(self, name: str, state: str = "new") -> None:
-        ip = ETCD[name]
-        cluster = ",".join(f"{n}=http://{a}:2380" for n, a in ETCD.items())
+        ip = self.members[name]
+        cluster = ",".join(f"{n}=http://{a}:2380" for n, a in self.members.items())
+        tls = ["--client-cert-auth", "--trusted-ca-file", str(self.tls.ca_file), "--cert-file",
+               str(self.tls.server_cert), "--key-file", str(self.tls.server_key)] if self.tls else []
         log = open(self.workdir / f"{name}.etcd.log", "ab")
         self.etcd[name] = self.lab[name].popen([
             "etcd", "--name", name, "--data-dir", str(self.workdir / f"{name}.data"),
-            "--listen-client-urls", f"http://{ip}:2379", "--advertise-client-urls", f"http://{ip}:2379",
+            "--listen-client-urls", f"{self.scheme}://{ip}:2379",
+            "--advertise-client-urls", f"{self.scheme}://{ip}:2379",
             "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
             "--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", "vipd-test",
             "--heartbeat-interval", "50", "--election-timeout", "500", "--pre-vote=true",
-            "--logger", "zap", "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+            "--logger", "zap", "--log-level", "warn", *tls], stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     def etcd_healthy(self) -> bool:
-        done = self.lab["e1"].run(["etcdctl", "--endpoints", ",".join(f"http://{a}:2379" for a in ETCD.values()),
-                                   "endpoint", "health"], check=False, timeout=10,
-                                  env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        tls = ["--cacert", str(self.tls.ca_file), "--cert", str(self.tls.client_cert), "--key",
+               str(self.tls.client_key)] if self.tls else []
+        host = self.lab[next(iter(self.members))]
+        done = host.run(["etcdctl", "--endpoints", self.endpoints(), *tls, "endpoint", "health"], check=False,
+                        timeout=10, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
         return done.returncode == 0
+
+    def endpoints(self) -> str:
+        return ",".join(f"{self.scheme}://{a}:2379" for a in self.members.values())
 
     # --- candidates
 
-    def config(self, name: str, priority: int) -> Path:
+    def config(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None) -> Path:
+        """`etcd_files`: ca_file/cert_file/key_file for the candidate's [etcd] table."""
         path = self.workdir / f"{name}.toml"
-        endpoints = ", ".join(f'"http://{a}:2379"' for a in ETCD.values())
+        endpoints = ", ".join(f'"{e}"' for e in self.endpoints().split(","))
+        files = "".join(f'{key} = "{value}"\n' for key, value in (etcd_files or {}).items())
         path.write_text(f"""
 [node]
 name = "{name}"
@@ -81,7 +108,7 @@ workers = 1
 [etcd]
 endpoints = [{endpoints}]
 lease_ttl = {self.ttl}
-
+{files}
 [[election]]
 name = "api"
 interface = "eth0"
@@ -104,9 +131,10 @@ drain_timeout = 1.0
 """)
         return path
 
-    def start(self, name: str, priority: int) -> subprocess.Popen:
+    def start(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        proc = self.lab[name].popen([sys.executable, "-m", "vipd", "run", "-c", str(self.config(name, priority))],
+        config = self.config(name, priority, etcd_files)
+        proc = self.lab[name].popen([sys.executable, "-m", "vipd", "run", "-c", str(config)],
                                     stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.vipd[name] = proc
@@ -136,7 +164,7 @@ drain_timeout = 1.0
 
     def cut_from_etcd(self, name: str, on: bool) -> None:
         if on:
-            members = ", ".join(ETCD.values())
+            members = ", ".join(self.members.values())
             self.lab[name].run(["nft", f"add table inet cut; add chain inet cut out {{ type filter hook output "
                                       f"priority 0; policy accept; }}; add rule inet cut out ip daddr {{ {members} }} drop"])
         else:
@@ -199,7 +227,7 @@ def wait(predicate, timeout: float, step: float = 0.02) -> bool:
 
 
 def start_cluster(c: ElectionLab) -> None:
-    for name in ETCD:
+    for name in c.members:
         c.start_etcd(name)
     if not wait(c.etcd_healthy, 20, 0.2):
         raise RuntimeError("the etcd cluster did not become healthy")
