@@ -70,7 +70,7 @@ async def _resign_one(c: VrrpConfig, table: InterfaceTable, addresses: AddressWo
         if not left:
             return Outcome(c.name, (), False, f"no VIP left on {c.interface}: this node was not master")
         # The VIPs first: from here on this node no longer answers for them.
-        removed = tuple(await addresses.remove(c.interface, left))
+        removed = tuple((await addresses.remove(c.interface, left)).done)
         expired = "" if removed else "the VIPs expired meanwhile"
         if quiet:
             return Outcome(c.name, removed, False, "they were held quietly after a hand-over: no advert")

@@ -69,8 +69,15 @@ class Holders:
         self._stop.set()
         self._thread.join(10)
 
-    def first(self, predicate, since: float) -> float | None:
-        return next((t for t, held in self.samples if t >= since and predicate(held)), None)
+    def first(self, predicate, since: float, wait: float = 2.0) -> float | None:
+        """The first sample after `since` where `predicate` held; waits up to `wait` seconds for the
+        sampler to record it (the test may have seen it first with a look of its own)."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = next((t for t, held in list(self.samples) if t >= since and predicate(held)), None)
+            if found is not None or time.monotonic() >= deadline or self._stop.is_set():
+                return found
+            time.sleep(self.step)
 
     def longest_both(self, since: float) -> float:
         """The longest stretch, after `since`, during which both edges had the VIP."""
