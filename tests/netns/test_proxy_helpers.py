@@ -277,10 +277,13 @@ class Proxy:
             if entry.isdigit():
                 try:
                     stat = Path(f"/proc/{entry}/stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) != self.proc.pid:
+                        continue
+                    # Workers only: the master also runs short-lived children (nft, conntrack).
+                    if b"lbproxy.worker" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        pids.append(int(entry))
                 except OSError:
                     continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    pids.append(int(entry))
         return sorted(pids)
 
     def wait(self, predicate, timeout: float = 10.0, step: float = 0.05):
