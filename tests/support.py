@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +63,17 @@ def own_network(argv: list[str]) -> list[str]:
     require_binary("unshare", "util-linux")
     require_binary("ip", "iproute2")
     return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
+def start_vipd_run(config: os.PathLike, log: Path) -> subprocess.Popen:
+    """`vipd run -c config` with its output in `log`, once it logged that it is running; the test
+    stops it by PID."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vipd", "run", "-c", str(config)], stdout=out, stderr=out)
+    deadline = time.monotonic() + 30
+    while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc
 
 
 def wait_until(predicate, timeout: float, what: str):

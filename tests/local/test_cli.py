@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port
+from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port, start_vipd_run
 
 from vipd import cli, proxycli
 
@@ -192,12 +191,8 @@ def test_run_logs_the_warnings_at_start_and_runs(tmp_path):
                "does not answer is probed every 2s, not every 1s")
     assert vipd("check", "-c", str(path)).stderr == warning + "\n"
     log = tmp_path / "run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vipd", "run", "-c", str(path)], stdout=out, stderr=out)
+    proc = start_vipd_run(path, log)
     try:
-        deadline = time.monotonic() + 30
-        while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert proc.poll() is None, log.read_text()
         assert any(line.endswith(warning) and " WARNING " in line for line in log.read_text().splitlines())
         proc.send_signal(signal.SIGTERM)
@@ -270,12 +265,8 @@ def test_a_deeply_nested_file_on_reload_is_refused_and_the_daemon_keeps_serving(
     assert (checked.returncode, checked.stderr) == (2, f"{tmp_path / 'nested.toml'}: nested too deeply\n")
     log = tmp_path / "run.log"
     lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vipd", "run", "-c", str(path)], stdout=out, stderr=out)
+    proc = start_vipd_run(path, log)
     try:
-        deadline = time.monotonic() + 30
-        while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert proc.poll() is None, log.read_text()
         path.write_text(nested)
         reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, start_vipd_run
 
 from vipd.vrrp.config import UNSAFE, Notify, Track
 from vipd.vrrp.notify import NotifyQueue
@@ -160,12 +160,8 @@ def test_a_reload_of_a_config_file_others_could_change_is_refused_and_the_old_on
                       f'  [[frontend.backend]]\n  address = "127.0.0.1:{free_port()}"\n')
     log = tmp_path / "run.log"
     lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vipd", "run", "-c", str(config)], stdout=out, stderr=out)
+    proc = start_vipd_run(config, log)
     try:
-        deadline = time.monotonic() + 30
-        while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert proc.poll() is None, log.read_text()
         config.chmod(0o666)
         reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
