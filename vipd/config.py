@@ -166,6 +166,7 @@ def _cross_check(problems: list[str], vrrps: list[VrrpConfig], frontends: list[F
             problems.append(f"election[{i}].name: {e.name!r} already names {owners[e.name]}; "
                             "VIP owners need distinct names")
         owners.setdefault(e.name, f"election[{i}]")
+        _check_track_frontends(problems, f"election[{i}]", e.tracks, frontends)
     announced: dict = {}
     for i, a in enumerate(anycasts):
         if a.name in owners:
@@ -235,8 +236,7 @@ def parse(data: dict[str, Any], path: str = "<config>", *, require_vrrp: bool = 
     anycasts = [a for w, t in top.tables("anycast") if (a := parse_anycast(problems, w, t, node.script_user)) is not None]
     if not problems:
         _cross_check(problems, vrrps, frontends, anycasts, elections)
-        check_elections(problems, etcd, elections, {f.name for f in frontends},
-                        {vip.ip for v in (*vrrps, *anycasts) for vip in v.virtual_ips})
+        check_elections(problems, etcd, elections, {vip.ip for v in (*vrrps, *anycasts) for vip in v.virtual_ips})
     if not problems and require_vrrp and not vrrps and not frontends and not elections and not anycasts:
         problems.append("vrrp: nothing to run: no [[vrrp]] and no [[frontend]]")
     if not problems and require_frontend and not frontends:

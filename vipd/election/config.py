@@ -111,8 +111,9 @@ def parse_election(problems: Findings, where: str, table: Any, script_user: str 
 
 
 def check_elections(problems: Findings, etcd: EtcdConfig | None, elections: list[ElectionConfig],
-                    frontends: set[str], vrrp_vips: set) -> None:
-    """What the tables mean together: an [etcd] to elect with, unique names and keys, known frontends."""
+                    vrrp_vips: set) -> None:
+    """What the tables mean together: an [etcd] to elect with, unique names and keys, one owner per
+    VIP (their tracks' frontends are checked with every owner's, in vipd.config)."""
     if elections and etcd is None:
         problems.append("election: [[election]] needs an [etcd] table naming the cluster that elects")
     names: dict[str, int] = {}
@@ -126,9 +127,6 @@ def check_elections(problems: Findings, etcd: EtcdConfig | None, elections: list
         if nested is not None:
             problems.append(f"election[{i}].key: {e.key!r} overlaps election[{nested}].key")
         keys.setdefault(e.key, i)
-        for j, t in enumerate(e.tracks):
-            if t.kind == "frontend" and t.target not in frontends:
-                problems.append(f"election[{i}].track[{j}].frontend: no [[frontend]] named {t.target!r}")
         for vip in e.virtual_ips:
             if vip.ip in vrrp_vips:
                 problems.append(f"election[{i}].virtual_ips: {vip.ip} is also a [[vrrp]] VIP; one owner per VIP")
