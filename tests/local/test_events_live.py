@@ -148,9 +148,8 @@ class LiveDaemon:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        for helper in self.helpers:
-            helper.kill()
-            helper.wait()
+        # The daemon first: a backend killed before it would be reported down, rightly, while the
+        # daemon drains, after its daemon.stop event.
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(30)
@@ -158,6 +157,9 @@ class LiveDaemon:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+            for helper in self.helpers:
+                helper.kill()
+                helper.wait()
 
 
 @pytest.fixture
