@@ -541,8 +541,10 @@ def _innermost(exc: BaseException) -> str | None:
 
 def _bridge_plan(cfg: configmod.Config):
     """A planned failover hands connections in flight back to the old master while it drains."""
+    from lbproxy.config import FrontendMode
     from vipd.vrrp.handover import BridgePlan
-    return BridgePlan(ports=tuple(sorted({f.listen_port for f in cfg.frontends})),
+    nat = {f.listen_port for f in cfg.frontends if f.mode == FrontendMode.NAT}
+    return BridgePlan(ports=tuple(sorted({f.listen_port for f in cfg.frontends} - nat)), nat_ports=tuple(sorted(nat)),
                       seconds=max((f.drain_timeout for f in cfg.frontends), default=0.0) + 1.0)
 
 

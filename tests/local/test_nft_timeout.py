@@ -72,7 +72,7 @@ def test_the_bridge_falls_back_at_once_when_its_rules_are_not_installed(fake_nft
     monkeypatch.setattr(handover, "NFT_TIMEOUT", 0.3)
 
     async def main() -> float:
-        bridge = handover.Bridge(51, "eth0", (443,), seconds=60.0)
+        bridge = handover.Bridge(51, "eth0", handover.BridgePlan(ports=(443,), seconds=60.0))
         loop = asyncio.get_running_loop()
         started = loop.time()
         bridge.prepare("198.18.0.11", [v.ip for v in VIPS])

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from held import use_held_connections_after_a_planned_failover
 
 from vipd.lab import connclient
 from vipd.lab.edges import VIP, build, wait_for
@@ -197,44 +198,11 @@ def test_vipd_demo_refuses_clearly_without_iproute2():
     assert done.stderr.strip() == "vipd demo: needs iproute2 (the `ip` command); run it as root on Linux with iproute2"
 
 
-HELD_CONNECTIONS = r"""
-import socket, sys, json
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.create_connection(("198.18.0.100", 6443), timeout=5)
-    held.append(s)
-print("ready", flush=True)
-sys.stdin.readline()
-results = []
-for s in held:
-    try:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        results.append(data.split(b"\r\n")[0].decode() + " " + data.rsplit(b"\n", 2)[-2].decode())
-    except OSError as exc:
-        results.append(f"error {exc.strerror or exc}")
-print(json.dumps(results), flush=True)
-"""
-
-
 @pytest.mark.timeout(120)
 def test_planned_failover_carries_connections_in_flight(edges):
     """Connections accepted by the old master before the hand-over, used only after clients
     follow the new master: the new master bridges their segments back, nothing is reset."""
-    client = edges.client.popen([sys.executable, "-c", HELD_CONNECTIONS, "20"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-    assert client.stdout.readline().strip() == "ready"
-    new_mac = edges.edges[1].run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
-    edges.procs[0].send_signal(signal.SIGTERM)
-    assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
-    neighbour = lambda: edges.client.run(["ip", "neigh", "show", VIP, "dev", "eth0"]).stdout
-    assert wait_for(lambda: new_mac in neighbour(), 5), "the client did not follow the new master"
-    client.stdin.write("go\n")
-    client.stdin.flush()
-    results = json.loads(client.stdout.readline())
-    client.wait(10)
+    results = use_held_connections_after_a_planned_failover(edges, 20)
     assert len(results) == 20
     assert all(r.startswith("HTTP/1.1 200 OK be-") for r in results), results
     assert edges.procs[0].wait(30) == 0, edges.log(0)

@@ -9,6 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from held import use_held_connections_after_a_planned_failover
 from test_proxy_helpers import (
     KeepAlive,
     NetnsSockets,
@@ -220,6 +221,27 @@ def test_planned_failover_of_a_nat_edge_loses_no_new_connection(lab, tmp_path):
         assert len(during) > 50
         assert [(round(a.start - stopped, 3), a.detail) for a in during if not a.ok] == [], edges.log(0) + edges.log(1)
         assert "vipd_nat" not in edges.edges[0].run(["nft", "list", "tables"]).stdout
+    finally:
+        for i in list(edges.procs):
+            edges.stop_edge(i, signal.SIGKILL, timeout=5)
+
+
+@pytest.mark.timeout(120)
+def test_planned_failover_carries_nat_flows_in_flight(lab, tmp_path):
+    """Flows the old master translated, used only after the client follows the new master: the
+    new master has no conntrack entry for them (its own DNAT would send them to a backend that
+    knows nothing of them, which resets), so it bridges them back to the old master, which
+    keeps its table and the VIPs (quietly) while they are open."""
+    edges = nat_edges(lab, tmp_path)
+    try:
+        results = use_held_connections_after_a_planned_failover(edges, 12)
+        assert len(results) == 12
+        assert all(r.startswith("HTTP/1.1 200 OK be-") for r in results), results
+        assert {r.rsplit(" ", 1)[1] for r in results} == {"be-1", "be-2", "be-3"}
+        assert edges.procs[0].wait(30) == 0, edges.log(0)
+        assert "bridging connections in flight to 198.18.0.11" in edges.log(1)
+        assert "vipd_nat" not in edges.edges[0].run(["nft", "list", "tables"]).stdout
+        assert not edges.edges[0].has_address(VIP), "the old master released the VIP after its flows ended"
     finally:
         for i in list(edges.procs):
             edges.stop_edge(i, signal.SIGKILL, timeout=5)

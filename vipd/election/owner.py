@@ -103,7 +103,7 @@ class ElectionOwner:
         self.emit = emit
         self.clock = clock
         # Bridging needs IPv4 and the proxy's ports; table ids above 255 never meet a VRRP vrid.
-        bridged = bool(bridge.ports) and config.virtual_ips[0].version == 4
+        bridged = bridge.carries and config.virtual_ips[0].version == 4
         self.bridge = bridge if bridged else handover.BridgePlan()
         self.table_id = table_id
         self.quiet = handover.QuietHold(table_id, f"election {config.name}")
@@ -295,7 +295,7 @@ class ElectionOwner:
 
     async def _bridge(self, predecessor: str) -> None:
         try:
-            await handover.bridge_to(predecessor, [v.ip for v in self.config.virtual_ips], self.bridge.ports,
+            await handover.bridge_to(predecessor, [v.ip for v in self.config.virtual_ips], self.bridge,
                                      self.config.interface, self.table_id)
             self._bridged.set()
             await asyncio.sleep(self.bridge.seconds)

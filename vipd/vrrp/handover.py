@@ -5,7 +5,9 @@ connection whose handshake reached the old master just before keeps sending its 
 arrive at the new master, which has no socket for them and would reset it. So for a while:
 
 - the new master bridges such segments (to a VIP frontend port, no SYN or RST, matching only a
-  wildcard listener: no local connection of its own) back to the old master at layer 2;
+  wildcard listener: no local connection of its own) back to the old master at layer 2; for a
+  nat frontend, whose flows are the kernel's, a segment conntrack has not seen (state new) is
+  bridged: the old master's conntrack holds its translation;
 - the old master keeps the VIPs, silent on ARP so it never pulls clients back, until its proxy
   has drained; then it releases them.
 
@@ -76,16 +78,30 @@ def quiet_table(vrid: int) -> str:
     return f"vipd_quiet_{vrid}"
 
 
-async def bridge_to(predecessor: str, vips, ports, interface: str, vrid: int) -> bool:
-    """On the new master: hand mid-flow segments for the VIPs' frontend ports to `predecessor`."""
+def _ports(ports) -> str:
+    return ", ".join(str(p) for p in sorted(ports))
+
+
+def bridge_script(predecessor: str, vips, plan: "BridgePlan", interface: str, vrid: int) -> str:
     table = bridge_table(vrid)
-    script = (
-        f"table ip {table} {{}}\ndelete table ip {table}\n"
-        f"table ip {table} {{\n"
-        f"  chain prerouting {{ type filter hook prerouting priority -150; policy accept;\n"
-        f"    ip daddr {{ {_names(vips)} }} tcp dport {{ {', '.join(str(p) for p in sorted(ports))} }} "
-        f"tcp flags & (syn | rst) == 0 socket wildcard 1 dup to {predecessor} device \"{interface}\" drop\n"
-        f"  }}\n}}\n")
+    # After conntrack (-200), before the nat frontends' DNAT (-100).
+    mid_flow = "tcp flags & (syn | rst) == 0"
+    back = f"dup to {predecessor} device \"{interface}\" drop"
+    rules = []
+    if plan.ports:
+        rules.append(f"ip daddr {{ {_names(vips)} }} tcp dport {{ {_ports(plan.ports)} }} {mid_flow} socket wildcard 1 {back}")
+    if plan.nat_ports:
+        rules.append(f"ip daddr {{ {_names(vips)} }} tcp dport {{ {_ports(plan.nat_ports)} }} {mid_flow} ct state new {back}")
+    body = "".join(f"    {r}\n" for r in rules)
+    return (f"table ip {table} {{}}\ndelete table ip {table}\n"
+            f"table ip {table} {{\n"
+            f"  chain prerouting {{ type filter hook prerouting priority -150; policy accept;\n"
+            f"{body}  }}\n}}\n")
+
+
+async def bridge_to(predecessor: str, vips, plan: "BridgePlan", interface: str, vrid: int) -> bool:
+    """On the new master: hand mid-flow segments for the VIPs' frontend ports to `predecessor`."""
+    script = bridge_script(predecessor, vips, plan, interface, vrid)
     why = await _nft(script)
     if why is None:
         log.info("vrrp vrid %d: bridging connections in flight to %s while it drains", vrid, predecessor)
@@ -136,34 +152,40 @@ async def clear_leftovers(vrid: int) -> None:
 
 @dataclass(frozen=True)
 class BridgePlan:
-    """What a new master bridges back to its predecessor: the proxy's listen ports, for as long as
-    the predecessor may drain (the longest drain_timeout, plus a second)."""
+    """What a new master bridges back to its predecessor: the proxy's listen ports and the nat
+    frontends' ports, for as long as the predecessor may drain (the longest drain_timeout, plus a
+    second)."""
     ports: tuple[int, ...] = ()
     seconds: float = 0.0
+    nat_ports: tuple[int, ...] = ()
+
+    @property
+    def carries(self) -> bool:
+        return bool(self.ports or self.nat_ports)
 
 
 class Bridge:
     """On the new master: the bridge back to its predecessor, up for `seconds` (the predecessor's
     drain) or until this node gives the VIPs up. No ports: nothing to bridge."""
 
-    def __init__(self, vrid: int, interface: str, ports: Sequence[int], seconds: float) -> None:
+    def __init__(self, vrid: int, interface: str, plan: BridgePlan = BridgePlan()) -> None:
         self.vrid = vrid
         self.interface = interface
-        self.ports = tuple(ports)
-        self.seconds = seconds
+        self.plan = plan
         self._task: asyncio.Task | None = None
         self._ending: asyncio.Task | None = None
 
     def prepare(self, predecessor: str, vips: Sequence) -> None:
         # Harmless if another backup wins: no VIP here, no segment matches.
-        if not self.ports or (self._task is not None and not self._task.done()):
+        if not self.plan.carries or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.ensure_future(self._run(predecessor, list(vips)))
 
     async def _run(self, predecessor: str, vips: list) -> None:
         try:
-            if await bridge_to(predecessor, vips, self.ports, self.interface, self.vrid):
-                await asyncio.sleep(self.seconds)
+            plan = self.plan
+            if await bridge_to(predecessor, vips, plan, self.interface, self.vrid):
+                await asyncio.sleep(plan.seconds)
         finally:
             await remove("ip", bridge_table(self.vrid))
 

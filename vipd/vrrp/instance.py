@@ -86,7 +86,7 @@ class VrrpInstance:
         self.addresses = addresses
         self.clock = clock
         self._started = False
-        self.bridge = handover.Bridge(config.vrid, config.interface, (), 0.0)
+        self.bridge = handover.Bridge(config.vrid, config.interface)
         self.plan_bridge(bridge)
         self.router = fsm.VrrpRouter(self._params(NO_ADDRESS[config.family]))
         self._receive_checks = self._checks_for(config)
@@ -161,7 +161,7 @@ class VrrpInstance:
             handover_timeout=c.effective_handover_timeout,
             # Given up to another router, the VIPs stay (quietly) while its bridge sends us our
             # connections in flight; without a bridge (no proxy ports, IPv6) they go at once.
-            quiet_hold=self.bridge.seconds if self.bridge.ports else 0.0)
+            quiet_hold=self.bridge.plan.seconds if self.bridge.plan.carries else 0.0)
 
     @staticmethod
     def _checks_for(c: VrrpConfig) -> packet.ReceiveChecks:
@@ -320,8 +320,7 @@ class VrrpInstance:
     def plan_bridge(self, plan: handover.BridgePlan) -> None:
         """The proxy's ports and drain time, for the next hand-over (IPv4 only: the bridge relies on
         ARP silence)."""
-        self.bridge.ports = plan.ports if self.config.family == socket.AF_INET else ()
-        self.bridge.seconds = plan.seconds
+        self.bridge.plan = plan if self.config.family == socket.AF_INET else handover.BridgePlan(seconds=plan.seconds)
         if self._started:
             self._execute(self.router.update_params(self._params(self.router.params.primary_address), self.clock()))
 
