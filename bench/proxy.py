@@ -303,6 +303,7 @@ def measure(client: Host, proxies: Proxies, backend: subprocess.Popen, targets: 
                     if proc is not None and proc.poll() is not None:
                         raise SystemExit(f"{what} exited ({proc.returncode}) in the middle of the bench "
                                          "(another program's `pkill nginx`?); no table")
+                proxies.host.run(["conntrack", "-F"], check=False)
                 before, box_before = proxies.cpu_seconds(name), box_busy_seconds()
                 got = run_wrk(client, test, name, duration, connections)
                 cpu, box = proxies.cpu_seconds(name) - before, box_busy_seconds() - box_before
