@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import _common
+import _election
 from _common import Cluster, edges
 
 from vipd.lab import connclient, timeline
@@ -133,7 +134,7 @@ def longest_gap(attempts: list[connclient.Attempt], since: float, until: float) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", default="vipd,keepalived", help="vipd,keepalived (default: both)")
-    parser.add_argument("--scenario", default=",".join(SCENARIOS), help=",".join(SCENARIOS) + " (default: all)")
+    parser.add_argument("--scenario", help=",".join(SCENARIOS) + " (default: all)")
     parser.add_argument("--interval", default="1,0.1", help="advert intervals in seconds (default: 1,0.1)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is reported (default 3)")
     parser.add_argument("--partition-seconds", type=float, default=5.0)
@@ -147,7 +148,19 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     parser.add_argument("--anycast", action="store_true", help="instead: the [[anycast]] rows with real FRR "
                         "(router + 3 edges; see bench/_anycast.py); uses --rounds")
+    parser.add_argument("--election", action="store_true", help="instead: the [[election]] rows with a real "
+                        "3-member etcd (see bench/_election.py); uses --rounds, --ttl, --json, --scenario "
+                        f"({','.join(_election.SCENARIOS)})")
+    parser.add_argument("--ttl", type=int, default=3, help="--election: lease_ttl in seconds (default 3)")
     args = parser.parse_args()
+    if args.election:
+        reason = _common.missing((), extra=("etcd", "etcdctl", "nft"))
+        if reason:
+            print(f"failover bench: {reason}", file=sys.stderr)
+            return 2
+        scenarios = _common.parse_list(args.scenario or ",".join(_election.SCENARIOS), _election.SCENARIOS, "scenario")
+        print(_election.run(args.rounds, args.ttl, scenarios, args.keep, args.json))
+        return 0
     if args.anycast:
         import _anycast
         reason = _common.missing(("vipd",)) or _anycast.anycastlab.unavailable_reason()
@@ -157,7 +170,7 @@ def main() -> int:
         print(_anycast.run(args.rounds, args.keep))
         return 0
     impls = _common.parse_list(args.impl, _common.IMPLEMENTATIONS, "impl")
-    scenarios = _common.parse_list(args.scenario, SCENARIOS, "scenario")
+    scenarios = _common.parse_list(args.scenario or ",".join(SCENARIOS), SCENARIOS, "scenario")
     intervals = _common.parse_floats(args.interval, "interval")
     if not 1 <= args.rounds <= 50:
         raise SystemExit("--rounds: expected 1..50")

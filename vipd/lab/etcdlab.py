@@ -3,7 +3,7 @@ each serving the VIP through its own frontend, and a client host, all on one seg
 holds the VIP is read from the kernel: one `ip -ts monitor address` per candidate (all namespaces
 share one clock), so a dual holder shows as overlapping intervals whatever the daemons believe.
 With `tls`, the members serve https only and ask for a client certificate (--client-cert-auth).
-Used by tests/netns/test_election_etcd.py, test_election_tls.py and bench/election.py."""
+Used by tests/netns/test_election_etcd.py, test_election_tls.py and bench/_election.py (`bench/failover.py --election`)."""
 from __future__ import annotations
 
 import datetime

@@ -1,4 +1,5 @@
-"""Failover of an `[[election]]` VIP (etcd leases) as a client and the kernel see it, on a namespace lab
+"""The election rows of bench/failover.py (`--election`): failover of an `[[election]]` VIP (etcd
+leases) as a client and the kernel see it, on a namespace lab
 (vipd.lab.etcdlab): a 3-member etcd, candidates c1 (priority 200) and c2 (100), each serving the VIP
 through its own frontend, and a client opening a new TCP connection to the VIP every 10 ms.
 
@@ -13,15 +14,11 @@ Per run, c1 holds the VIP, then the fault on c1:
 namespaces had it configured (`ip -ts monitor address`; for `term` that is the planned, ARP-silent
 hold of the old holder, not a split brain). Client columns cover 0.5 s before the fault until
 1.5 s after the takeover. Each cell is the median of --rounds.
-
-Run from the repository root as root: `python bench/election.py`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -71,38 +68,25 @@ def run_once(c: etcdlab.ElectionLab, scenario: str) -> dict:
             **{k: during[k] for k in ("failed", "slow", "requests", "longest_gap", "errors")}}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default=",".join(SCENARIOS), help=",".join(SCENARIOS) + " (default: all)")
-    parser.add_argument("--ttl", type=int, default=3, help="lease_ttl in seconds (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per row; the median is reported (default 3)")
-    parser.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
-    args = parser.parse_args()
-    scenarios = _common.parse_list(args.scenario, SCENARIOS, "scenario")
-    reason = _common.missing((), extra=("etcd", "etcdctl", "nft"))
-    if reason:
-        print(f"election bench: {reason}", file=sys.stderr)
-        return 2
+def run(rounds: int, ttl: int, scenarios: list[str], keep: bool = False, json_path: str | None = None) -> str:
+    """Every scenario `rounds` times; the markdown table of medians."""
     runs: dict[str, list[dict]] = {}
-    with _common.lab_session("vipd-bench-election-", args.keep) as (lab, workdir):
-        c = etcdlab.ElectionLab(lab, workdir / "lab", ttl=args.ttl)
+    with _common.lab_session("vipd-bench-election-", keep) as (lab, workdir):
+        c = etcdlab.ElectionLab(lab, workdir / "lab", ttl=ttl)
         try:
             etcdlab.start_cluster(c)
             c.start("c2", 100)
             for scenario in scenarios:
-                for n in range(args.rounds):
+                for n in range(rounds):
                     result = run_once(c, scenario)
                     runs.setdefault(scenario, []).append(result)
-                    print(f"{scenario:9s} round {n + 1}: VIP on c2 {_common.fmt(result['took'], ' s')}, "
+                    print(f"election {scenario:9s} round {n + 1}: VIP on c2 {_common.fmt(result['took'], ' s')}, "
                           f"dual {result['dual']:.3f} s, failed {result['failed']}, slow {result['slow']}"
                           + (f" ({', '.join(result['errors'])})" if result["errors"] else ""), flush=True)
         finally:
             etcdlab.stop_all(c)
-    if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1))
-    print(f"\nlease_ttl {args.ttl} s; median of {args.rounds} run(s) per row; client: new TCP connection "
-          "to the VIP every 10 ms\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(runs, indent=1))
     rows = [[s, _common.fmt(_common.median([r["took"] for r in cell]), " s"),
              _common.fmt(_common.median([r["c1_vip_gone"] for r in cell]), " s"),
              _common.fmt(max(r["dual"] for r in cell), " s", 3),
@@ -110,10 +94,6 @@ def main() -> int:
              _common.fmt(_common.median([r["failed"] for r in cell]), "", 0),
              _common.fmt(_common.median([r["slow"] for r in cell]), "", 0), f"{len(cell)}"]
             for s, cell in runs.items()]
-    print(_common.markdown_table(["fault", "VIP on c2", "c1's VIP gone", "dual holder (worst run)",
-                                  "longest gap", "failed", "slow >0.5 s", "runs"], rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return (f"lease_ttl {ttl} s; median of {rounds} run(s) per row; client: new TCP connection to the VIP every "
+            "10 ms\n\n" + _common.markdown_table(["fault", "VIP on c2", "c1's VIP gone", "dual holder (worst run)",
+                                                  "longest gap", "failed", "slow >0.5 s", "runs"], rows))
