@@ -364,9 +364,11 @@ class Daemon:
                                errors=[describe(exc)])
             self.notifier.ready(self.summary())
             return {"ok": False, "errors": [describe(exc)]}
+        for warning in new.warnings:      # as at start: the operator sees them whichever way it was applied
+            log.warning("%s", warning)
         self._reload_event(True, f"reloaded {self.path}: {self.summary()}", summary=self.summary())
         self.notifier.ready(self.summary())
-        return {"ok": True, "config": self.path, "summary": self.summary()}
+        return {"ok": True, "config": self.path, "summary": self.summary(), "warnings": list(new.warnings)}
 
     def _reload_event(self, ok: bool, message: str, **fields) -> None:
         self.events.emit(Kind.RELOAD, self.path, message,

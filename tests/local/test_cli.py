@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port, start_vipd_run
+from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port, start_vipd_run, wait_until
 
 from vipd import cli, proxycli
 
@@ -195,6 +195,38 @@ def test_run_logs_the_warnings_at_start_and_runs(tmp_path):
     try:
         assert proc.poll() is None, log.read_text()
         assert any(line.endswith(warning) and " WARNING " in line for line in log.read_text().splitlines())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_reload_logs_the_new_configs_warnings_and_lbctl_prints_them(tmp_path):
+    path = write(tmp_path, "vipd.toml", proxy_only(tmp_path, free_port()))
+    log = tmp_path / "run.log"
+    lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
+    proc = start_vipd_run(path, log)
+    try:
+        assert proc.poll() is None, log.read_text()
+        quiet = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
+        assert (quiet.returncode, quiet.stderr) == (0, ""), quiet
+        path.write_text(proxy_only(tmp_path, free_port(), health="[frontend.health]\ninterval = 1\ntimeout = 2\n")
+                        .replace('name = "t"\n', 'name = "t"\nscript_security = false\n'))
+        warnings = vipd("check", "-c", str(path)).stderr.splitlines()
+        assert len(warnings) == 2 and all(": WARNING: " in w for w in warnings), warnings
+        loud = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
+        assert loud.returncode == 0 and loud.stdout.startswith(f"reloaded {path}: "), loud
+        assert loud.stderr.splitlines() == warnings
+        logged = [line for line in log.read_text().splitlines() if " WARNING " in line]
+        assert [w for w in warnings if any(line.endswith(w) for line in logged)] == warnings, log.read_text()
+        assert len(logged) == 2, logged                  # each once, and none for the quiet reload
+        proc.send_signal(signal.SIGHUP)                  # SIGHUP applies the same file: logged again
+        wait_until(lambda: sum(" WARNING " in line for line in log.read_text().splitlines()) == 4, 30,
+                   "the warnings logged again at SIGHUP")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

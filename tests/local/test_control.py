@@ -96,7 +96,8 @@ class FakeNode:
         # What Daemon.handle_reload answers; test_a_live_daemon_answers_by_the_schema holds the
         # real answer to the same keys.
         self.calls.append(("reload",))
-        return {"ok": True, "config": "/etc/vipd/vipd.toml", "summary": "1 vrrp instance(s), 1 frontend(s)"}
+        return {"ok": True, "config": "/etc/vipd/vipd.toml", "summary": "1 vrrp instance(s), 1 frontend(s)",
+                "warnings": []}
 
 
 class SchemaChecked:
@@ -587,7 +588,10 @@ def test_a_live_daemon_answers_by_the_schema(run_dir: Path) -> None:
 
         status, reloaded = ask("POST", "/v1/reload")
         assert status == 200 and check(reloaded, ReloadAnswer, strict=True).problems == []
-        assert reloaded == {"ok": True, "config": str(config), "summary": "0 vrrp instance(s), 1 frontend(s)"}
+        assert reloaded == {"ok": True, "config": str(config), "summary": "0 vrrp instance(s), 1 frontend(s)",
+                            "warnings": [f"{config}: WARNING: frontend[0].health.timeout: 0.5 is longer than "
+                                         "interval 0.2: a backend that does not answer is probed every 0.5s, "
+                                         "not every 0.2s"]}
         faked = asyncio.run(FakeNode().reload())
         assert set(faked) == set(reloaded), "the fake answers what the daemon answers"
 

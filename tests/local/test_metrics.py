@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import os
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -10,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vipd.control.metrics import MetricsServer
+from vipd.control.metrics import MetricsServer, RestartBackoff
 
 FULL = {
     "node": "edge-1",
@@ -282,3 +285,32 @@ def test_serves_under_uvloop() -> None:
                      frontend="api", backend="198.18.0.21:6443") == 70000
 
     uvloop.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_listener_is_started_again_on_the_same_port(caplog) -> None:
+    async def main() -> None:
+        server = MetricsServer("127.0.0.1:0", lambda: FULL)
+        server.backoff = RestartBackoff(first=0.2, most=0.4, stable=60.0)
+        await server.start()
+        try:
+            host, port = server.address
+            url = f"http://{host}:{port}/metrics"
+            first = samples(await asyncio.to_thread(fetch, url))
+            assert value(first, "vipd_metrics_listener_restarts_total") == 0
+            for restart in (1, 2):
+                pid = server._proc.pid
+                os.kill(pid, signal.SIGKILL)
+                # Asked while the listener is down: the request waits in the kept socket's backlog.
+                again = samples(await asyncio.to_thread(fetch, url))
+                assert server._proc.pid != pid and server.address == (host, port)
+                assert value(again, "vipd_metrics_listener_restarts_total") == restart
+                assert value(again, "vipd_vrrp_adverts_sent_total", instance="api") == 1234
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.INFO, logger="vipd.metrics"):
+        asyncio.run(main())
+    died = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert len(died) == 2 and all("killed by SIGKILL" in line for line in died), died
+    assert "starting it again in 0.2 s (restart 1)" in died[0] and "(restart 2)" in died[1]

@@ -96,7 +96,8 @@ ANSWERS = [
     (MaintenanceAnswer, {"maintenance": True, "warning": "not saved",
                          "owners": [{"name": "api", "kind": "vrrp", "state": "MASTER", "maintenance": True}]}),
     (ReloadAnswer, {"ok": True, "config": "/etc/vipd/vipd.toml",
-                    "summary": "1 vrrp instance(s), 1 frontend(s)"}),
+                    "summary": "1 vrrp instance(s), 1 frontend(s)",
+                    "warnings": ["/etc/vipd/vipd.toml: WARNING: node.script_security: false: ..."]}),
     (ErrorAnswer, {"error": "no frontend 'nope'"}),
 ]
 

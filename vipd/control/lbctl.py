@@ -178,6 +178,8 @@ def reload(ctx: typer.Context) -> None:
     answer: ReloadAnswer = checked(call(ctx.obj, "POST", "/v1/reload", RELOAD_TIMEOUT), ReloadAnswer)
     config, summary = answer.get("config"), answer.get("summary")
     typer.echo("reloaded" + (f" {config}" if config else "") + (f": {summary}" if summary else ""))
+    for warning in answer.get("warnings", []):
+        typer.echo(warning, err=True)
 
 
 @app.command()

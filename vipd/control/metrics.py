@@ -13,6 +13,10 @@ loop calls `status()` (and the events) like every other reader of the components
 the JSON over a socket pair. Requests that arrive meanwhile share it; the daemon answers at most
 every SNAPSHOT_MIN_INTERVAL, and less often when a snapshot costs it more than MAX_SHARE of the
 time between. Each snapshot is rendered once per kind (metrics, page, JSON) however many ask.
+
+The daemon keeps the listening socket and watches the process: a listener that dies (killed,
+crashed, out of memory) is started again on the same socket, after a delay that doubles while it
+keeps dying at once (RestartBackoff); connections that arrive meanwhile wait in the socket's backlog.
 """
 from __future__ import annotations
 
@@ -70,6 +74,11 @@ MAX_IN_FLIGHT = 64
 # An idle kept-alive connection, or one whose client stopped reading, is closed after this.
 KEEPALIVE_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 1.0
+# A dead listener is restarted after RESTART_FIRST seconds, doubling per death up to RESTART_MOST;
+# one that stayed up RESTART_STABLE seconds starts over from RESTART_FIRST.
+RESTART_FIRST = 1.0
+RESTART_MOST = 30.0
+RESTART_STABLE = 60.0
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
@@ -225,6 +234,45 @@ def _frontend_metrics(out: _Families, f: Frontend) -> None:
                     b.get("passive_failures"))
 
 
+class RestartBackoff:
+    """How long to wait before restarting a listener that died after `uptime` seconds up."""
+
+    def __init__(self, first: float = RESTART_FIRST, most: float = RESTART_MOST,
+                 stable: float = RESTART_STABLE) -> None:
+        self.first, self.most, self.stable = first, most, stable
+        self._next = first
+
+    def delay(self, uptime: float) -> float:
+        if uptime >= self.stable:
+            self._next = self.first
+        delay = self._next
+        self._next = min(self._next * 2, self.most)
+        return delay
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class RestartsCollector:
+    """The listener's own restarts, which the status document does not hold: the daemon gives
+    each listener process the count on its command line."""
+
+    def __init__(self, restarts: int) -> None:
+        self.restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("vipd_metrics_listener_restarts", "Times the metrics listener process "
+                                  "died and was started again since the daemon started.", value=self.restarts)
+
+
 class StatusCollector:
     """A prometheus_client collector reading the status document on every scrape."""
 
@@ -292,7 +340,8 @@ def _encode_snapshot(status: Callable[[], Any], events: Callable[[], list[dict]]
 class MetricsServer:
     """Prometheus text at http://LISTEN/metrics, the status page at / and the status document at
     /status.json; GET and HEAD only. `events` returns the recent events for the page, if any.
-    `status` and `events` are called on the loop that runs start(); the listener is a child process."""
+    `status` and `events` are called on the loop that runs start(); the listener is a child process,
+    restarted when it dies."""
 
     def __init__(self, listen: str, status: Callable[[], dict],
                  events: Callable[[], list[dict]] | None = None) -> None:
@@ -301,7 +350,12 @@ class MetricsServer:
         self.events = events
         self.address: tuple[str, int] | None = None
         self.snapshots = 0                     # taken on the daemon's loop
+        self.restarts = 0
+        self.backoff = RestartBackoff()
+        self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._started_at = 0.0
+        self._watcher: asyncio.Task | None = None
         self._pair: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.TimerHandle | None = None
@@ -320,37 +374,83 @@ class MetricsServer:
         except BaseException:
             sock.close()
             raise
+        # Kept open (never accepted on here) so that a restarted listener serves the same port.
+        self._sock = sock
+        self.address = sock.getsockname()[:2]
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._spawn()
+        except BaseException:
+            self._sock.close()
+            self._sock = None
+            raise
+        self._watcher = asyncio.create_task(self._watch(), name="metrics listener watcher")
+        where = self.listen if port else f"{host}:{self.address[1]}"
+        log.info("metrics on http://%s/metrics, status page on http://%s/", where, where)
+
+    async def _spawn(self) -> None:
+        assert self._sock is not None
         parent, child = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        argv = [sys.executable, "-I", "-c", LISTENER_BOOT, root, str(sock.fileno()), str(child.fileno()),
-                "events" if self.events is not None else "no-events"]
+        argv = [sys.executable, "-I", "-c", LISTENER_BOOT, root, str(self._sock.fileno()), str(child.fileno()),
+                "events" if self.events is not None else "no-events", str(self.restarts)]
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, pass_fds=(sock.fileno(), child.fileno()), stdin=asyncio.subprocess.DEVNULL, cwd="/")
+                *argv, pass_fds=(self._sock.fileno(), child.fileno()), stdin=asyncio.subprocess.DEVNULL, cwd="/")
         except BaseException:
             parent.close()
             raise
         finally:
-            self.address = sock.getsockname()[:2]
-            sock.close()
             child.close()
+        self._started_at = self._loop.time()
         parent.setblocking(False)
         self._pair = parent
-        self._loop = asyncio.get_running_loop()
         self._loop.add_reader(parent.fileno(), self._on_request)
-        where = self.listen if port else f"{host}:{self.address[1]}"
-        log.info("metrics on http://%s/metrics, status page on http://%s/", where, where)
 
-    async def stop(self) -> None:
+    async def _watch(self) -> None:
+        """Restarts the listener whenever its process ends, until stop()."""
+        while True:
+            pid = self._proc.pid
+            returncode = await self._proc.wait()
+            self._close_pair()
+            uptime = self._loop.time() - self._started_at
+            delay = self.backoff.delay(uptime)
+            self.restarts += 1
+            log.error("metrics listener (pid %d) died after %.1f s: %s; starting it again in %g s (restart %d)",
+                      pid, uptime, describe_exit(returncode), delay, self.restarts)
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self._spawn()
+                    break
+                except Exception as exc:
+                    delay = self.backoff.delay(0.0)
+                    log.error("cannot start the metrics listener again: %s; next try in %g s",
+                              str(exc) or type(exc).__name__, delay)
+            log.info("metrics listener started again (pid %d)", self._proc.pid)
+
+    def _close_pair(self) -> None:
         if self._pair is not None:
             self._loop.remove_reader(self._pair.fileno())
             if self._out:
                 self._loop.remove_writer(self._pair.fileno())
+                self._out.clear()
             self._pair.close()
             self._pair = None
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        self._asked = False
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+            self._watcher = None
+        self._close_pair()
         if self._proc is not None:
             if self._proc.returncode is None:
                 self._proc.terminate()
@@ -360,6 +460,9 @@ class MetricsServer:
                 self._proc.kill()
                 await self._proc.wait()
             self._proc = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # ---------------------------------------------------------------- on the daemon's loop
 
@@ -371,8 +474,7 @@ class MetricsServer:
         except OSError:
             data = b""
         if not data:
-            log.error("the metrics listener is gone (exit status %s)",
-                      self._proc.returncode if self._proc else None)
+            # The listener is ending; _watch says how once its process has exited, and restarts it.
             self._loop.remove_reader(self._pair.fileno())
             return
         self._asked = True
@@ -416,9 +518,10 @@ class Listener:
     """The listener process: serves the app on the inherited socket, asking the daemon for
     snapshots over the socket pair."""
 
-    def __init__(self, with_events: bool) -> None:
+    def __init__(self, with_events: bool, restarts: int = 0) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(lambda: _current.get().document()))
+        self.registry.register(RestartsCollector(restarts))
         self.page = StatusPage(lambda: _current.get().document(),
                                (lambda: _current.get().events()) if with_events else None)
         self._reader: asyncio.StreamReader | None = None
@@ -532,15 +635,15 @@ class Listener:
 
 
 def listener_main(argv: list[str]) -> int:
-    """The listener process: LISTEN_FD PAIR_FD events|no-events. SIGTERM stops it, and so does the
-    daemon's death (it must not keep the port from a restarted daemon)."""
+    """The listener process: LISTEN_FD PAIR_FD events|no-events RESTARTS. SIGTERM stops it, and so
+    does the daemon's death (it must not keep the port from a restarted daemon)."""
     import ctypes
 
     logging.basicConfig(level=logging.WARNING, format="vipd metrics: %(message)s")
-    listen_fd, pair_fd, events = int(argv[0]), int(argv[1]), argv[2] == "events"
+    listen_fd, pair_fd, events, restarts = int(argv[0]), int(argv[1]), argv[2] == "events", int(argv[3])
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:          # the daemon died before prctl
         return 0
-    asyncio.run(Listener(events).run(listen_fd, pair_fd))
+    asyncio.run(Listener(events, restarts).run(listen_fd, pair_fd))
     return 0

@@ -238,6 +238,8 @@ class ReloadAnswer(TypedDict):
     ok: Literal[True]
     config: Annotated[str, Doc("path of the config file now in force")]
     summary: Annotated[str, Doc("what runs now, e.g. `1 vrrp instance(s), 1 frontend(s)`")]
+    warnings: NotRequired[Annotated[list[str], Doc("the new config's warnings, as `vipd check` prints them "
+                                                   "(also logged); empty when none")]]
 
 
 class Event(TypedDict):
