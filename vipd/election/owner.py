@@ -263,7 +263,8 @@ class ElectionOwner:
                 case core.Revoke(lease):
                     self._spawn(self._revoke(action, lease))
                 case core.AddVips(lifetime, announce):
-                    self._vip_change = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
+                    added = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
+                    self._vip_change = asyncio.ensure_future(self._tell_added(added))
                     if announce:
                         self._spawn(self._announce(self._vip_change))
                 case core.Announce():
@@ -285,6 +286,18 @@ class ElectionOwner:
                               level=Level.WARNING if new == core.State.FAULT else Level.INFO, logger=log)
                 case _:
                     self._writes.put_nowait(action)
+
+    async def _tell_added(self, added: asyncio.Future) -> None:
+        """The core hears what the kernel said before anyone waiting for the change goes on."""
+        try:
+            refused = tuple((await added).failed.items())
+        except Exception as exc:
+            refused = tuple((str(vip), str(exc)) for vip in self.config.virtual_ips)
+        was = self.core.vip_fault
+        self._feed(core.VipsAdded(self.config.interface, refused))
+        if was is None and self.core.vip_fault is not None:
+            log.error("election %s: %s; FAULT, a candidate again in %.3gs", self.name, self.core.vip_fault,
+                      max(0.0, self.core.vip_retry_at - self.clock()))
 
     def _remove_vips(self, vips: list) -> asyncio.Future:
         return self.addresses.remove(self.config.interface, self.config.virtual_ips)
@@ -362,8 +375,6 @@ class ElectionOwner:
     async def _write_loop(self) -> None:
         while True:
             action = await self._writes.get()
-            if isinstance(action, core.Accept) and self._vip_change is not None:
-                await asyncio.shield(self._vip_change)      # VIPs in place before we say so
             try:
                 ok = await self._write(action)
                 self._feed(core.Done(action, ok))

@@ -31,10 +31,6 @@ log = logging.getLogger("vipd.vrrp")
 
 NO_ADDRESS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 STOP_SAFETY_MARGIN = 5.0
-# After the kernel refused a VIP, the instance stays in FAULT this long before it tries again (as
-# BACKUP first, then adding the VIPs when it is master), doubling up to the maximum.
-VIP_RETRY_FIRST = 1.0
-VIP_RETRY_MAX = 30.0
 # Self-fencing: a held VIP carries a kernel lifetime, renewed this often from the loop that sends
 # the adverts, so a daemon killed, frozen or wedged loses its VIPs without anyone's help.
 VIP_REFRESH_PERIOD = 1.0
@@ -104,7 +100,7 @@ class VrrpInstance:
         # The faults only the shell sees happen (the kernel refused a VIP): reason -> words.
         self._vip_fault: dict[str, str] = {}
         self._vip_retry: asyncio.TimerHandle | None = None
-        self._vip_retry_delay = VIP_RETRY_FIRST
+        self._vip_retry_delay = fsm.VIP_RETRY_FIRST
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
         self._refreshed_at = 0.0
@@ -518,7 +514,7 @@ class VrrpInstance:
             return
         failed = {"VIPs": str(change.exception())} if change.exception() else change.result().failed
         if not failed:
-            self._vip_retry_delay = VIP_RETRY_FIRST
+            self._vip_retry_delay = fsm.VIP_RETRY_FIRST
             return
         if not self._holding or not self._started or self._vip_fault:
             return
@@ -528,7 +524,7 @@ class VrrpInstance:
         log.error("vrrp %s: %s; FAULT, trying again in %gs", self.name, *self._vip_fault.values(),
                   self._vip_retry_delay)
         self._vip_retry = asyncio.get_running_loop().call_later(self._vip_retry_delay, self._retry_vips)
-        self._vip_retry_delay = min(2 * self._vip_retry_delay, VIP_RETRY_MAX)
+        self._vip_retry_delay = min(2 * self._vip_retry_delay, fsm.VIP_RETRY_MAX)
         self._evaluate()
 
     def _retry_vips(self) -> None:
