@@ -22,7 +22,7 @@ from vipd.election.etcd import EtcdClient, EtcdError, KeyValue, b64
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import handover
 from vipd.vrrp.addresses import AddressWorker
-from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
+from vipd.vrrp.announce import AnnouncementFrames, FrameSender
 from vipd.vrrp.links import InterfaceTable, NetlinkMonitor
 from vipd.vrrp.tracks import TrackSet, cancel_and_wait
 
@@ -122,8 +122,7 @@ class ElectionOwner:
         self._spawned: set[asyncio.Task] = set()
         self._vip_change: asyncio.Future | None = None
         self._stopped = asyncio.Event()
-        self._frames: asyncio.Future | None = None
-        self._frames_for: str | None = None
+        self.announcement = AnnouncementFrames()
 
     # ------------------------------------------------------------ VipOwner
 
@@ -156,11 +155,7 @@ class ElectionOwner:
     def _prepare_frames(self) -> None:
         """Build the GARP/NA frames ahead (scapy is slow to load), again when the MAC changes."""
         link = self.interfaces.by_name(self.config.interface)
-        mac = link.mac if link else None
-        if mac is not None and mac != self._frames_for:
-            self._frames_for = mac
-            self._frames = asyncio.ensure_future(
-                asyncio.to_thread(build_gratuitous_frames, mac, self.config.virtual_ips))
+        self.announcement.rebuild(link.mac if link else None, self.config.virtual_ips)
 
     async def start(self) -> None:
         """Candidate only once the GARP frames are built: a hand-over right after start must not
@@ -168,9 +163,9 @@ class ElectionOwner:
         await handover.clear_leftovers(self.table_id)
         self._learn_address()
         self._prepare_frames()
-        if self._frames is not None:
+        if self.announcement.frames is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._frames), 30)
+                await asyncio.wait_for(asyncio.shield(self.announcement.frames), 30)
             except Exception as exc:
                 log.error("election %s: cannot build gratuitous ARP/NA frames: %s", self.name, exc)
         self.interfaces.subscribe(self._on_link)
@@ -354,11 +349,11 @@ class ElectionOwner:
         try:
             if added is not None:
                 await asyncio.shield(added)
-            if self._frames is None:
+            if self.announcement.frames is None:
                 log.warning("election %s: no gratuitous ARP/NA: no MAC address known for %s",
                             self.name, self.config.interface)
                 return
-            frames = await asyncio.shield(self._frames)
+            frames = await asyncio.shield(self.announcement.frames)
             if self._bridge_task is not None:      # connections in flight go back before clients move
                 await asyncio.wait_for(self._bridged.wait(), 2)
         except Exception as exc:

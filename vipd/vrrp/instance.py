@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import fsm, handover, packet
 from vipd.vrrp.addresses import AddressWorker
-from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
+from vipd.vrrp.announce import AnnouncementFrames, FrameSender
 from vipd.vrrp.config import VrrpConfig
 from vipd.vrrp.links import InterfaceTable
 from vipd.vrrp.notify import NotifyQueue
@@ -106,8 +106,7 @@ class VrrpInstance:
         self._refreshed_at = 0.0
         self._vips_seen: set = set()         # managed VIPs netlink showed on the link while held
         self._vip_change: asyncio.Future | None = None
-        self._frames: asyncio.Future | None = None
-        self._frames_for: tuple | None = None
+        self.announcement = AnnouncementFrames()
         self._garp: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[tuple, bytes] = {}
@@ -625,17 +624,13 @@ class VrrpInstance:
 
     def _rebuild_frames(self) -> None:
         link = self.interfaces.by_name(self.config.interface)
-        wanted = (link.mac if link else None, tuple(self.config.virtual_ips))
-        if wanted == self._frames_for or wanted[0] is None:
-            return
-        self._frames_for = wanted
-        self._frames = asyncio.ensure_future(asyncio.to_thread(build_gratuitous_frames, *wanted))
+        self.announcement.rebuild(link.mac if link else None, self.config.virtual_ips)
 
     def _start_garp(self) -> None:
         self._cancel_garp()
-        if self.config.garp_repeat <= 0 or self._frames is None:
+        if self.config.garp_repeat <= 0 or self.announcement.frames is None:
             return
-        self._garp = asyncio.create_task(self._garp_burst(self._frames, self._vip_change),
+        self._garp = asyncio.create_task(self._garp_burst(self.announcement.frames, self._vip_change),
                                          name=f"garp {self.name}")
 
     async def _garp_burst(self, frames_future: asyncio.Future, after: asyncio.Future | None) -> None:
