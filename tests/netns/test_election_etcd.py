@@ -158,3 +158,36 @@ def test_preemption_and_maintenance_hand_over_without_a_failed_request(cluster):
     print("hand-overs under traffic:", result, f"preemption took {handed - started:.2f}s")
     assert result["requests"] > 300 and result["failed"] == 0, result
     assert "Traceback" not in c.logs()
+
+
+VIP6 = "2001:db8::100"
+
+
+@pytest.mark.timeout(120)
+def test_a_vip_the_kernel_refuses_is_a_fault_and_the_other_candidate_holds_it(cluster):
+    c = cluster
+    c.lab["c1"].sysctl("net.ipv6.conf.eth0.disable_ipv6", 1)      # the kernel refuses IPv6 addresses there
+    c.start("c2", 100, vips=(f"{VIP6}/64",))
+    assert wait_until(lambda: c.holders(VIP6) == ["c2"], 20, "c2 holds"), c.logs()
+    c.start("c1", 200, vips=(f"{VIP6}/64",))
+
+    def c1_faulted() -> bool:
+        e = c.election("c1")
+        return e.get("state") == "FAULT" and e.get("reason", "").startswith("vip_add:eth0 (cannot add")
+    assert wait_until(c1_faulted, 20, "c1 in FAULT vip_add"), c.logs()
+    assert c.election("c2")["state"] == "LEADER" and c.holders(VIP6) == ["c2"]
+    assert c.election("c1")["holder"] == "c2"
+    assert "FAULT" in c.lbctl("c1", "status").stdout
+    done = c.lbctl("c1", "events", "--json")
+    states = [r for r in map(json.loads, done.stdout.splitlines()) if r["kind"] == "election.state"]
+    assert any(r["fields"]["new"] == "FAULT" and r["fields"]["reason"].startswith("vip_add:eth0") for r in states), \
+        states
+    # retries after its backoff do not take the VIP away from c2 for good
+    time.sleep(2.0)
+    assert c.holders(VIP6) == ["c2"] and c.election("c2")["state"] == "LEADER"
+
+    c.lab["c1"].sysctl("net.ipv6.conf.eth0.disable_ipv6", 0)
+    assert wait_until(lambda: c.election("c1").get("state") == "LEADER" and c.holders(VIP6) == ["c1"], 30,
+                      "c1 takes over once the kernel takes the VIP"), c.logs()
+    assert wait_until(lambda: c.election("c2").get("state") == "FOLLOWER", 5, "c2 follows"), c.logs()
+    assert "Traceback" not in c.logs()

@@ -30,7 +30,9 @@ from vipd.election.core import (
     Tick,
     Transfer,
     Unregister,
+    VipsAdded,
 )
+from vipd.vrrp import fsm
 
 TTL = 3.0
 
@@ -118,10 +120,11 @@ def test_preemption_hands_over_successor_first_then_the_old_holder_lets_go() -> 
     # the holder sees the higher candidate and offers the key
     actions = h.handle(Seen(Snapshot(holder, (holder, high))), 1.0)
     assert Offer("b", 11) in actions
-    # the successor adds the VIPs and GARPs, then accepts
+    # the successor adds the VIPs and GARPs, and accepts once the kernel has them
     actions = s.handle(Seen(Snapshot(holder, (holder, high), handover=("a", "b"))), 1.1)
-    assert [type(a) for a in actions if isinstance(a, (AddVips, Accept, Offer, Campaign))] == [AddVips, Accept]
+    assert [type(a) for a in actions if isinstance(a, (AddVips, Accept, Offer, Campaign))] == [AddVips]
     assert AddVips(1, announce=True) in actions and s.vips and s.state == State.FOLLOWER
+    assert s.handle(VipsAdded("eth0"), 1.15) == [Accept("a", 22)]
     # the holder transfers the key to the successor's lease; only then its VIPs go
     actions = h.handle(Seen(Snapshot(holder, (holder, high), ("a", "b"), accepted=("b", "a"))), 1.2)
     assert actions == [Transfer(11, high)] and h.vips
@@ -206,3 +209,74 @@ def test_without_a_lease_the_node_is_in_fault_saying_why() -> None:
     c.handle(LeaseFailed(None, "http://198.18.0.11:2379/v3/lease/grant: etcdserver: no leader"), 0.1)
     assert c.state == State.FAULT and "no leader" in c.reason
     assert kinds(c.handle(Tick(), 0.1 + core.RETRY)) == [Grant]
+
+
+REFUSED = VipsAdded("eth0", (("2001:db8::100/64", "Permission denied"),))
+
+
+def test_a_refused_vip_resigns_the_key_and_is_a_fault_until_the_backoff_ends() -> None:
+    h = leader("a", 200, 11)
+    holder, other = Entry("a", 200, 11), Entry("b", 100, 22)
+    h.handle(Seen(Snapshot(holder, (holder, other))), 0.3)
+    actions = h.handle(REFUSED, 0.4)
+    # what was added goes, the key goes (so b may hold), and the candidacy goes (so b need not wait)
+    assert RemoveVips() in actions and Resign(11) in actions and Unregister() in actions
+    assert actions.index(RemoveVips()) < actions.index(Resign(11))
+    assert not [a for a in actions if isinstance(a, (Offer, AddVips))]
+    assert StateChanged(State.LEADER, State.FAULT, h.reason, None) in actions
+    assert h.state == State.FAULT and not h.vips
+    assert h.reason == "vip_add:eth0 (cannot add 2001:db8::100/64: Permission denied)"
+    assert h.reason.startswith(fsm.fault_reason(fsm.Fault.VIP_ADD, "eth0"))
+    # b holds now; a stays out, whatever it reads, until the backoff ends
+    held = Snapshot(other, (other,))
+    assert not [a for a in h.handle(Seen(held), 0.5) if isinstance(a, (Register, Campaign, AddVips))]
+    assert h.state == State.FAULT and h.next_deadline() <= 0.4 + fsm.VIP_RETRY_FIRST
+    assert Register(11, 200) not in h.handle(Tick(), 0.4 + fsm.VIP_RETRY_FIRST - 0.01)
+    actions = h.handle(Tick(), 0.4 + fsm.VIP_RETRY_FIRST)
+    assert Register(11, 200) in actions
+    assert (h.state, h.reason) == (State.FOLLOWER, "held by b")
+
+
+def test_a_refused_add_again_doubles_the_backoff_and_a_good_one_resets_it() -> None:
+    c = started("a", 100, 11)
+    now = 0.1
+    assert Campaign(11, 100) in c.handle(Seen(Snapshot(None, (Entry("a", 100, 11),))), now)
+    for expected in (1.0, 2.0, 4.0):
+        assert AddVips in kinds(c.handle(Done(Campaign(11, 100), True), now))
+        assert Resign(11) in c.handle(REFUSED, now)
+        assert c.vip_retry_at == now + expected
+        c.handle(LeaseRenewed(11, TTL, c.vip_retry_at - 0.5), c.vip_retry_at - 0.5)
+        assert c.state == State.FAULT
+        now = c.vip_retry_at
+        # a candidate again: the key is still absent, so it campaigns at once
+        actions = c.handle(Tick(), now)
+        assert Register(11, 100) in actions and Campaign(11, 100) in actions
+    c.handle(Done(Campaign(11, 100), True), now)
+    c.handle(VipsAdded("eth0"), now)
+    assert c.state == State.LEADER and c.vips
+    c.handle(LeaseRenewed(11, TTL, now + 1), now + 1)
+    assert Resign(11) in c.handle(REFUSED, now + 1)
+    assert c.vip_retry_at == now + 1 + fsm.VIP_RETRY_FIRST
+
+
+def test_a_successor_whose_vips_are_refused_gives_up_without_accepting() -> None:
+    s = started("b", 200, 22)
+    holder, me = Entry("a", 100, 11), Entry("b", 200, 22)
+    offered = Snapshot(holder, (holder, me), handover=("a", "b"))
+    assert AddVips in kinds(s.handle(Seen(offered), 1.0))
+    actions = s.handle(REFUSED, 1.05)
+    assert RemoveVips() in actions and Unregister() in actions
+    assert not [a for a in actions if isinstance(a, (Accept, Resign))]
+    assert s.state == State.FAULT and s.reason.startswith("vip_add:eth0")
+    assert not [a for a in s.handle(Seen(offered), 1.1) if isinstance(a, (AddVips, Accept))]
+
+
+def test_a_refusal_while_letting_go_after_a_transfer_is_no_fault() -> None:
+    h = leader("a", 100, 11)
+    holder, high = Entry("a", 100, 11), Entry("b", 200, 22)
+    h.handle(Seen(Snapshot(holder, (holder, high))), 1.0)
+    h.handle(Seen(Snapshot(holder, (holder, high), ("a", "b"), accepted=("b", "a"))), 1.1)
+    h.handle(Done(Transfer(11, high), True), 1.2)
+    assert h.vips and h.state == State.FOLLOWER
+    h.handle(REFUSED, 1.25)
+    assert h.vip_fault is None and h.state == State.FOLLOWER

@@ -34,12 +34,21 @@ C drops its early VIPs when no transfer comes within HANDOVER_TIMEOUT, when K na
 H or C, or at its own fence deadline; H withdraws its offer after HANDOVER_TIMEOUT (a stop then
 removes the VIPs and revokes the lease anyway). Every kept VIP still obeys the fence and the
 kernel lifetime.
+
+A VIP the kernel refuses (IPv6 disabled on the interface, the interface gone) while holding or
+taking over is a FAULT (`vip_add:IFACE`, fsm.Fault.VIP_ADD): the node drops what it added,
+resigns K or gives up the offer, and stops being a candidate, so another one holds the VIPs
+rather than nobody. It is a candidate again after a backoff (fsm.VIP_RETRY_FIRST, doubling to
+fsm.VIP_RETRY_MAX, back to the first once an add succeeds); a refused add then faults again.
+A successor accepts a hand-over only once its VIPs are added.
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field
+
+from vipd.vrrp.fsm import VIP_RETRY_FIRST, VIP_RETRY_MAX, Fault, fault_reason
 
 MARGIN = 0.5                  # seconds before the earliest possible expiry of the lease
 RETRY = 0.25                  # after a failed grant or renewal
@@ -128,6 +137,13 @@ class Maintenance:
 @dataclass(frozen=True)
 class Stop:
     pass
+
+
+@dataclass(frozen=True)
+class VipsAdded:
+    """The kernel's answer to an AddVips: `refused` holds (VIP, why) for each VIP it did not add."""
+    interface: str
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,6 +294,10 @@ class ElectionCore:
     _stop_since: float | None = None
     _release_at: float | None = None                 # a transfer is done: VIPs go then
     _stale_revoked: set[int] = field(default_factory=set)
+    _vips_in_place: bool = False            # the last claim's VIPs are on the interface
+    vip_fault: str | None = None            # a refused VIP add: not a candidate until vip_retry_at
+    vip_retry_at: float = 0.0
+    _vip_backoff: float = VIP_RETRY_FIRST
 
     # ------------------------------------------------------------ reading
 
@@ -293,7 +313,8 @@ class ElectionCore:
         return h is not None and self.lease is not None and h.node == self.node and h.lease == self.lease
 
     def may_hold(self, now: float) -> bool:
-        return self.valid(now) and not self.problems and not self.maintenance and not self.stopping
+        return (self.valid(now) and not self.problems and not self.maintenance and not self.stopping
+                and self.vip_fault is None)
 
     @property
     def release_at(self) -> float | None:
@@ -319,6 +340,8 @@ class ElectionCore:
             times.append(self._release_at)
         if self._offer_after:
             times.append(self._offer_after)
+        if self.vip_fault is not None:
+            times.append(self.vip_retry_at)
         pending = [t for t in times if t is not None]
         return min(pending) if pending and not self.stopped else None
 
@@ -374,6 +397,8 @@ class ElectionCore:
                 self._stop_since = now
             case Done(action, ok, reason):
                 actions += self._done(action, ok, reason, now)
+            case VipsAdded(interface, refused):
+                self._vips_added(interface, refused, now)
         actions += self._decide(now)
         return actions
 
@@ -409,6 +434,19 @@ class ElectionCore:
                     self.stopped = True
         return []
 
+    def _vips_added(self, interface: str, refused: tuple[tuple[str, str], ...], now: float) -> None:
+        if not refused:
+            self._vip_backoff = VIP_RETRY_FIRST
+            self._vips_in_place = self.vips
+            return
+        # Refused while letting go (quiet hold, grace) or after dropping them: nothing to give up.
+        if not self.vips or not (self.holds_key() or self._taking_over is not None) or self.vip_fault:
+            return
+        why = "; ".join(f"{vip}: {reason}" for vip, reason in refused)
+        self.vip_fault = f"{fault_reason(Fault.VIP_ADD, interface)} (cannot add {why})"
+        self.vip_retry_at = now + self._vip_backoff
+        self._vip_backoff = min(2 * self._vip_backoff, VIP_RETRY_MAX)
+
     def _fence(self, now: float, reason: str, revoke: bool = True) -> list:
         """The lease can no longer be trusted: VIPs off first, then start a new session."""
         actions = self._drop_vips()
@@ -428,7 +466,7 @@ class ElectionCore:
     def _drop_vips(self) -> list:
         if not self.vips:
             return []
-        self.vips = False
+        self.vips = self._vips_in_place = False
         return [RemoveVips()]
 
     def _set(self, state: State, reason: str, actions: list) -> None:
@@ -439,6 +477,8 @@ class ElectionCore:
 
     def _decide(self, now: float) -> list:
         actions: list = []
+        if self.vip_fault is not None and now >= self.vip_retry_at:
+            self.vip_fault = None           # a candidate again: the next add says whether it works
         if self.lease is not None and now >= self.deadline:
             actions += self._fence(now, f"etcd: lease not renewed in time ({self.last_error or 'no answer'})")
         if not self._session_busy and now >= self._session_at and not (self.stopping and self.lease is None):
@@ -473,6 +513,8 @@ class ElectionCore:
 
     def _as_holder(self, now: float, lease: int, can: bool) -> list:
         actions: list = []
+        if self.vip_fault is not None:      # no holder without its VIPs: another candidate takes K
+            return self._let_go(lease, actions)
         was_taking_over = self._taking_over is not None
         self._taking_over = None
         if self.vips and self._release_at is None and was_taking_over:
@@ -486,11 +528,7 @@ class ElectionCore:
         else:
             wanted = others[0] if others else None
             if wanted is None:      # nobody to hand to: let go
-                actions += self._drop_vips()
-                actions.append(Resign(lease))
-                self.snapshot = Snapshot(candidates=self.snapshot.candidates)
-                self._set(State.FOLLOWER, self._why_not(), actions)
-                return actions
+                return self._let_go(lease, actions)
         snap = self.snapshot
         if self._offered and now >= self._offered[1] + HANDOVER_TIMEOUT:
             self._offered = None
@@ -514,6 +552,21 @@ class ElectionCore:
             actions.append(Offer(wanted.node, lease))
         return actions
 
+    def _let_go(self, lease: int, actions: list) -> list:
+        actions += self._drop_vips()
+        actions.append(Resign(lease))
+        self._offered = None
+        self.snapshot = Snapshot(candidates=self.snapshot.candidates)
+        self._set_follower(self._why_not(), actions)
+        return actions
+
+    def _set_follower(self, reason: str, actions: list) -> None:
+        """FOLLOWER, or FAULT while a refused VIP keeps this node from being a candidate."""
+        if self.vip_fault is not None:
+            self._set(State.FAULT, self.vip_fault, actions)
+        else:
+            self._set(State.FOLLOWER, reason, actions)
+
     def _as_follower(self, now: float, lease: int, can: bool) -> list:
         actions: list = []
         snap, h = self.snapshot, self.snapshot.holder
@@ -531,7 +584,7 @@ class ElectionCore:
                 if not self.vips and self.quiet_hold > 0 and h.address:
                     actions.append(Bridge(h.address))
                 self._claim_vips(now, actions)
-                if not self._accepted:
+                if not self._accepted and self._vips_in_place:     # VIPs in place before we say so
                     self._accepted = True
                     actions.append(Accept(h.node, lease))
                 self._set(State.FOLLOWER, f"taking over from {h.node}", actions)
@@ -547,14 +600,14 @@ class ElectionCore:
             if best.node == self.node or waited:
                 self._campaigning = True
                 actions.append(Campaign(lease, self.priority))
-        self._set(State.FOLLOWER, f"held by {h.node}" if h else
-                  ("campaigning" if can else self._why_not()), actions)
+        self._set_follower(f"held by {h.node}" if h else ("campaigning" if can else self._why_not()), actions)
         return actions
 
     def _claim_vips(self, now: float, actions: list) -> None:
         """VIPs on and announced: added, or taken back out of a quiet hold."""
         if not self.vips:
             self.vips = True
+            self._vips_in_place = False
             actions.append(AddVips(self.lifetime(now), announce=True))
         elif self._release_at is not None:
             actions += [Speak(), Announce()]

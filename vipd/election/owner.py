@@ -22,7 +22,7 @@ from vipd.election.etcd import EtcdClient, EtcdError, KeyValue, b64
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import handover
 from vipd.vrrp.addresses import AddressWorker
-from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
+from vipd.vrrp.announce import AnnouncementFrames, FrameSender
 from vipd.vrrp.links import InterfaceTable, NetlinkMonitor
 from vipd.vrrp.tracks import TrackSet, cancel_and_wait
 
@@ -122,8 +122,7 @@ class ElectionOwner:
         self._spawned: set[asyncio.Task] = set()
         self._vip_change: asyncio.Future | None = None
         self._stopped = asyncio.Event()
-        self._frames: asyncio.Future | None = None
-        self._frames_for: str | None = None
+        self.announcement = AnnouncementFrames()
 
     # ------------------------------------------------------------ VipOwner
 
@@ -156,11 +155,7 @@ class ElectionOwner:
     def _prepare_frames(self) -> None:
         """Build the GARP/NA frames ahead (scapy is slow to load), again when the MAC changes."""
         link = self.interfaces.by_name(self.config.interface)
-        mac = link.mac if link else None
-        if mac is not None and mac != self._frames_for:
-            self._frames_for = mac
-            self._frames = asyncio.ensure_future(
-                asyncio.to_thread(build_gratuitous_frames, mac, self.config.virtual_ips))
+        self.announcement.rebuild(link.mac if link else None, self.config.virtual_ips)
 
     async def start(self) -> None:
         """Candidate only once the GARP frames are built: a hand-over right after start must not
@@ -168,9 +163,9 @@ class ElectionOwner:
         await handover.clear_leftovers(self.table_id)
         self._learn_address()
         self._prepare_frames()
-        if self._frames is not None:
+        if self.announcement.frames is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._frames), 30)
+                await asyncio.wait_for(asyncio.shield(self.announcement.frames), 30)
             except Exception as exc:
                 log.error("election %s: cannot build gratuitous ARP/NA frames: %s", self.name, exc)
         self.interfaces.subscribe(self._on_link)
@@ -263,7 +258,8 @@ class ElectionOwner:
                 case core.Revoke(lease):
                     self._spawn(self._revoke(action, lease))
                 case core.AddVips(lifetime, announce):
-                    self._vip_change = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
+                    added = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
+                    self._vip_change = asyncio.ensure_future(self._tell_added(added))
                     if announce:
                         self._spawn(self._announce(self._vip_change))
                 case core.Announce():
@@ -285,6 +281,18 @@ class ElectionOwner:
                               level=Level.WARNING if new == core.State.FAULT else Level.INFO, logger=log)
                 case _:
                     self._writes.put_nowait(action)
+
+    async def _tell_added(self, added: asyncio.Future) -> None:
+        """The core hears what the kernel said before anyone waiting for the change goes on."""
+        try:
+            refused = tuple((await added).failed.items())
+        except Exception as exc:
+            refused = tuple((str(vip), str(exc)) for vip in self.config.virtual_ips)
+        was = self.core.vip_fault
+        self._feed(core.VipsAdded(self.config.interface, refused))
+        if was is None and self.core.vip_fault is not None:
+            log.error("election %s: %s; FAULT, a candidate again in %.3gs", self.name, self.core.vip_fault,
+                      max(0.0, self.core.vip_retry_at - self.clock()))
 
     def _remove_vips(self, vips: list) -> asyncio.Future:
         return self.addresses.remove(self.config.interface, self.config.virtual_ips)
@@ -341,11 +349,11 @@ class ElectionOwner:
         try:
             if added is not None:
                 await asyncio.shield(added)
-            if self._frames is None:
+            if self.announcement.frames is None:
                 log.warning("election %s: no gratuitous ARP/NA: no MAC address known for %s",
                             self.name, self.config.interface)
                 return
-            frames = await asyncio.shield(self._frames)
+            frames = await asyncio.shield(self.announcement.frames)
             if self._bridge_task is not None:      # connections in flight go back before clients move
                 await asyncio.wait_for(self._bridged.wait(), 2)
         except Exception as exc:
@@ -362,8 +370,6 @@ class ElectionOwner:
     async def _write_loop(self) -> None:
         while True:
             action = await self._writes.get()
-            if isinstance(action, core.Accept) and self._vip_change is not None:
-                await asyncio.shield(self._vip_change)      # VIPs in place before we say so
             try:
                 ok = await self._write(action)
                 self._feed(core.Done(action, ok))

@@ -92,7 +92,8 @@ class ElectionLab:
 
     # --- candidates
 
-    def config(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None) -> Path:
+    def config(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None,
+               vips: tuple[str, ...] = (f"{VIP}/24",)) -> Path:
         """`etcd_files`: ca_file/cert_file/key_file for the candidate's [etcd] table."""
         path = self.workdir / f"{name}.toml"
         endpoints = ", ".join(f'"{e}"' for e in self.endpoints().split(","))
@@ -112,7 +113,7 @@ lease_ttl = {self.ttl}
 [[election]]
 name = "api"
 interface = "eth0"
-virtual_ips = ["{VIP}/24"]
+virtual_ips = [{", ".join(f'"{v}"' for v in vips)}]
 priority = {priority}
   [[election.track]]
   frontend = "api"
@@ -131,9 +132,10 @@ drain_timeout = 1.0
 """)
         return path
 
-    def start(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None) -> subprocess.Popen:
+    def start(self, name: str, priority: int, etcd_files: dict[str, Path] | None = None,
+              vips: tuple[str, ...] = (f"{VIP}/24",)) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
-        config = self.config(name, priority, etcd_files)
+        config = self.config(name, priority, etcd_files, vips)
         proc = self.lab[name].popen([sys.executable, "-m", "vipd", "run", "-c", str(config)],
                                     stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -159,8 +161,8 @@ drain_timeout = 1.0
         """`name` says LEADER and is the only candidate with the VIP."""
         return self.election(name).get("state") == "LEADER" and self.holders() == [name]
 
-    def holders(self) -> list[str]:
-        return [n for n in CANDIDATES if self.lab[n].has_address(VIP)]
+    def holders(self, vip: str = VIP) -> list[str]:
+        return [n for n in CANDIDATES if self.lab[n].has_address(vip)]
 
     def cut_from_etcd(self, name: str, on: bool) -> None:
         if on:

@@ -2,6 +2,7 @@
 and sent through a non-blocking AF_PACKET socket."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Iterable
@@ -28,6 +29,23 @@ def build_gratuitous_frames(mac: str, vips: Iterable) -> list[bytes]:
                      / ICMPv6NDOptDstLLAddr(lladdr=mac))
         frames.append(bytes(frame))
     return frames
+
+
+class AnnouncementFrames:
+    """The frames for one interface's VIPs, built off the loop (scapy is slow to load) and built
+    again only when the interface's MAC or the VIPs change. `frames` resolves to the latest build;
+    None until a MAC is known."""
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Future | None = None
+        self._built_for: tuple | None = None
+
+    def rebuild(self, mac: str | None, vips: Iterable) -> None:
+        wanted = (mac, tuple(vips))
+        if mac is None or wanted == self._built_for:
+            return
+        self._built_for = wanted
+        self.frames = asyncio.ensure_future(asyncio.to_thread(build_gratuitous_frames, *wanted))
 
 
 class FrameSender:

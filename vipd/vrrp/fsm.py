@@ -72,6 +72,12 @@ class Fault(enum.StrEnum):
     SOCKET = "socket"            # the raw VRRP socket is lost and cannot be reopened
 
 
+# After the kernel refused a VIP, the owner stays in FAULT this long before it tries again (a VRRP
+# router as BACKUP first, an election candidate by campaigning), doubling up to the maximum.
+VIP_RETRY_FIRST = 1.0
+VIP_RETRY_MAX = 30.0
+
+
 def fault_reason(kind: Fault, detail: str = "") -> str:
     return f"{kind.value}:{detail}" if detail else kind.value
 

@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import fsm, handover, packet
 from vipd.vrrp.addresses import AddressWorker
-from vipd.vrrp.announce import FrameSender, build_gratuitous_frames
+from vipd.vrrp.announce import AnnouncementFrames, FrameSender
 from vipd.vrrp.config import VrrpConfig
 from vipd.vrrp.links import InterfaceTable
 from vipd.vrrp.notify import NotifyQueue
@@ -31,10 +31,6 @@ log = logging.getLogger("vipd.vrrp")
 
 NO_ADDRESS = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 STOP_SAFETY_MARGIN = 5.0
-# After the kernel refused a VIP, the instance stays in FAULT this long before it tries again (as
-# BACKUP first, then adding the VIPs when it is master), doubling up to the maximum.
-VIP_RETRY_FIRST = 1.0
-VIP_RETRY_MAX = 30.0
 # Self-fencing: a held VIP carries a kernel lifetime, renewed this often from the loop that sends
 # the adverts, so a daemon killed, frozen or wedged loses its VIPs without anyone's help.
 VIP_REFRESH_PERIOD = 1.0
@@ -104,14 +100,13 @@ class VrrpInstance:
         # The faults only the shell sees happen (the kernel refused a VIP): reason -> words.
         self._vip_fault: dict[str, str] = {}
         self._vip_retry: asyncio.TimerHandle | None = None
-        self._vip_retry_delay = VIP_RETRY_FIRST
+        self._vip_retry_delay = fsm.VIP_RETRY_FIRST
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
         self._refreshed_at = 0.0
         self._vips_seen: set = set()         # managed VIPs netlink showed on the link while held
         self._vip_change: asyncio.Future | None = None
-        self._frames: asyncio.Future | None = None
-        self._frames_for: tuple | None = None
+        self.announcement = AnnouncementFrames()
         self._garp: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._encoded: dict[tuple, bytes] = {}
@@ -518,7 +513,7 @@ class VrrpInstance:
             return
         failed = {"VIPs": str(change.exception())} if change.exception() else change.result().failed
         if not failed:
-            self._vip_retry_delay = VIP_RETRY_FIRST
+            self._vip_retry_delay = fsm.VIP_RETRY_FIRST
             return
         if not self._holding or not self._started or self._vip_fault:
             return
@@ -528,7 +523,7 @@ class VrrpInstance:
         log.error("vrrp %s: %s; FAULT, trying again in %gs", self.name, *self._vip_fault.values(),
                   self._vip_retry_delay)
         self._vip_retry = asyncio.get_running_loop().call_later(self._vip_retry_delay, self._retry_vips)
-        self._vip_retry_delay = min(2 * self._vip_retry_delay, VIP_RETRY_MAX)
+        self._vip_retry_delay = min(2 * self._vip_retry_delay, fsm.VIP_RETRY_MAX)
         self._evaluate()
 
     def _retry_vips(self) -> None:
@@ -629,17 +624,13 @@ class VrrpInstance:
 
     def _rebuild_frames(self) -> None:
         link = self.interfaces.by_name(self.config.interface)
-        wanted = (link.mac if link else None, tuple(self.config.virtual_ips))
-        if wanted == self._frames_for or wanted[0] is None:
-            return
-        self._frames_for = wanted
-        self._frames = asyncio.ensure_future(asyncio.to_thread(build_gratuitous_frames, *wanted))
+        self.announcement.rebuild(link.mac if link else None, self.config.virtual_ips)
 
     def _start_garp(self) -> None:
         self._cancel_garp()
-        if self.config.garp_repeat <= 0 or self._frames is None:
+        if self.config.garp_repeat <= 0 or self.announcement.frames is None:
             return
-        self._garp = asyncio.create_task(self._garp_burst(self._frames, self._vip_change),
+        self._garp = asyncio.create_task(self._garp_burst(self.announcement.frames, self._vip_change),
                                          name=f"garp {self.name}")
 
     async def _garp_burst(self, frames_future: asyncio.Future, after: asyncio.Future | None) -> None:
