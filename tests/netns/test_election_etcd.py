@@ -191,3 +191,25 @@ def test_a_vip_the_kernel_refuses_is_a_fault_and_the_other_candidate_holds_it(cl
                       "c1 takes over once the kernel takes the VIP"), c.logs()
     assert wait_until(lambda: c.election("c2").get("state") == "FOLLOWER", 5, "c2 follows"), c.logs()
     assert "Traceback" not in c.logs()
+
+
+@pytest.mark.timeout(90)
+def test_a_reload_that_changes_only_the_frontends_keeps_the_holder_holding(cluster):
+    """A frontend's drain_timeout (the hand-over bridge's plan) changes: the holder keeps its
+    lease and its VIP; a changed election (its priority) is the one that steps down."""
+    c = cluster
+    c.start("c1", 200)
+    c.start("c2", 100)
+    assert wait_until(lambda: leader_is(c, "c1"), 20, "c1 leads"), c.logs()
+    before = c.election("c1")
+    path = c.workdir / "c1.toml"
+    path.write_text(path.read_text().replace("drain_timeout = 1.0", "drain_timeout = 2.5"))
+    done = c.lbctl("c1", "reload")
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.0)
+    after = c.election("c1")
+    assert (after["state"], after["transitions"], after["since"]) == ("LEADER", before["transitions"], before["since"])
+    assert c.holders() == ["c1"]
+    path.write_text(path.read_text().replace("priority = 200", "priority = 50"))
+    assert c.lbctl("c1", "reload").returncode == 0
+    assert wait_until(lambda: leader_is(c, "c2"), 10, "c2 leads once c1's election changed"), c.logs()

@@ -102,15 +102,12 @@ class ElectionOwner:
         self.addresses = addresses
         self.emit = emit
         self.clock = clock
-        # Bridging needs IPv4 and the proxy's ports; table ids above 255 never meet a VRRP vrid.
-        bridged = bridge.carries and config.virtual_ips[0].version == 4
-        self.bridge = bridge if bridged else handover.BridgePlan()
         self.table_id = table_id
         self.quiet = handover.QuietHold(table_id, f"election {config.name}")
         self._bridged = asyncio.Event()
         self._bridge_task: asyncio.Task | None = None
-        self.core = core.ElectionCore(node, config.priority, etcd.lease_ttl,
-                                      quiet_hold=self.bridge.seconds if bridged else 0.0)
+        self.core = core.ElectionCore(node, config.priority, etcd.lease_ttl)
+        self.plan_bridge(bridge)
         self.tracks = TrackSet(config.tracks, self._tracks_changed, interfaces.link_up, serving)
         self.frames = FrameSender(config.interface)
         self.since = utc_now()
@@ -296,6 +293,13 @@ class ElectionOwner:
 
     def _remove_vips(self, vips: list) -> asyncio.Future:
         return self.addresses.remove(self.config.interface, self.config.virtual_ips)
+
+    def plan_bridge(self, plan: handover.BridgePlan) -> None:
+        """The proxy's ports and drain time, for the next hand-over. Bridging needs IPv4 (it relies
+        on ARP silence); table ids above 255 never meet a VRRP vrid."""
+        bridged = plan.carries and self.config.virtual_ips[0].version == 4
+        self.bridge = plan if bridged else handover.BridgePlan()
+        self.core.quiet_hold = self.bridge.seconds if bridged else 0.0
 
     def _start_bridge(self, predecessor: str) -> None:
         self._bridged.clear()
@@ -500,14 +504,18 @@ class ElectionService:
 
     async def reload(self, configs: tuple[ElectionConfig, ...], etcd: EtcdConfig,
                      bridge: handover.BridgePlan) -> None:
-        """Unchanged elections run on; changed or removed ones step down (handing over), new ones start."""
-        if etcd != self.etcd or bridge != self.bridge:
-            self.bridge = bridge
+        """Unchanged elections run on (a new bridge plan, from changed frontends, applies to their
+        next hand-over); changed or removed ones step down (handing over), new ones start; another
+        [etcd] restarts them all."""
+        self.bridge = bridge
+        if etcd != self.etcd:
             await self._stop_all()
             self.etcd = etcd
             self.configs = configs
             await self.start()
             return
+        for owner in self.instances.values():
+            owner.plan_bridge(bridge)
         wanted = {c.name: c for c in configs}
         gone = [o for name, o in self.instances.items() if wanted.get(name) != o.config]
         for owner in gone:
