@@ -121,7 +121,8 @@ def _stop_run(pid: int, mark: str, cgroup: scriptcgroup.RunCgroup | None) -> str
         cgroup.finish(kill=True)
     strays = kill_run(pid, mark)
     if cgroup is not None:
-        return f"killed its cgroup ({contained} process(es))"
+        return f"killed its cgroup ({contained} process(es))" + (
+            f" and {strays} process(es) of it outside the cgroup" if strays else "")
     return "killed its process group" + (f" and {strays} process(es) that had left it" if strays else "")
 
 
@@ -137,8 +138,9 @@ async def run_command(argv: Sequence[str], timeout: float, what: str, user: str 
         command, stdin = list(argv), subprocess.DEVNULL
         if cgroups is not None:
             # The wrapper execs the script by path: one that cannot be found fails here, as
-            # it does when spawned directly.
-            program = shutil.which(command[0], path=SCRIPT_PATH)
+            # it does when spawned directly (a relative path is one from the run's cwd, /).
+            name = os.path.join("/", command[0]) if "/" in command[0] else command[0]
+            program = shutil.which(name, path=SCRIPT_PATH)
             if program is None:
                 raise FileNotFoundError(2, "No such file or directory", command[0])
             cgroup = cgroups.new_run()
@@ -153,6 +155,11 @@ async def run_command(argv: Sequence[str], timeout: float, what: str, user: str 
             cgroup.finish(kill=False)
         log.warning("%s: cannot start: %s", what, getattr(exc, "strerror", None) or exc)
         return None
+    except asyncio.CancelledError:
+        if cgroup is not None:      # whatever started in it is ended; the group goes with the next run
+            cgroup.kill()
+            cgroup.finish(kill=False)
+        raise
     if cgroup is not None:
         cgroup.spawned()
     try:
