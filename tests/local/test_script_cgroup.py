@@ -2,9 +2,11 @@
 its process group AND replaced its environment; the groups are removed; a stopped daemon's are
 reaped. Needs root and a writable cgroup2 hierarchy that is ours (see scriptcgroup.choose)."""
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -184,3 +186,42 @@ def test_without_a_cgroup_the_process_group_and_mark_still_kill_the_strays(tmp_p
     assert run(run_command(["/bin/sh", "-c", line], 1.0, "test")) is None
     pids = [int(p.read_text()) for p in (own, orphan)]
     assert wait_dead(pids) == []
+
+
+DELEGATED_CHILD = """
+import asyncio, json, sys
+from vipd import scriptcgroup
+from vipd.vrrp.tracks import run_command
+with open(sys.argv[1] + "/cgroup.procs", "w") as procs:       # as systemd starts a Delegate=yes unit
+    procs.write("0")
+choice = scriptcgroup.setup()
+line = "setsid sh -c \\"env -i sh -c 'sleep 300 & echo \\\\$! > " + sys.argv[2] + "'\\"; sleep 300"
+status = asyncio.run(run_command(["/bin/sh", "-c", line], 1.0, "test"))
+print(json.dumps({"leaf": choice.leaf, "cgroup": open("/proc/self/cgroup").read(), "status": status}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_in_a_delegated_cgroup_the_daemon_moves_into_a_leaf_and_runs_go_beside_it(tmp_path):
+    """As under systemd with Delegate=yes: the daemon's cgroup carries the user.delegate mark."""
+    unit = os.path.join(CHOICE.base, f"vipd-test-delegated-{os.getpid()}")
+    os.mkdir(unit)
+    pidfile = tmp_path / "escapee"
+    try:
+        os.setxattr(unit, "user.delegate", b"1")
+        done = subprocess.run([sys.executable, "-c", DELEGATED_CHILD, unit, str(pidfile)], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        own = unit[len(CHOICE.base):]
+        assert seen["leaf"] and scriptcgroup.own_cgroup(seen["cgroup"]) == own + "/daemon"
+        assert seen["status"] is None
+        assert wait_dead([int(pidfile.read_text())]) == []
+        scripts = os.path.join(unit, "vipd-scripts")
+        # the child exited: its owner directory went with it, no run group is left
+        assert [name for name in os.listdir(scripts) if os.path.isdir(os.path.join(scripts, name))] == []
+    finally:
+        for root, dirs, _ in os.walk(unit, topdown=False):
+            for name in dirs:
+                remove_cgroup(os.path.join(root, name), kill=True, wait=2)
+        remove_cgroup(unit, kill=True, wait=2)
