@@ -166,6 +166,7 @@ def kill_cgroup(path: str) -> int:
 
 
 def kill_each(path: str, pids: list[int]) -> None:
+    """SIGKILL those of `pids` still in cgroup `path` (kernels without cgroup.kill)."""
     for pid in pids:
         try:
             pidfd = os.pidfd_open(pid)
@@ -211,6 +212,7 @@ class RunCgroup:
         return ["/bin/sh", "-c", MOVE_SELF, "vipd-script", *argv]
 
     def spawned(self) -> None:
+        """The child holds its own copy of cgroup.procs now; the daemon's is closed."""
         if self.procs >= 0:
             os.close(self.procs)
             self.procs = -1
