@@ -23,6 +23,7 @@ import lbproxy
 import vipd
 from lbproxy import logsetup
 from vipd import config as configmod
+from vipd import scriptcgroup
 from vipd.events import EventLog, Kind, Level, describe_proxy_event
 from vipd.owner import VipOwner
 from vipd.runtime_state import Invalid, RuntimeState, StateFile, decode_weight
@@ -279,6 +280,9 @@ class Daemon:
             await self.metrics.start()
 
     async def start(self, cfg: configmod.Config) -> None:
+        if self.with_vrrp:      # lbproxy runs no scripts
+            # First: a delegated cgroup is left for a leaf before any worker or script is spawned.
+            scriptcgroup.setup()
         self.config = cfg
         self.state_file = StateFile(cfg.node.state_dir)
         self.runtime = self.state_file.load()

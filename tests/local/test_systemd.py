@@ -97,7 +97,12 @@ def test_unit_settings_the_daemon_relies_on(name):
     # The control socket's default directory is the one systemd creates and lets it write.
     run_dir = str(Path(DEFAULT_CONTROL_SOCKET).parent)
     assert "/run/" + one(unit, "Service", "RuntimeDirectory") == run_dir
-    assert one(unit, "Service", "ReadWritePaths") == run_dir
+    writable = one(unit, "Service", "ReadWritePaths").split()
+    assert writable[0] == run_dir
+    # Beyond it only the unit's own cgroup, and only when delegated: script runs get cgroups below it.
+    assert all(path.startswith("-/sys/fs/cgroup/") and path.endswith("/system.slice/%n") for path in writable[1:])
+    assert bool(writable[1:]) == (unit["Service"].get("Delegate") == ["yes"])
+    assert one(unit, "Service", "ProtectControlGroups") == "yes"
     ambient = set(one(unit, "Service", "AmbientCapabilities").split())
     assert ambient == want["ambient"]
     assert ambient <= set(one(unit, "Service", "CapabilityBoundingSet").split())

@@ -13,12 +13,14 @@ import itertools
 import logging
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lbproxy.health import HealthCounter
+from vipd import scriptcgroup
 from vipd.scriptsafety import SCRIPT_PATH
 from vipd.vrrp.config import Track as TrackConfig
 from vipd.vrrp.packet import OWNER_PRIORITY
@@ -27,8 +29,8 @@ log = logging.getLogger("vipd.vrrp")
 
 # Every run carries its own mark in its environment, which its descendants inherit: on timeout,
 # those that left the process group (setsid, double fork) are found by it and killed too. One
-# that also replaces its whole environment escapes this; under systemd it still ends with the
-# unit's cgroup when vipd stops. (No cgroup per run: vipd may run without a delegated hierarchy.)
+# that also replaces its whole environment escapes this; where the host gives vipd a cgroup,
+# each run also has a cgroup of its own (vipd.scriptcgroup), which nothing escapes.
 RUN_MARK = "VIPD_SCRIPT_RUN"
 _runs = itertools.count(1)
 
@@ -110,36 +112,78 @@ def run_as(user: str | None) -> dict[str, Any]:
             "extra_groups": os.getgrouplist(user, account.pw_gid)}
 
 
+def _stop_run(pid: int, mark: str, cgroup: scriptcgroup.RunCgroup | None) -> str:
+    """Kill a run that ran too long: its cgroup, then its process group and marked strays
+    (all of the run when it has no cgroup; else what a failed move into it left out)."""
+    contained = 0
+    if cgroup is not None:
+        contained = cgroup.kill()
+        cgroup.finish(kill=True)
+    strays = kill_run(pid, mark)
+    if cgroup is not None:
+        return f"killed its cgroup ({contained} process(es))" + (
+            f" and {strays} process(es) of it outside the cgroup" if strays else "")
+    return "killed its process group" + (f" and {strays} process(es) that had left it" if strays else "")
+
+
 async def run_command(argv: Sequence[str], timeout: float, what: str, user: str | None = None) -> int | None:
-    """Run argv as `user` (None: as the daemon) in a session of its own, in /, with a clean
-    environment; return its exit status, or None when it could not start or ran past `timeout`
-    (then its process group and any descendant that left the group are killed)."""
+    """Run argv as `user` (None: as the daemon) in a session (and, where the host allows, a
+    cgroup) of its own, in /, with a clean environment; return its exit status, or None when it
+    could not start or ran past `timeout` (then all of it is killed: its cgroup, its process
+    group and any descendant that left the group)."""
     mark = f"{os.getpid()}.{next(_runs)}"
+    cgroups = scriptcgroup.active()
+    cgroup = None
     try:
+        command, stdin = list(argv), subprocess.DEVNULL
+        if cgroups is not None:
+            # The wrapper execs the script by path: one that cannot be found fails here, as
+            # it does when spawned directly (a relative path is one from the run's cwd, /).
+            name = os.path.join("/", command[0]) if "/" in command[0] else command[0]
+            program = shutil.which(name, path=SCRIPT_PATH)
+            if program is None:
+                raise FileNotFoundError(2, "No such file or directory", command[0])
+            cgroup = cgroups.new_run()
+            if cgroup is not None:
+                command, stdin = cgroup.command([program, *command[1:]]), cgroup.procs
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            *command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/", env={"PATH": SCRIPT_PATH, "LANG": "C", RUN_MARK: mark},
             **run_as(user))
     except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        if cgroup is not None:
+            cgroup.finish(kill=False)
         log.warning("%s: cannot start: %s", what, getattr(exc, "strerror", None) or exc)
         return None
+    except asyncio.CancelledError:
+        if cgroup is not None:      # whatever started in it is ended; the group goes with the next run
+            cgroup.kill()
+            cgroup.finish(kill=False)
+        raise
+    if cgroup is not None:
+        cgroup.spawned()
     try:
         # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation that arrives
         # just as the process ends, and then a stopping track would run on.
         async with asyncio.timeout(timeout):
-            return await proc.wait()
+            status = await proc.wait()
     except TimeoutError:
-        # /proc is read in a thread: a busy host's process table must not delay the adverts.
-        strays = await asyncio.to_thread(kill_run, proc.pid, mark)
-        log.warning("%s: timed out after %gs; killed its process group%s", what, timeout,
-                    f" and {strays} process(es) that had left it" if strays else "")
+        # /proc and cgroupfs are read in a thread: a busy host must not delay the adverts.
+        killed = await asyncio.to_thread(_stop_run, proc.pid, mark, cgroup)
+        log.warning("%s: timed out after %gs; %s", what, timeout, killed)
         await proc.wait()
         return None
     except asyncio.CancelledError:
-        # The group at once; the strays from a thread, not awaited: a cancelled task cannot wait.
+        # The cgroup and the group at once; the rest from a thread, not awaited: a cancelled
+        # task cannot wait.
+        if cgroup is not None:
+            cgroup.kill()
         kill_process_group(proc.pid)
-        asyncio.get_running_loop().run_in_executor(None, kill_marked, mark, proc.pid)
+        asyncio.get_running_loop().run_in_executor(None, _stop_run, proc.pid, mark, cgroup)
         raise
+    if cgroup is not None:
+        cgroup.finish(kill=False)
+    return status
 
 
 async def cancel_and_wait(task: asyncio.Task, timeout: float = 5.0) -> None:
