@@ -134,6 +134,10 @@ class _Leg(asyncio.BufferedProtocol):
     __slots__ = ("conn", "slot", "buffer", "transport", "peer", "out", "eof", "lost", "moved", "blocked",
                  "nbytes")
 
+    # uvloop looks this up on every new transport and only buffer_updated is ever called; as
+    # a missing attribute, each lookup raised and formatted an AttributeError.
+    data_received = None
+
     def __init__(self, conn: "Connection", slot: BackendSlot) -> None:
         self.conn = conn
         self.slot = slot

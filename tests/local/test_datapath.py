@@ -4,11 +4,13 @@ No worker process, no master: failed connects land in a list instead of the IPC 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import random
 import socket
 import struct
 import time
+import weakref
 
 import pytest
 import uvloop
@@ -16,6 +18,7 @@ import uvloop
 from lbproxy.config import BackendConfig, FrontendConfig
 from lbproxy.frontend import Frontend
 from lbproxy.hedge import HEDGE_FLOOR, HEDGE_UNKNOWN
+from lbproxy.worker import untrack_transports
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,6 +165,28 @@ def test_bytes_cross_intact_both_ways_and_the_clients_end_reaches_the_backend():
             slot = proxy.slot(backend_address)
             assert (slot.bytes_in, slot.bytes_out) == (len(upload), len(download) + 32)
             assert proxy.frontend.connections == set() and proxy.failures == []
+        finally:
+            await proxy.close()
+            server.close()
+    run(scenario)
+
+
+def test_the_worker_untracks_uvloops_transports_and_proxied_connections_still_relay():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        assert untrack_transports(loop)      # a uvloop without the registry would lose the saving unseen
+        server, backend_address = await serve(echo)
+        proxy = Proxy([backend_address])
+        try:
+            registry = next(o for o in gc.get_referents(loop) if isinstance(o, weakref.WeakValueDictionary))
+            reader, writer = await proxy.connect()
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            assert len(registry) == 0        # the open connection's two transports were not filed
+            writer.write_eof()
+            assert await read_all(reader) == b""
+            writer.close()
+            await _wait(lambda: not proxy.frontend.connections)
         finally:
             await proxy.close()
             server.close()
