@@ -30,7 +30,14 @@ from typing import AbstractSet, Callable, Sequence
 
 from lbproxy.health import BackendState
 
-ALGORITHMS = ("round_robin", "least_conn", "random2", "source_hash")
+
+class Balance(enum.StrEnum):
+    """The algorithms (`frontend.balance`); each names its Balancer below."""
+    ROUND_ROBIN = "round_robin"
+    LEAST_CONN = "least_conn"
+    RANDOM2 = "random2"
+    SOURCE_HASH = "source_hash"
+
 
 _MASK64 = (1 << 64) - 1
 _TWO_POW_MINUS_53 = 2.0 ** -53
@@ -159,7 +166,7 @@ class _SmoothWeights:
 
 
 class RoundRobin(Balancer):
-    algorithm = "round_robin"
+    algorithm = Balance.ROUND_ROBIN
 
     def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -173,7 +180,7 @@ class RoundRobin(Balancer):
 class LeastConn(Balancer):
     """Fewest active connections per unit of weight; ties go round robin, weighted."""
 
-    algorithm = "least_conn"
+    algorithm = Balance.LEAST_CONN
 
     def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -200,7 +207,7 @@ class LeastConn(Balancer):
 class Random2(Balancer):
     """Power of two choices: two weighted random draws, the less loaded one wins."""
 
-    algorithm = "random2"
+    algorithm = Balance.RANDOM2
 
     def _choose(self, eligible: list[Candidate], client_ip: str) -> Candidate:
         total = 0
@@ -235,7 +242,7 @@ class SourceHash(Balancer):
     others by weight; the hash is deterministic, so every worker process agrees.
     """
 
-    algorithm = "source_hash"
+    algorithm = Balance.SOURCE_HASH
 
     def __init__(self, backends: Sequence[Candidate], slow_start: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -274,7 +281,7 @@ def _backend_seed(index: int) -> int:
     return _splitmix64(_splitmix64(index + 0x5EED))
 
 
-_BALANCERS: dict[str, type[Balancer]] = {
+_BALANCERS: dict[Balance, type[Balancer]] = {
     cls.algorithm: cls for cls in (RoundRobin, LeastConn, Random2, SourceHash)}
 
 
@@ -285,5 +292,5 @@ def make_balancer(algorithm: str, backends: Sequence[Candidate], slow_start: flo
         cls = _BALANCERS[algorithm]
     except KeyError:
         raise ValueError(f"unknown balance algorithm {algorithm!r}; "
-                         f"use one of {', '.join(ALGORITHMS)}") from None
+                         f"use one of {', '.join(Balance)}") from None
     return cls(backends, slow_start, clock)

@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from lbproxy.balance import Balance
 from lbproxy.configreader import (
     Findings,
     Section,
@@ -24,13 +25,6 @@ from lbproxy.configreader import (
 from lbproxy.host import Host
 from lbproxy.natcheck import nat_backend_refusals, nat_port_clashes, nat_refusals
 from lbproxy.proxyproto import ProxyProtocol
-
-
-class Balance(enum.StrEnum):
-    ROUND_ROBIN = "round_robin"
-    LEAST_CONN = "least_conn"
-    RANDOM2 = "random2"
-    SOURCE_HASH = "source_hash"
 
 
 class FrontendMode(enum.StrEnum):

@@ -12,9 +12,9 @@ import pytest
 from support import GOOD_CONFIG
 
 from lbproxy.balance import (
-    ALGORITHMS,
     NOT_RAMPING,
     RAMP_SCALE,
+    Balance,
     Candidate,
     Tier,
     make_balancer,
@@ -50,7 +50,7 @@ def test_tier_order_is_primaries_backups_then_the_down_ones():
     assert tier_of(BackendState.DRAIN, False) is None and tier_of(BackendState.DRAIN, True) is None
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", list(Balance))
 def test_backups_take_connections_only_while_no_primary_is_up(algorithm):
     pool = [Candidate(0, 1, "up"), Candidate(1, 1, "up"),
             Candidate(2, 1, "up", backup=True), Candidate(3, 1, "up", backup=True)]
@@ -70,7 +70,7 @@ def test_backups_take_connections_only_while_no_primary_is_up(algorithm):
     assert balancer.all_down is False
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", list(Balance))
 def test_with_nothing_up_down_primaries_come_before_down_backups(algorithm):
     pool = [Candidate(0, 1, "down"), Candidate(1, 1, "drain"),
             Candidate(2, 1, "down", backup=True), Candidate(3, 1, "up", backup=True)]
@@ -84,7 +84,7 @@ def test_with_nothing_up_down_primaries_come_before_down_backups(algorithm):
     assert balancer.pick(pool, {2, 3}, "198.18.0.1") is None
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", list(Balance))
 def test_backups_share_the_load_by_their_weights(algorithm):
     pool = [Candidate(0, 5, "down"), Candidate(1, 3, "up", backup=True), Candidate(2, 1, "up", backup=True)]
     balancer = make_balancer(algorithm, pool)
@@ -188,7 +188,7 @@ RAMP_POINTS = [(0.0, 1 / 101), (1.0, 0.1 / 1.1), (2.5, 0.25 / 1.25), (5.0, 0.5 /
                (7.5, 0.75 / 1.75), (10.0, 0.5), (30.0, 0.5)]
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", list(Balance))
 def test_a_recovered_backend_ramps_up_in_every_algorithm(algorithm):
     clock = FakeClock()
     pool = [Candidate(0, 1, "up"), Candidate(1, 1, "up", since=clock.now)]
