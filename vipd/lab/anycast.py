@@ -5,6 +5,9 @@ real `vipd` with an `[[anycast]]` VIP over a local HTTP backend, and a client be
     router 198.18.0.1  ──┤   FRR (config/frr/router), ECMP with L4 hashing
     edge-N 198.18.0.1N ──┘   FRR (config/frr/edge), vipd: VIP 198.19.0.100/32 on vipd0, backend 127.0.0.1:8080
 
+With `ipv6=True` every host also gets 2001:db8::N/64, FRR also reads the bgpd-ipv6.conf snippets
+(an IPv6 session per edge), and the VIP is 2001:db8:1::100/128 on a frontend listening on [::].
+
 FRR runs from the shipped config/frr snippets (only each edge's ASN and router-id are changed), one
 daemon per file, every path in a run directory of its own, stopped by the PIDs in its pid files.
 Used by the namespace tests and bench/failover.py.
@@ -32,6 +35,9 @@ PORT = 6443
 BACKEND = "127.0.0.1:8080"
 ROUTER = "198.18.0.1"
 CLIENT = "198.18.0.50"
+VIP6 = "2001:db8:1::100"
+ROUTER6 = "2001:db8::1"
+CLIENT6 = "2001:db8::50"
 FRR = Path("/usr/lib/frr")
 SNIPPETS = Path(__file__).resolve().parents[2] / "config" / "frr"
 # The values the shipped edge snippet is written for; each edge gets its own.
@@ -123,6 +129,19 @@ class AnycastLab:
     frr: list[FrrNode] = field(default_factory=list)
     procs: dict[int, subprocess.Popen] = field(default_factory=dict)
     backends: dict[int, subprocess.Popen] = field(default_factory=dict)
+    ipv6: bool = False
+
+    @property
+    def vip_prefix(self) -> str:
+        return f"{VIP6}/128" if self.ipv6 else f"{VIP}/32"
+
+    @property
+    def listen_host(self) -> str:
+        return "[::]" if self.ipv6 else "0.0.0.0"
+
+    @property
+    def target(self) -> str:
+        return f"[{VIP6}]:{PORT}" if self.ipv6 else f"{VIP}:{PORT}"
 
     # --- edges
 
@@ -136,12 +155,12 @@ class AnycastLab:
         lines = [
             "[node]", f'name = "edge-{i + 1}"', f'control_socket = "{self.socket(i)}"', "workers = 1",
             f'state_dir = "{self.workdir / f"edge{i + 1}.state"}"', "",
-            "[[frontend]]", 'name = "api"', f'listen = "0.0.0.0:{PORT}"', "connect_timeout = 0.5",
+            "[[frontend]]", 'name = "api"', f'listen = "{self.listen_host}:{PORT}"', "connect_timeout = 0.5",
             "drain_timeout = 5.0", "",
             "  [frontend.health]", '  type = "http"', '  path = "/healthz"', "  interval = 0.2",
             "  timeout = 0.2", "  rise = 1", "  fall = 2", "",
             "  [[frontend.backend]]", f"  address = {toml_value(BACKEND)}", "",
-            "[[anycast]]", 'name = "api-anycast"', f"virtual_ips = {toml_value([f'{VIP}/32'])}", "",
+            "[[anycast]]", 'name = "api-anycast"', f"virtual_ips = {toml_value([self.vip_prefix])}", "",
             "  [[anycast.track]]", '  frontend = "api"', "",
         ]
         return "\n".join(lines)
@@ -187,7 +206,8 @@ class AnycastLab:
 
     def nexthops(self) -> list[str]:
         """The edges the router's FIB sends the VIP to."""
-        shown = self.router.run(["ip", "-o", "route", "show", f"{VIP}/32"], check=False).stdout
+        shown = self.router.run(["ip", *(["-6"] if self.ipv6 else []), "-o", "route", "show", self.vip_prefix],
+                                check=False).stdout
         return sorted(re.findall(r"via (\S+)", shown))
 
     def wait_nexthops(self, count: int, timeout: float) -> float | None:
@@ -205,7 +225,7 @@ class AnycastLab:
                      count: int = 100_000, name: str = "client") -> subprocess.Popen:
         out = self.workdir / f"{name}.json"
         out.unlink(missing_ok=True)
-        return self.client.python(["-m", "vipd.lab.connclient", "--target", f"{VIP}:{PORT}", "--interval",
+        return self.client.python(["-m", "vipd.lab.connclient", "--target", self.target, "--interval",
                                    str(interval), "--duration", str(duration), "--timeout", str(timeout),
                                    "--count", str(count), "--out", str(out)])
 
@@ -224,26 +244,44 @@ class AnycastLab:
         shutil.rmtree(self.frrdir, ignore_errors=True)
 
 
-def build(lab: Lab, workdir: Path, edges: int = 3) -> AnycastLab:
-    """Hosts addressed and routed, FRR running everywhere, backends up; no vipd yet."""
+def _bgpd(role: str, ipv6: bool) -> str:
+    """The shipped bgpd snippet of `role`, with its IPv6 part appended as its comment says."""
+    text = (SNIPPETS / role / "bgpd.conf").read_text()
+    return text + (SNIPPETS / role / "bgpd-ipv6.conf").read_text() if ipv6 else text
+
+
+def build(lab: Lab, workdir: Path, edges: int = 3, ipv6: bool = False) -> AnycastLab:
+    """Hosts addressed and routed, FRR running everywhere, backends up; no vipd yet. `ipv6`: dual
+    stack, the VIP an IPv6 one."""
     workdir.mkdir(parents=True, exist_ok=True)
     # FRR drops to the frr user, which must reach its run directory (pytest's tmp is root-only).
     frrdir = Path(tempfile.mkdtemp(prefix="vipd-frr-"))
     frrdir.chmod(0o755)
-    router = lab.add_host("router", [f"{ROUTER}/24"])
-    hosts = [lab.add_host(f"edge{i + 1}", [f"198.18.0.{11 + i}/24"]) for i in range(edges)]
-    client = lab.add_host("client", [f"{CLIENT}/24"])
-    built = AnycastLab(lab, workdir, frrdir, router, hosts, client)
+    v6 = (lambda address: [f"{address}/64"]) if ipv6 else (lambda address: [])
+    router = lab.add_host("router", [f"{ROUTER}/24", *v6(ROUTER6)])
+    hosts = [lab.add_host(f"edge{i + 1}", [f"198.18.0.{11 + i}/24", *v6(f"2001:db8::{11 + i}")])
+             for i in range(edges)]
+    client = lab.add_host("client", [f"{CLIENT}/24", *v6(CLIENT6)])
+    built = AnycastLab(lab, workdir, frrdir, router, hosts, client, ipv6=ipv6)
     try:
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv4.fib_multipath_hash_policy", 1),
                            ("net.ipv4.conf.all.send_redirects", 0), ("net.ipv4.conf.eth0.send_redirects", 0)):
             router.sysctl(key, value)
         client.sysctl("net.ipv4.conf.all.accept_redirects", 0)
-        client.run(["ip", "route", "add", f"{VIP}/32", "via", ROUTER])
+        if ipv6:
+            # The router sends ICMPv6 redirects for what it forwards back onto the segment; a client
+            # obeying them would bypass the router (and its ECMP) to one edge.
+            router.sysctl("net.ipv6.conf.all.forwarding", 1)
+            router.sysctl("net.ipv6.fib_multipath_hash_policy", 1)
+            for key in ("net.ipv6.conf.all.accept_redirects", "net.ipv6.conf.eth0.accept_redirects"):
+                client.sysctl(key, 0)
+            client.run(["ip", "-6", "route", "add", f"{VIP6}/128", "via", ROUTER6])
+        else:
+            client.run(["ip", "route", "add", f"{VIP}/32", "via", ROUTER])
         bfdd = (SNIPPETS / "edge" / "bfdd.conf").read_text()
-        nodes = [FrrNode(router, frrdir / "router", (SNIPPETS / "router" / "bgpd.conf").read_text(),
+        nodes = [FrrNode(router, frrdir / "router", _bgpd("router", ipv6),
                          (SNIPPETS / "router" / "bfdd.conf").read_text())]
-        edge_bgpd = (SNIPPETS / "edge" / "bgpd.conf").read_text()
+        edge_bgpd = _bgpd("edge", ipv6)
         for i, host in enumerate(hosts):
             bgpd = edge_bgpd.replace(SNIPPET_ASN, f"{65001 + i}").replace(SNIPPET_ROUTER_ID, host.ipv4)
             nodes.append(FrrNode(host, frrdir / host.name, bgpd, bfdd))
