@@ -2,10 +2,14 @@
 parser accepts; what is not translated is named on stderr with FILE:LINE."""
 from __future__ import annotations
 
+import grp
+import pwd
+
 import pytest
 from migrate_support import INPUTS, notes_about, translated, vipd_import
 
 from vipd.migrate import InputError, translate
+from vipd.migrate.keepalived import NO_SCRIPT_SECURITY
 
 KUBEADM = INPUTS / "kubeadm-keepalived.conf"
 UNICAST = INPUTS / "unicast-v2-keepalived.conf"
@@ -76,6 +80,8 @@ def test_unicast_v2_with_password_includes_and_overrides():
         "on its own",
         f"{INPUTS / 'keepalived.d' / 'scripts.conf'}:10: vrrp_script chk_unused: not translated: "
         "no vrrp_instance tracks it",
+        f"{INPUTS / 'keepalived.d' / 'scripts.conf'}:7: user keepalived_script: not translated: "
+        "vipd runs every script as one user, node.script_user (global_defs script_user)",
     ):
         assert expected in result.notes
     assert all(line.count(":") >= 2 for line in result.notes)
@@ -87,6 +93,10 @@ def write(tmp_path, text: str, name: str = "keepalived.conf"):
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def no_script_security(path, line: int = 1) -> str:
+    return f"{path}:{line}: enable_script_security: {NO_SCRIPT_SECURITY}"
 
 
 def test_keepalived_syntax_quotes_comments_and_braces(tmp_path):
@@ -147,6 +157,7 @@ vrrp_instance A {
     assert a.tracks == ()
     f = str(path)
     assert result.notes == [
+        no_script_security(f),
         f"{f}:4: timeout 5: not translated: vipd needs a timeout below the interval; "
         "its default applies",
         f"{f}:5: weight 300: not translated: must be -254..254",
@@ -168,6 +179,7 @@ def test_duplicate_router_ids_and_names_keep_the_first(tmp_path):
     config, result = translated(keepalived=path)
     assert [(v.name, v.vrid) for v in config.vrrp] == [("A", 1)]
     assert result.notes == [
+        no_script_security(path),
         f"{path}:6: vrrp_instance B: not translated: virtual_router_id 1 on eth0 is already used by A",
         f"{path}:11: vrrp_instance A: not translated: a second vrrp_instance named A",
     ]
@@ -217,4 +229,77 @@ def test_include_loop_and_missing_include(tmp_path):
     config, result = translated(keepalived=missing)
     assert [v.name for v in config.vrrp] == ["A"]
     assert result.notes == [f"{missing}:1: include /nonexistent/keepalived-extra.conf: not translated: "
-                            "/nonexistent/keepalived-extra.conf: cannot read: No such file or directory"]
+                            "/nonexistent/keepalived-extra.conf: cannot read: No such file or directory",
+                            no_script_security(missing)]
+
+
+SECURED_INSTANCE = """\
+vrrp_script chk {
+    script /usr/local/bin/check
+}
+vrrp_instance A {
+    interface eth0
+    virtual_router_id 4
+    virtual_ipaddress { 198.18.0.4/24 }
+    track_script { chk }
+}
+"""
+
+
+def test_script_user_becomes_node_script_user(tmp_path):
+    path = write(tmp_path, "global_defs {\n    router_id edge-a\n    enable_script_security\n"
+                           "    script_user nobody\n}\n" + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert (config.node.script_user, config.node.script_security) == ("nobody", True)
+    assert config.vrrp[0].tracks[0].user == "nobody"        # every script runs as it
+    assert 'script_user = "nobody"  # keepalived.conf:4 script_user nobody' in result.toml
+    # enable_script_security is vipd's default: nothing written, nothing to say.
+    assert "script_security" not in result.toml
+    assert result.notes == []
+
+
+def test_script_user_with_its_own_primary_group_is_fully_translated(tmp_path):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n    script_user daemon daemon\n}\n"
+                 + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert config.node.script_user == "daemon" and result.notes == []
+
+
+def test_script_user_group_other_than_the_users_own_is_named(tmp_path):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n    script_user nobody daemon\n}\n"
+                 + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert config.node.script_user == "nobody"
+    primary = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name      # nogroup on Debian
+    assert result.notes == [f"{path}:3: script_user nobody daemon: group daemon not translated: vipd runs "
+                            f"scripts as nobody with nobody's own groups (primary group {primary})"]
+
+
+@pytest.mark.parametrize("line, why", [
+    ("script_user no-such-user-x", "no user no-such-user-x on this system; create it, then set "
+                                   'node.script_user = "no-such-user-x"'),
+    ("script_user nobody nogroup extra", "expects `script_user USER [GROUP]`"),
+])
+def test_unusable_script_user_is_left_out_and_the_output_still_loads(tmp_path, line, why):
+    path = write(tmp_path, f"global_defs {{\n    enable_script_security\n    {line}\n}}\n" + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert config.node.script_user is None and "script_user" not in result.toml
+    assert result.notes == [f"{path}:3: {line}: not translated: {why}"]
+
+
+def test_without_enable_script_security_the_note_says_vipd_checks_ownership(tmp_path):
+    path = write(tmp_path, "! edge-a\n\nglobal_defs {\n    script_user nobody\n}\n" + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    # Nothing written: vipd's default (checks on) applies, and the note says so and how to turn it off.
+    assert config.node.script_security is True and "script_security" not in result.toml
+    assert result.notes == [
+        f"{path}:3: enable_script_security: absent: keepalived runs scripts without ownership checks; vipd "
+        "checks by default (node.script_security) that scripts and its config file are root's and not "
+        "group/other-writable, and refuses unsafe ones (`node.script_security = false` turns the checks off; "
+        "not recommended)"]
+    # With no global_defs at all, the note names the file's first line.
+    bare = write(tmp_path, SECURED_INSTANCE, "bare.conf")
+    _, result = translated(keepalived=bare)
+    assert result.notes == [no_script_security(bare, 1)]
+    done = vipd_import("--keepalived", str(bare))
+    assert done.returncode == 0 and done.stderr == no_script_security(bare, 1) + "\n"

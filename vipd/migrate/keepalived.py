@@ -7,8 +7,10 @@ the including file), `$NAME=value` definitions. keepalived's defaults that diffe
 """
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -64,6 +66,10 @@ WHY_INSTANCE = {
 }
 GLOBAL_KEYS = {"router_id", "vrrp_version", "vrrp_garp_master_repeat", "vrrp_garp_interval",
                "vrrp_gna_interval", "default_interface"}
+NO_SCRIPT_SECURITY = ("absent: keepalived runs scripts without ownership checks; vipd checks by default "
+                      "(node.script_security) that scripts and its config file are root's and not "
+                      "group/other-writable, and refuses unsafe ones (`node.script_security = false` "
+                      "turns the checks off; not recommended)")
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -267,6 +273,7 @@ class _Translator:
         self.garp_interval: tuple[float, str] | None = None
         self.gna_interval: tuple[float, str] | None = None
         self.default_interface: tuple[str, str] | None = None
+        self.script_security = False
 
     def skip(self, d: Directive, why: str) -> None:
         # A password is never echoed, wherever it was written.
@@ -276,12 +283,16 @@ class _Translator:
     def source(d: Directive) -> str:
         return f"{os.path.basename(d.origin.file)}:{d.origin.line} {d.text}"
 
-    def run(self, tree: list[Directive]) -> Translation:
+    def run(self, tree: list[Directive], path: str) -> Translation:
         for d in tree:
             if d.name == "global_defs":
                 self.global_defs(d)
             elif d.name == "vrrp_script":
                 self.define_script(d)
+        if not self.script_security:
+            # Absent, it has no line: the note names global_defs, where it would go.
+            where = next((d.origin for d in tree if d.name == "global_defs"), Origin(path, 1))
+            self.notes.note(where, "enable_script_security", NO_SCRIPT_SECURITY)
         seen: dict[tuple, str] = {}
         for d in tree:
             if d.name in ("global_defs", "vrrp_script"):
@@ -310,7 +321,11 @@ class _Translator:
     def global_defs(self, block: Directive) -> None:
         for d in block.children():
             value = d.args[0] if len(d.args) == 1 else None
-            if d.name not in GLOBAL_KEYS or d.block is not None:
+            if d.name == "enable_script_security" and not d.args and d.block is None:
+                self.script_security = True      # vipd's default: nothing to write
+            elif d.name == "script_user" and d.block is None:
+                self.script_user(d)
+            elif d.name not in GLOBAL_KEYS or d.block is not None:
                 self.skip(d, NO_EQUIVALENT)
             elif value is None:
                 self.skip(d, "expects one value")
@@ -339,6 +354,22 @@ class _Translator:
                     self.gna_interval = (interval, self.source(d))
             elif d.name == "default_interface":
                 self.default_interface = (value, self.source(d))
+
+    def script_user(self, d: Directive) -> None:
+        if len(d.args) not in (1, 2):
+            self.skip(d, "expects `script_user USER [GROUP]`")
+            return
+        user = d.args[0]
+        try:
+            account = pwd.getpwnam(user)
+        except KeyError:
+            # vipd check refuses an unknown node.script_user, so the output would not load here.
+            self.skip(d, f"no user {user} on this system; create it, then set node.script_user = \"{user}\"")
+            return
+        self.node.set("script_user", user, self.source(d))
+        if len(d.args) == 2 and d.args[1] != _group_name(account.pw_gid):
+            self.notes.note(d.origin, d.text, f"group {d.args[1]} not translated: vipd runs scripts as {user} "
+                            f"with {user}'s own groups (primary group {_group_name(account.pw_gid)})")
 
     def define_script(self, d: Directive) -> None:
         if len(d.args) != 1 or d.block is None:
@@ -371,7 +402,7 @@ class _Translator:
                 else:
                     setattr(script, item.name, count)
             elif item.name == "user":
-                self.skip(item, "vipd runs track scripts as its own user")
+                self.skip(item, "vipd runs every script as one user, node.script_user (global_defs script_user)")
             elif item.name == "init_fail":
                 self.skip(item, "vipd counts a script as failing until `rise` runs succeed")
             else:
@@ -660,9 +691,16 @@ def _address_family(text: str) -> int | None:
         return None
 
 
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def _family(table: Table) -> int:
     return 6 if ":" in table.get("virtual_ips", [""])[0] else 4
 
 
 def translate(path: str, notes: Notes) -> Translation:
-    return _Translator(notes).run(parse(path, notes))
+    return _Translator(notes).run(parse(path, notes), path)
