@@ -1,8 +1,10 @@
 """Helpers the tests of every folder share (on sys.path through pytest's `pythonpath`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +76,23 @@ def start_vipd_run(config: os.PathLike, log: Path) -> subprocess.Popen:
     while "running " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     return proc
+
+
+@contextlib.contextmanager
+def vipd_running(config: os.PathLike, log: Path):
+    """`start_vipd_run`, checked to be running; when the block ends without an error, SIGTERM must
+    stop it with exit status 0. Killed by PID if still running, and its log holds no traceback."""
+    proc = start_vipd_run(config, log)
+    try:
+        assert proc.poll() is None, log.read_text()
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log.read_text()
 
 
 def wait_until(predicate, timeout: float, what: str):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port, start_vipd_run, wait_until
+from support import GOOD_CONFIG, VRRP_ONLY_CONFIG, free_port, vipd_running, wait_until
 
 from vipd import cli, proxycli
 
@@ -191,17 +191,8 @@ def test_run_logs_the_warnings_at_start_and_runs(tmp_path):
                "does not answer is probed every 2s, not every 1s")
     assert vipd("check", "-c", str(path)).stderr == warning + "\n"
     log = tmp_path / "run.log"
-    proc = start_vipd_run(path, log)
-    try:
-        assert proc.poll() is None, log.read_text()
+    with vipd_running(path, log):
         assert any(line.endswith(warning) and " WARNING " in line for line in log.read_text().splitlines())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text()
 
 
 @pytest.mark.timeout(120)
@@ -209,9 +200,7 @@ def test_reload_logs_the_new_configs_warnings_and_lbctl_prints_them(tmp_path):
     path = write(tmp_path, "vipd.toml", proxy_only(tmp_path, free_port()))
     log = tmp_path / "run.log"
     lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
-    proc = start_vipd_run(path, log)
-    try:
-        assert proc.poll() is None, log.read_text()
+    with vipd_running(path, log) as proc:
         quiet = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
         assert (quiet.returncode, quiet.stderr) == (0, ""), quiet
         path.write_text(proxy_only(tmp_path, free_port(), health="[frontend.health]\ninterval = 1\ntimeout = 2\n")
@@ -227,13 +216,6 @@ def test_reload_logs_the_new_configs_warnings_and_lbctl_prints_them(tmp_path):
         proc.send_signal(signal.SIGHUP)                  # SIGHUP applies the same file: logged again
         wait_until(lambda: sum(" WARNING " in line for line in log.read_text().splitlines()) == 4, 30,
                    "the warnings logged again at SIGHUP")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text()
 
 
 def summaries_in_help(args):
@@ -297,9 +279,7 @@ def test_a_deeply_nested_file_on_reload_is_refused_and_the_daemon_keeps_serving(
     assert (checked.returncode, checked.stderr) == (2, f"{tmp_path / 'nested.toml'}: nested too deeply\n")
     log = tmp_path / "run.log"
     lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
-    proc = start_vipd_run(path, log)
-    try:
-        assert proc.poll() is None, log.read_text()
+    with vipd_running(path, log) as proc:
         path.write_text(nested)
         reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
         assert reload.returncode == 1 and "nested too deeply" in reload.stderr, reload
@@ -308,11 +288,5 @@ def test_a_deeply_nested_file_on_reload_is_refused_and_the_daemon_keeps_serving(
         assert status.returncode == 0 and proc.poll() is None, log.read_text()
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass                                        # the old config's listener still accepts
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     text = log.read_text()
     assert "Traceback" not in text and text.count("nested too deeply") >= 2

@@ -9,7 +9,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, start_vipd_run
+from support import free_port, vipd_running
 
 from vipd.vrrp.config import UNSAFE, Notify, Track
 from vipd.vrrp.notify import NotifyQueue
@@ -160,9 +159,7 @@ def test_a_reload_of_a_config_file_others_could_change_is_refused_and_the_old_on
                       f'  [[frontend.backend]]\n  address = "127.0.0.1:{free_port()}"\n')
     log = tmp_path / "run.log"
     lbctl = [sys.executable, "-m", "vipd.control.lbctl", "--socket", str(tmp_path / "ctl.sock")]
-    proc = start_vipd_run(config, log)
-    try:
-        assert proc.poll() is None, log.read_text()
+    with vipd_running(config, log):
         config.chmod(0o666)
         reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
         assert reload.returncode == 1 and f"unsafe config file: {config} is writable by others" in reload.stderr
@@ -171,13 +168,6 @@ def test_a_reload_of_a_config_file_others_could_change_is_refused_and_the_old_on
         config.chmod(0o644)
         reload = subprocess.run([*lbctl, "reload"], capture_output=True, text=True, timeout=30)
         assert reload.returncode == 0, reload
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log.read_text()
 
 
 # ---------------------------------------------------------------- how scripts run
