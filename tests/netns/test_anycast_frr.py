@@ -18,30 +18,39 @@ from vipd.lab.netns import Lab, unavailable_reason
 
 EDGES = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
 STALE = "198.19.7.7"
+STALE6 = "2001:db8:1::7"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def started_lab(tmp_path_factory, ipv6: bool = False):
+    """The anycast lab with its three edges announcing; the first one had a stale local route (what
+    a vipd killed in maintenance leaves: the route of a VIP since dropped from the config), which
+    its start must have removed. Torn down at the end."""
     reason = unavailable_reason() or anycastlab.unavailable_reason()
     if reason:
         pytest.skip(reason)
+    stale, ip = (STALE6, ["ip", "-6"]) if ipv6 else (STALE, ["ip"])
     namespaces = Lab()
     built = None
     try:
-        built = anycastlab.build(namespaces, tmp_path_factory.mktemp("anycast"))
-        # What a vipd killed in maintenance leaves: the local route of a VIP since dropped from the config.
-        built.edges[0].run(["ip", "route", "add", "local", STALE, "dev", "lo", "table", "local",
+        built = anycastlab.build(namespaces, tmp_path_factory.mktemp("anycast6" if ipv6 else "anycast"), ipv6=ipv6)
+        built.edges[0].run([*ip, "route", "add", "local", stale, "dev", "lo", "table", "local",
                             "proto", "112", "metric", "1024"])
         for i in range(3):
             built.start_edge(i)
         took = built.wait_nexthops(3, 40)
-        assert took is not None, (built.nexthops(), built.frr[0].vtysh("show bgp summary"), built.log(0))
-        assert STALE not in built.edges[0].run(["ip", "route", "show", "table", "local"]).stdout
+        summary = "show bgp ipv6 unicast summary" if ipv6 else "show bgp summary"
+        assert took is not None, (built.nexthops(), built.frr[0].vtysh(summary), built.log(0))
+        assert stale not in built.edges[0].run([*ip, "route", "show", "table", "local"]).stdout
         yield built
     finally:
         if built is not None:
             built.close()
         namespaces.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    yield from started_lab(tmp_path_factory)
 
 
 @pytest.fixture

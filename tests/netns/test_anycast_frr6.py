@@ -9,38 +9,14 @@ import signal
 import sys
 
 import pytest
-from test_anycast_frr import failed_across_the_move, probe, watch
+from test_anycast_frr import failed_across_the_move, probe, started_lab, watch
 
-from vipd.lab import anycast as anycastlab
 from vipd.lab import connclient
-from vipd.lab.netns import Lab, unavailable_reason
-
-STALE = "2001:db8:1::7"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = unavailable_reason() or anycastlab.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    namespaces = Lab()
-    built = None
-    try:
-        built = anycastlab.build(namespaces, tmp_path_factory.mktemp("anycast6"), ipv6=True)
-        # What a vipd killed in maintenance leaves: the local route of a VIP since dropped from the config.
-        built.edges[0].run(["ip", "-6", "route", "add", "local", STALE, "dev", "lo", "table", "local",
-                            "proto", "112", "metric", "1024"])
-        for i in range(3):
-            built.start_edge(i)
-        took = built.wait_nexthops(3, 40)
-        assert took is not None, (built.nexthops(), built.frr[0].vtysh("show bgp ipv6 unicast summary"),
-                                  built.log(0))
-        assert STALE not in built.edges[0].run(["ip", "-6", "route", "show", "table", "local"]).stdout
-        yield built
-    finally:
-        if built is not None:
-            built.close()
-        namespaces.close()
+    yield from started_lab(tmp_path_factory, ipv6=True)
 
 
 def edge_of(lab) -> dict[str, int]:
