@@ -102,7 +102,7 @@ class ElectionOwner:
         self.addresses = addresses
         self.emit = emit
         self.clock = clock
-        self.table_id = table_id
+        self.table_id = table_id            # above 255: its nftables tables never meet a VRRP vrid's
         self.quiet = handover.QuietHold(table_id, f"election {config.name}")
         self._bridged = asyncio.Event()
         self._bridge_task: asyncio.Task | None = None
@@ -295,11 +295,9 @@ class ElectionOwner:
         return self.addresses.remove(self.config.interface, self.config.virtual_ips)
 
     def plan_bridge(self, plan: handover.BridgePlan) -> None:
-        """The proxy's ports and drain time, for the next hand-over. Bridging needs IPv4 (it relies
-        on ARP silence); table ids above 255 never meet a VRRP vrid."""
-        bridged = plan.carries and self.config.virtual_ips[0].version == 4
-        self.bridge = plan if bridged else handover.BridgePlan()
-        self.core.quiet_hold = self.bridge.seconds if bridged else 0.0
+        """The proxy's ports and drain time, for the next hand-over."""
+        self.bridge = plan.where(ipv4=self.config.virtual_ips[0].version == 4)
+        self.core.quiet_hold = self.bridge.seconds
 
     def _start_bridge(self, predecessor: str) -> None:
         self._bridged.clear()

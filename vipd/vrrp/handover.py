@@ -82,7 +82,7 @@ def _ports(ports) -> str:
     return ", ".join(str(p) for p in sorted(ports))
 
 
-def bridge_script(predecessor: str, vips, plan: "BridgePlan", interface: str, vrid: int) -> str:
+def bridge_script(predecessor: str, vips, plan: BridgePlan, interface: str, vrid: int) -> str:
     table = bridge_table(vrid)
     # After conntrack (-200), before the nat frontends' DNAT (-100).
     mid_flow = "tcp flags & (syn | rst) == 0"
@@ -99,7 +99,7 @@ def bridge_script(predecessor: str, vips, plan: "BridgePlan", interface: str, vr
             f"{body}  }}\n}}\n")
 
 
-async def bridge_to(predecessor: str, vips, plan: "BridgePlan", interface: str, vrid: int) -> bool:
+async def bridge_to(predecessor: str, vips, plan: BridgePlan, interface: str, vrid: int) -> bool:
     """On the new master: hand mid-flow segments for the VIPs' frontend ports to `predecessor`."""
     script = bridge_script(predecessor, vips, plan, interface, vrid)
     why = await _nft(script)
@@ -162,6 +162,11 @@ class BridgePlan:
     @property
     def carries(self) -> bool:
         return bool(self.ports or self.nat_ports)
+
+    def where(self, ipv4: bool) -> BridgePlan:
+        """This plan for VIPs of one family: nothing to bridge (and no time to hold the VIPs
+        quietly) unless IPv4, whose bridge relies on ARP silence, and some port is carried."""
+        return self if ipv4 and self.carries else BridgePlan()
 
 
 class Bridge:

@@ -156,7 +156,7 @@ class VrrpInstance:
             handover_timeout=c.effective_handover_timeout,
             # Given up to another router, the VIPs stay (quietly) while its bridge sends us our
             # connections in flight; without a bridge (no proxy ports, IPv6) they go at once.
-            quiet_hold=self.bridge.plan.seconds if self.bridge.plan.carries else 0.0)
+            quiet_hold=self.bridge.plan.seconds)
 
     @staticmethod
     def _checks_for(c: VrrpConfig) -> packet.ReceiveChecks:
@@ -313,9 +313,8 @@ class VrrpInstance:
     # ---------------------------------------------------------------- inputs
 
     def plan_bridge(self, plan: handover.BridgePlan) -> None:
-        """The proxy's ports and drain time, for the next hand-over (IPv4 only: the bridge relies on
-        ARP silence)."""
-        self.bridge.plan = plan if self.config.family == socket.AF_INET else handover.BridgePlan(seconds=plan.seconds)
+        """The proxy's ports and drain time, for the next hand-over."""
+        self.bridge.plan = plan.where(ipv4=self.config.family == socket.AF_INET)
         if self._started:
             self._execute(self.router.update_params(self._params(self.router.params.primary_address), self.clock()))
 
