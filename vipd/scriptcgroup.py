@@ -166,18 +166,24 @@ def kill_cgroup(path: str) -> int:
 
 
 def kill_each(path: str, pids: list[int]) -> None:
-    """SIGKILL those of `pids` still in cgroup `path` (kernels without cgroup.kill)."""
-    for pid in pids:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        try:
-            if pid in _pids(path):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except OSError:
-            pass
-        finally:
+    """SIGKILL those of `pids` still in cgroup `path` (kernels without cgroup.kill). Each is
+    pinned by a pidfd first, so the one read of the group afterwards names the same processes."""
+    pidfds: dict[int, int] = {}
+    try:
+        for pid in pids:
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+            except OSError:
+                continue
+        still = set(_pids(path))
+        for pid, pidfd in pidfds.items():
+            if pid in still:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+    finally:
+        for pidfd in pidfds.values():
             os.close(pidfd)
 
 
