@@ -66,8 +66,11 @@ class Holders:
             self._stop.wait(self.step)
 
     def stop(self) -> None:
+        """Ends sampling with one last sample: what the test saw with a look of its own just
+        before is then on record even if the sampler had not come round to it."""
         self._stop.set()
         self._thread.join(10)
+        self.samples.append((time.monotonic(), tuple(self.built.holders())))
 
     def first(self, predicate, since: float, wait: float = 2.0) -> float | None:
         """The first sample after `since` where `predicate` held; waits up to `wait` seconds for the
