@@ -1,5 +1,9 @@
 """A backend host vanishes (its link cut: SYNs go nowhere, no reset) under a client that opens a new
-connection every 10 ms, with the frontend's default settings: no request fails, none waits a second."""
+connection every 10 ms, with the frontend's default settings: no request fails, none waits a second.
+
+A request whose bytes were already forwarded to be1 when its link went down cannot be saved by an L4
+proxy (retry only before the first byte), so at most the one or two requests in flight at the cut
+may time out; every request started after it must succeed."""
 from __future__ import annotations
 
 import time
@@ -12,6 +16,7 @@ from vipd.lab import connclient
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 VIP = "198.18.0.10"
+IN_FLIGHT = 0.1          # a request is answered in a few ms; one started this long before the cut is done
 
 
 @pytest.mark.timeout(120)
@@ -32,6 +37,7 @@ def test_a_backend_host_vanishing_fails_no_new_connection_with_default_settings(
         load = client.python(["-m", "vipd.lab.connclient", "--target", f"{VIP}:6443", "--interval", "0.01",
                               "--duration", "4", "--timeout", "3", "--out", str(out)])
         time.sleep(1.0)                              # both backends serve, in both workers
+        cutting_at = time.monotonic()
         backends[0].set_link(False)
         cut_at = time.monotonic()
         assert load.wait(timeout=30) == 0
@@ -40,6 +46,8 @@ def test_a_backend_host_vanishing_fails_no_new_connection_with_default_settings(
     finally:
         proxy.stop()
     after = [a for a in attempts if a.start >= cut_at]
+    in_flight = [a for a in attempts if cutting_at - IN_FLIGHT <= a.start < cut_at]
+    settled = [a for a in attempts if a not in in_flight]
     whole, since_cut = connclient.summarize(attempts), connclient.summarize(after)
     be1 = next(b for b in status["backends"] if b["address"] == "198.18.0.21:8080")
     print(f"\nbe1's link cut under a new connection every 10 ms: {whole['requests']} requests, "
@@ -47,7 +55,10 @@ def test_a_backend_host_vanishing_fails_no_new_connection_with_default_settings(
           f"{since_cut['max_latency'] * 1000:.0f} ms after the cut ({since_cut['requests']} requests); "
           f"be1 {be1['state']}, {be1['passive_failures']} passive failures")
     assert whole["requests"] >= 300 and since_cut["requests"] >= 200
-    assert whole["failed"] == 0, whole["errors"]
-    assert whole["max_latency"] < 1.0, whole
+    assert since_cut["failed"] == 0, since_cut["errors"]
+    assert connclient.summarize(settled)["failed"] == 0, whole
+    lost = [a for a in in_flight if not a.ok]
+    assert len(lost) <= 2 and {a.detail for a in lost} <= {"timeout"}, lost
+    assert connclient.summarize(settled)["max_latency"] < 1.0, whole
     assert {a.detail for a in attempts if a.start < cut_at} == {"be1", "be2"}
     assert be1["state"] == "down" and be1["passive_failures"] >= 3, be1
