@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -34,6 +33,7 @@ from lbproxy.events import OnEvent, ProxyEvent
 from lbproxy.health import BackendState
 from lbproxy.healthcheck import HealthChecker, Override
 from lbproxy.natpath import NatDataPath, NatError
+from lbproxy.restarts import Backoff, describe_exit
 from lbproxy.status import TrafficTotals, frontend_status
 from lbproxy.sysctl import enable_request_migration
 
@@ -87,7 +87,7 @@ class _Generation:
         self.number = number
         self.config = config
         self.workers: dict[int, _Worker] = {}
-        self.failures: dict[int, int] = {}
+        self.backoffs: dict[int, Backoff] = {}      # per slot, while its worker keeps dying young
         self.respawns: dict[int, asyncio.TimerHandle] = {}
 
     def cancel_respawns(self) -> None:
@@ -379,9 +379,9 @@ class ProxySupervisor:
         worker.channel.close()
         self.totals.retire(worker.stats)
         worker.stats = {}
-        how = f"exited with code {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
+        how = describe_exit(code)
         if not worker.listening.done():
-            worker.listening.set_exception(ProxyError(worker.error or f"proxy worker {how} while starting"))
+            worker.listening.set_exception(ProxyError(worker.error or f"proxy worker ended while starting ({how})"))
         for future in (worker.stopped_accepting, worker.exited):
             if not future.done():
                 future.set_result(code)
@@ -389,12 +389,14 @@ class ProxySupervisor:
         if generation.workers.get(worker.slot) is worker:
             del generation.workers[worker.slot]
         if worker.expected_exit or self._stopping:
-            log.debug("proxy: worker %s (pid %d) %s", worker.name, worker.proc.pid, how)
+            log.debug("proxy: worker %s (pid %d) ended: %s", worker.name, worker.proc.pid, how)
         elif generation is self.current and not self._listeners_closed:
-            failures = 0 if ran >= STABLE_AFTER else generation.failures.get(worker.slot, 0)
-            generation.failures[worker.slot] = failures + 1
-            delay = 0.0 if failures == 0 else min(RESTART_BACKOFF[0] * 2 ** (failures - 1), RESTART_BACKOFF[1])
-            log.error("proxy: worker %s (pid %d) %s after %.1fs; restarting it in %.1fs",
+            if ran >= STABLE_AFTER or worker.slot not in generation.backoffs:
+                generation.backoffs[worker.slot] = Backoff(*RESTART_BACKOFF)
+                delay = 0.0
+            else:
+                delay = generation.backoffs[worker.slot].next()
+            log.error("proxy: worker %s (pid %d) ended (%s) after %.1fs; restarting it in %.1fs",
                       worker.name, worker.proc.pid, how, ran, delay)
             self._event(ProxyEvent.WORKER_RESTART, {"worker": worker.name, "pid": worker.proc.pid, "exit": how,
                                                     "ran_seconds": round(ran, 3), "restart_in": delay})

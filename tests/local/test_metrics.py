@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vipd.control.metrics import MetricsServer, RestartBackoff
+from lbproxy.restarts import Backoff
+from vipd.control.metrics import MetricsServer
 
 FULL = {
     "node": "edge-1",
@@ -291,7 +292,7 @@ def test_serves_under_uvloop() -> None:
 def test_a_killed_listener_is_started_again_on_the_same_port(caplog) -> None:
     async def main() -> None:
         server = MetricsServer("127.0.0.1:0", lambda: FULL)
-        server.backoff = RestartBackoff(first=0.2, most=0.4, stable=60.0)
+        server.backoff = Backoff(first=0.2, most=0.4)
         await server.start()
         try:
             host, port = server.address

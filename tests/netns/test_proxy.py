@@ -392,7 +392,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(edge):
           f"({len(failures(attempts, killed_at))} started after the worker died)")
     assert replaced and victim not in after and before[1] in after
     assert failures(attempts, killed_at) == []
-    assert "was killed by SIGKILL" in edge.proxy.log()
+    assert "(killed by SIGKILL)" in edge.proxy.log()
 
 
 @pytest.mark.timeout(90)
@@ -512,7 +512,7 @@ def test_a_worker_dying_young_again_and_again_is_restarted_with_backoff(edge):
         subprocess.run(["kill", "-KILL", str(pids[0])], check=True)
         killed.append(pids[0])
     restarts = lambda: [line.rsplit(" in ", 1)[1] for line in edge.proxy.log().splitlines()
-                        if "was killed by SIGKILL" in line]
+                        if "(killed by SIGKILL)" in line]
     assert edge.proxy.wait(lambda s: len(restarts()) >= 4, 10)
     assert restarts() == ["0.0s", "0.5s", "1.0s", "2.0s"], edge.proxy.log()
     assert edge.proxy.wait(lambda s: s["frontends"][0]["workers"] == 1, 20)

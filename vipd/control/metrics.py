@@ -16,7 +16,7 @@ time between. Each snapshot is rendered once per kind (metrics, page, JSON) howe
 
 The daemon keeps the listening socket and watches the process: a listener that dies (killed,
 crashed, out of memory) is started again on the same socket, after a delay that doubles while it
-keeps dying at once (RestartBackoff); connections that arrive meanwhile wait in the socket's backlog.
+keeps dying at once (a Backoff); connections that arrive meanwhile wait in the socket's backlog.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ from prometheus_client.exposition import choose_encoder
 
 from lbproxy.configreader import split_host_port
 from lbproxy.health import BackendState
+from lbproxy.restarts import Backoff, describe_exit
 from vipd.anycast.core import AnycastState
 from vipd.control.schema import (
     Anycast,
@@ -234,33 +235,6 @@ def _frontend_metrics(out: _Families, f: Frontend) -> None:
                     b.get("passive_failures"))
 
 
-class RestartBackoff:
-    """How long to wait before restarting a listener that died after `uptime` seconds up."""
-
-    def __init__(self, first: float = RESTART_FIRST, most: float = RESTART_MOST,
-                 stable: float = RESTART_STABLE) -> None:
-        self.first, self.most, self.stable = first, most, stable
-        self._next = first
-
-    def delay(self, uptime: float) -> float:
-        if uptime >= self.stable:
-            self._next = self.first
-        delay = self._next
-        self._next = min(self._next * 2, self.most)
-        return delay
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exit status unknown"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 class RestartsCollector:
     """The listener's own restarts, which the status document does not hold: the daemon gives
     each listener process the count on its command line."""
@@ -351,7 +325,7 @@ class MetricsServer:
         self.address: tuple[str, int] | None = None
         self.snapshots = 0                     # taken on the daemon's loop
         self.restarts = 0
-        self.backoff = RestartBackoff()
+        self.backoff = Backoff(RESTART_FIRST, RESTART_MOST)
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._started_at = 0.0
@@ -414,7 +388,7 @@ class MetricsServer:
             returncode = await self._proc.wait()
             self._close_pair()
             uptime = self._loop.time() - self._started_at
-            delay = self.backoff.delay(uptime)
+            delay = self.backoff.after_run(uptime, RESTART_STABLE)
             self.restarts += 1
             log.error("metrics listener (pid %d) died after %.1f s: %s; starting it again in %g s (restart %d)",
                       pid, uptime, describe_exit(returncode), delay, self.restarts)

@@ -48,6 +48,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from lbproxy.restarts import Backoff
 from vipd.vrrp.fsm import VIP_RETRY_FIRST, VIP_RETRY_MAX, Fault, fault_reason
 
 MARGIN = 0.5                  # seconds before the earliest possible expiry of the lease
@@ -297,7 +298,7 @@ class ElectionCore:
     _vips_in_place: bool = False            # the last claim's VIPs are on the interface
     vip_fault: str | None = None            # a refused VIP add: not a candidate until vip_retry_at
     vip_retry_at: float = 0.0
-    _vip_backoff: float = VIP_RETRY_FIRST
+    _vip_backoff: Backoff = field(default_factory=lambda: Backoff(VIP_RETRY_FIRST, VIP_RETRY_MAX))
 
     # ------------------------------------------------------------ reading
 
@@ -436,7 +437,7 @@ class ElectionCore:
 
     def _vips_added(self, interface: str, refused: tuple[tuple[str, str], ...], now: float) -> None:
         if not refused:
-            self._vip_backoff = VIP_RETRY_FIRST
+            self._vip_backoff.reset()
             self._vips_in_place = self.vips
             return
         # Refused while letting go (quiet hold, grace) or after dropping them: nothing to give up.
@@ -444,8 +445,7 @@ class ElectionCore:
             return
         why = "; ".join(f"{vip}: {reason}" for vip, reason in refused)
         self.vip_fault = f"{fault_reason(Fault.VIP_ADD, interface)} (cannot add {why})"
-        self.vip_retry_at = now + self._vip_backoff
-        self._vip_backoff = min(2 * self._vip_backoff, VIP_RETRY_MAX)
+        self.vip_retry_at = now + self._vip_backoff.next()
 
     def _fence(self, now: float, reason: str, revoke: bool = True) -> list:
         """The lease can no longer be trusted: VIPs off first, then start a new session."""

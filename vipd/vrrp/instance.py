@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Callable, Mapping
 
+from lbproxy.restarts import Backoff
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import fsm, handover, packet
 from vipd.vrrp.addresses import AddressWorker
@@ -100,7 +101,7 @@ class VrrpInstance:
         # The faults only the shell sees happen (the kernel refused a VIP): reason -> words.
         self._vip_fault: dict[str, str] = {}
         self._vip_retry: asyncio.TimerHandle | None = None
-        self._vip_retry_delay = fsm.VIP_RETRY_FIRST
+        self._vip_backoff = Backoff(fsm.VIP_RETRY_FIRST, fsm.VIP_RETRY_MAX)
         self._unmanaged: set = set()        # configured VIPs that are the host's own addresses
         self._holding = False
         self._refreshed_at = 0.0
@@ -512,17 +513,16 @@ class VrrpInstance:
             return
         failed = {"VIPs": str(change.exception())} if change.exception() else change.result().failed
         if not failed:
-            self._vip_retry_delay = fsm.VIP_RETRY_FIRST
+            self._vip_backoff.reset()
             return
         if not self._holding or not self._started or self._vip_fault:
             return
         where = self.config.interface
         self._vip_fault = {fsm.fault_reason(fsm.Fault.VIP_ADD, where): f"cannot add {', '.join(failed)} on {where}: "
                            + "; ".join(sorted(set(failed.values())))}
-        log.error("vrrp %s: %s; FAULT, trying again in %gs", self.name, *self._vip_fault.values(),
-                  self._vip_retry_delay)
-        self._vip_retry = asyncio.get_running_loop().call_later(self._vip_retry_delay, self._retry_vips)
-        self._vip_retry_delay = min(2 * self._vip_retry_delay, fsm.VIP_RETRY_MAX)
+        delay = self._vip_backoff.next()
+        log.error("vrrp %s: %s; FAULT, trying again in %gs", self.name, *self._vip_fault.values(), delay)
+        self._vip_retry = asyncio.get_running_loop().call_later(delay, self._retry_vips)
         self._evaluate()
 
     def _retry_vips(self) -> None:

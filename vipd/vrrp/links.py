@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from lbproxy.restarts import Backoff
+
 log = logging.getLogger("vipd.vrrp")
 
 # IFA_PROTO value marking the addresses vipd added (IPPROTO_VRRP), so a later run can tell them
@@ -243,10 +245,12 @@ class NetlinkMonitor:
         instances go to FAULT) and retries with backoff until a dump completes again."""
         failures = 0
         reported = False
+        backoff = Backoff(NETLINK_RETRY_FIRST, NETLINK_RETRY_MAX)
 
         def followed_again() -> None:
             nonlocal failures, reported
             failures = 0
+            backoff.reset()
             if reported:
                 reported = False
                 log.warning("netlink monitor restarted; link state is followed again")
@@ -273,7 +277,7 @@ class NetlinkMonitor:
                     sock.close()
                     sock = None
             if failures > 1:
-                delay = min(NETLINK_RETRY_FIRST * 2 ** (failures - 2), NETLINK_RETRY_MAX)
+                delay = backoff.next()
                 if select.select([self._wake_r], [], [], delay)[0]:
                     return
 
