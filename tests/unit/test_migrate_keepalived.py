@@ -303,3 +303,59 @@ def test_without_enable_script_security_the_note_says_vipd_checks_ownership(tmp_
     assert result.notes == [no_script_security(bare, 1)]
     done = vipd_import("--keepalived", str(bare))
     assert done.returncode == 0 and done.stderr == no_script_security(bare, 1) + "\n"
+
+
+@pytest.fixture
+def keepalived_script_user(monkeypatch):
+    """This host has keepalived's default script user (Debian's package does not create it)."""
+    real = pwd.getpwnam
+    nobody = real("nobody")
+
+    def getpwnam(name: str):
+        if name == "keepalived_script":
+            return pwd.struct_passwd(("keepalived_script", *nobody[1:]))
+        return real(name)
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+
+
+def test_without_script_user_scripts_keep_running_as_keepalived_script_when_it_exists(tmp_path,
+                                                                                      keepalived_script_user):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n}\n" + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert config.node.script_user == "keepalived_script"
+    assert config.vrrp[0].tracks[0].user == "keepalived_script"
+    assert ('script_user = "keepalived_script"  # keepalived\'s default script user: no script_user, '
+            "and keepalived_script exists here") in result.toml
+    assert result.notes == []
+
+
+def test_a_notify_script_alone_also_keeps_keepalived_script(tmp_path, keepalived_script_user):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n}\nvrrp_instance A {\n    interface eth0\n"
+                           "    virtual_router_id 4\n    virtual_ipaddress { 198.18.0.4/24 }\n"
+                           "    notify_master /usr/local/bin/became-master\n}\n")
+    config, _ = translated(keepalived=path)
+    assert config.node.script_user == "keepalived_script"
+
+
+def test_an_explicit_script_user_wins_over_keepalived_script(tmp_path, keepalived_script_user):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n    script_user daemon\n}\n" + SECURED_INSTANCE)
+    config, _ = translated(keepalived=path)
+    assert config.node.script_user == "daemon"
+
+
+def test_keepalived_script_is_not_written_without_scripts(tmp_path, keepalived_script_user):
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n}\nvrrp_instance A {\n    interface eth0\n"
+                           "    virtual_router_id 4\n    virtual_ipaddress { 198.18.0.4/24 }\n}\n")
+    config, result = translated(keepalived=path)
+    assert config.node.script_user is None and "script_user" not in result.toml
+
+
+def test_without_script_user_or_keepalived_script_scripts_run_as_root(tmp_path):
+    try:
+        pwd.getpwnam("keepalived_script")
+        pytest.skip("this host has a keepalived_script user")
+    except KeyError:
+        pass
+    path = write(tmp_path, "global_defs {\n    enable_script_security\n}\n" + SECURED_INSTANCE)
+    config, result = translated(keepalived=path)
+    assert config.node.script_user is None and "script_user" not in result.toml

@@ -66,6 +66,7 @@ WHY_INSTANCE = {
 }
 GLOBAL_KEYS = {"router_id", "vrrp_version", "vrrp_garp_master_repeat", "vrrp_garp_interval",
                "vrrp_gna_interval", "default_interface"}
+KEEPALIVED_SCRIPT_USER = "keepalived_script"
 NO_SCRIPT_SECURITY = ("absent: keepalived runs scripts without ownership checks; vipd checks by default "
                       "(node.script_security) that scripts and its config file are root's and not "
                       "group/other-writable, and refuses unsafe ones (`node.script_security = false` "
@@ -274,6 +275,7 @@ class _Translator:
         self.gna_interval: tuple[float, str] | None = None
         self.default_interface: tuple[str, str] | None = None
         self.script_security = False
+        self.script_user_given = False
 
     def skip(self, d: Directive, why: str) -> None:
         # A password is never echoed, wherever it was written.
@@ -314,6 +316,8 @@ class _Translator:
         for name, script in self.scripts.items():
             if not script.used:
                 self.skip(script.directive, "no vrrp_instance tracks it")
+        if self.script_tracks or any("notify" in t.values for t in self.instances):
+            self.implicit_script_user()
         return Translation(self.node, self.instances, self.script_tracks)
 
     # global_defs and vrrp_script
@@ -355,7 +359,20 @@ class _Translator:
             elif d.name == "default_interface":
                 self.default_interface = (value, self.source(d))
 
+    def implicit_script_user(self) -> None:
+        """Without script_user, keepalived runs scripts as keepalived_script when that user exists
+        (else root, vipd's default): keep the scripts' user what it was."""
+        if self.script_user_given:
+            return
+        try:
+            pwd.getpwnam(KEEPALIVED_SCRIPT_USER)
+        except KeyError:
+            return
+        self.node.set("script_user", KEEPALIVED_SCRIPT_USER,
+                      f"keepalived's default script user: no script_user, and {KEEPALIVED_SCRIPT_USER} exists here")
+
     def script_user(self, d: Directive) -> None:
+        self.script_user_given = True
         if len(d.args) not in (1, 2):
             self.skip(d, "expects `script_user USER [GROUP]`")
             return
