@@ -284,8 +284,9 @@ class ElectionOwner:
                     self.quiet.hold(self.config.virtual_ips, self._remove_vips)
                 case core.Speak():
                     self._spawn(handover.remove("arp", handover.quiet_table(self.table_id)))
-                case core.DropVips(vips):
-                    self._spawn(self._drop_vips(vips))
+                case core.DropVips(vips):     # submitted now: the worker removes them before any later add
+                    removed = self.addresses.remove(self.config.interface, [ipaddress.ip_interface(v) for v in vips])
+                    self._spawn(self._dropped(removed))
                 case core.RemoveVips():
                     self._spawn(self._end_bridge())
                     self._vip_change = asyncio.ensure_future(self.quiet.release(self._remove_vips))
@@ -310,9 +311,9 @@ class ElectionOwner:
             log.error("election %s: %s; FAULT, a candidate again in %.3gs", self.name, self.core.vip_fault,
                       max(0.0, self.core.vip_retry_at - self.clock()))
 
-    async def _drop_vips(self, vips: tuple[str, ...]) -> None:
+    async def _dropped(self, removed: asyncio.Future) -> None:
         try:
-            await self.addresses.remove(self.config.interface, [ipaddress.ip_interface(v) for v in vips])
+            await removed
         except Exception as exc:
             log.error("election %s: removing VIPs no longer configured: %s", self.name, exc)
 
