@@ -3,6 +3,7 @@ one holder; no dual holder when it is killed, cut off from etcd or frozen; nobod
 hand-overs (preemption, maintenance, stop) without a failed request."""
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -213,3 +214,98 @@ def test_a_reload_that_changes_only_the_frontends_keeps_the_holder_holding(clust
     path.write_text(path.read_text().replace("priority = 200", "priority = 50"))
     assert c.lbctl("c1", "reload").returncode == 0
     assert wait_until(lambda: leader_is(c, "c2"), 10, "c2 leads once c1's election changed"), c.logs()
+
+
+VIP2 = "198.18.0.101"
+
+
+def etcd_record(c: ElectionLab, key: str) -> tuple[dict, int] | None:
+    """The value written at `key` and the lease it lives under, read with etcdctl; None if absent."""
+    done = c.lab["e1"].run(["etcdctl", "--endpoints", c.endpoints(), "get", key, "-w", "json"], timeout=10,
+                           env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+    kvs = json.loads(done.stdout).get("kvs") or []
+    if not kvs:
+        return None
+    return json.loads(base64.b64decode(kvs[0]["value"])), int(kvs[0].get("lease", 0))
+
+
+def reload_with(c: ElectionLab, name: str, old: str, new: str) -> None:
+    path = c.workdir / f"{name}.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    done = c.lbctl(name, "reload")
+    assert done.returncode == 0, done.stderr
+
+
+KEY = "/vipd/elections/api"
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_changes_priority_and_vips_in_place_and_restarts_for_another_key(cluster):
+    """Priority and VIPs of a running election change in place: the holder keeps its lease, its
+    key, its VIP, `since` and its transition count while it stays the best; lowered below another
+    candidate it hands over as preemption does (no failed request); another key restarts it."""
+    c = cluster
+    c.start("c1", 200)
+    c.start("c2", 100)
+    assert wait_until(lambda: leader_is(c, "c1"), 20, "c1 leads"), c.logs()
+    assert wait_until(lambda: etcd_record(c, f"{KEY}/candidates/c2"), 5, "c2 registered"), c.logs()
+    before, (held, lease) = c.election("c1"), etcd_record(c, KEY)
+    assert held["node"] == "c1"
+    kept = time.time()
+
+    # (1) still the best after the change: everything stays, the published candidacy follows
+    reload_with(c, "c1", "priority = 200", "priority = 150")
+    assert wait_until(lambda: (etcd_record(c, f"{KEY}/candidates/c1") or ({}, 0))[0].get("priority") == 150, 5,
+                      "c1's candidacy says 150"), c.logs()
+    assert etcd_record(c, f"{KEY}/candidates/c1")[1] == lease
+    # a VIP added and taken away again by reloads: on the holder and gone, the first one untouched
+    reload_with(c, "c1", f'virtual_ips = ["{VIP}/24"]', f'virtual_ips = ["{VIP}/24", "{VIP2}/24"]')
+    assert wait_until(lambda: c.holders(VIP2) == ["c1"], 5, "c1 adds the new VIP"), c.logs()
+    reload_with(c, "c1", f'virtual_ips = ["{VIP}/24", "{VIP2}/24"]', f'virtual_ips = ["{VIP}/24"]')
+    assert wait_until(lambda: c.holders(VIP2) == [], 5, "c1 removes the dropped VIP"), c.logs()
+    time.sleep(1.0)
+    after = c.election("c1")
+    assert (after["state"], after["priority"], after["effective_priority"]) == ("LEADER", 150, 150), after
+    assert (after["since"], after["transitions"]) == (before["since"], before["transitions"])
+    assert etcd_record(c, KEY)[1] == lease and c.holders() == ["c1"]
+    assert [a < kept for a, b in c.intervals()["c1"] if b >= kept] == [True]     # the VIP never left c1
+    assert c.election("c2")["state"] == "FOLLOWER"
+
+    # (2) lowered below c2: the normal hand-over, successor first, not one failed request
+    out = c.workdir / "client.json"
+    client = start_client(c, out, duration=30.0)
+    time.sleep(1.0)
+    lowered = time.time()
+    reload_with(c, "c1", "priority = 150", "priority = 50")
+    assert wait_until(lambda: leader_is(c, "c2"), 10, "c2 leads once c1 is lowered"), c.logs()
+    assert c.added_at("c2", lowered) < c.removed_at("c1", lowered)
+    assert etcd_record(c, KEY)[0]["node"] == "c2"
+    demoted = c.election("c1")
+    assert (demoted["state"], demoted["holder"], demoted["transitions"]) == ("FOLLOWER", "c2",
+                                                                            before["transitions"] + 1), demoted
+    assert etcd_record(c, f"{KEY}/candidates/c1")[1] == lease       # still c1's first session
+    time.sleep(0.5)
+    c.lab.stop(client, signal.SIGTERM, timeout=10)
+    result = connclient.summarize(connclient.load(str(out)))
+    assert result["requests"] > 100 and result["failed"] == 0, result
+
+    # (3) another key is another election (here for another VIP): c2 hands the old one over and
+    # starts afresh on the new key, under a new lease
+    _, c2_lease = etcd_record(c, KEY)
+    moved = time.time()
+    path = c.workdir / "c2.toml"
+    path.write_text(path.read_text().replace("priority = 100", f'priority = 100\nkey = "{KEY}-b"')
+                    .replace(f'"{VIP}/24"', f'"{VIP2}/24"'))
+    assert c.lbctl("c2", "reload").returncode == 0
+    assert wait_until(lambda: leader_is(c, "c1"), 10, "c1 takes the old key over"), c.logs()
+    assert c.added_at("c1", moved) < c.removed_at("c2", moved)
+    assert wait_until(lambda: (etcd_record(c, f"{KEY}-b") or ({}, 0))[0].get("node") == "c2", 10,
+                      "c2 holds the new key"), c.logs()
+    assert wait_until(lambda: c.holders(VIP2) == ["c2"], 5, "c2 holds the new VIP"), c.logs()
+    restarted = c.election("c2")
+    assert (restarted["key"], restarted["state"], restarted["virtual_ips"]) == (f"{KEY}-b", "LEADER", [f"{VIP2}/24"])
+    assert etcd_record(c, f"{KEY}-b")[1] != c2_lease                 # a new session
+    assert etcd_record(c, f"{KEY}/candidates/c2") is None
+    assert "Traceback" not in c.logs()

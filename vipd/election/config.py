@@ -40,6 +40,13 @@ class ElectionConfig:
     tracks: tuple[Track, ...] = ()
 
 
+def needs_restart(old: ElectionConfig, new: ElectionConfig) -> bool:
+    """True when `new` is another election, not the same one reconfigured: its key names the etcd
+    records every candidate shares, and its interface carries the VIPs, the GARPs and the bridge.
+    Priority, tracks and VIPs change in place (ElectionOwner.update)."""
+    return (old.name, old.key, old.interface) != (new.name, new.key, new.interface)
+
+
 def endpoint(value: Any) -> str | None:
     """Why `value` is not an etcd client URL (http(s)://HOST:PORT, nothing after), or None."""
     if not isinstance(value, str):

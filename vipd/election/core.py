@@ -131,6 +131,15 @@ class Eligibility:
 
 
 @dataclass(frozen=True)
+class Reconfigured:
+    """A reload changed this election in place (same key and interface): its priority and tracks
+    (their verdict in `eligibility`) and its VIPs (`added`, `dropped`: no longer configured)."""
+    eligibility: Eligibility
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Maintenance:
     on: bool
 
@@ -228,6 +237,12 @@ class AddVips:
 @dataclass(frozen=True)
 class RemoveVips:
     pass
+
+
+@dataclass(frozen=True)
+class DropVips:
+    """Remove VIPs a reload took out of the config, whatever else is on this node."""
+    vips: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -393,6 +408,9 @@ class ElectionCore:
                 self.problems, self.priority = frozenset(problems), priority
             case Maintenance(on):
                 self.maintenance = on
+            case Reconfigured(eligibility, added, dropped):
+                self.problems, self.priority = frozenset(eligibility.reasons), eligibility.priority
+                actions += self._revip(added, dropped, now)
             case Stop():
                 self.stopping = True
                 self._stop_since = now
@@ -446,6 +464,18 @@ class ElectionCore:
         why = "; ".join(f"{vip}: {reason}" for vip, reason in refused)
         self.vip_fault = f"{fault_reason(Fault.VIP_ADD, interface)} (cannot add {why})"
         self.vip_retry_at = now + self._vip_backoff.next()
+
+    def _revip(self, added: tuple[str, ...], dropped: tuple[str, ...], now: float) -> list:
+        """VIPs on this node follow the new list: dropped ones go at once; new ones join (and are
+        announced) unless this node is letting its VIPs go. Priority and eligibility need nothing
+        here: the candidacy record, preemption and hand-over follow them in `_decide`."""
+        if not self.vips:
+            return []
+        actions: list = [DropVips(dropped)] if dropped else []
+        if added and self._release_at is None and self.valid(now):
+            self._vips_in_place = False         # a successor accepts only once the new ones are added too
+            actions.append(AddVips(self.lifetime(now), announce=True))
+        return actions
 
     def _fence(self, now: float, reason: str, revoke: bool = True) -> list:
         """The lease can no longer be trusted: VIPs off first, then start a new session."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import json
 import logging
 import time
 from typing import Callable, Mapping
 
 from vipd.election import core
-from vipd.election.config import ElectionConfig, EtcdConfig
+from vipd.election.config import ElectionConfig, EtcdConfig, needs_restart
 from vipd.election.etcd import EtcdClient, EtcdError, KeyValue, b64
 from vipd.events import Emit, Kind, Level, log_only
 from vipd.vrrp import handover
@@ -210,11 +211,27 @@ class ElectionOwner:
             self._stopped.set()
         self._wake.set()
 
-    def _tracks_changed(self) -> None:
+    def _eligibility(self) -> core.Eligibility:
         problems = set(self.tracks.fault_reasons())
         if not self.interfaces.link_up(self.config.interface):
             problems.add(f"link:{self.config.interface}")
-        self._feed(core.Eligibility(frozenset(problems), self.tracks.effective_priority(self.config.priority)))
+        return core.Eligibility(frozenset(problems), self.tracks.effective_priority(self.config.priority))
+
+    def _tracks_changed(self) -> None:
+        self._feed(self._eligibility())
+
+    async def update(self, config: ElectionConfig) -> None:
+        """Apply a changed config to the running election (same name, key and interface): the core
+        decides what the new priority, tracks and VIPs mean; the lease and the key stay."""
+        old, self.config = self.config, config
+        self._learn_address()
+        self._prepare_frames()
+        self.plan_bridge(self._plan)
+        await self.tracks.update(config.tracks)
+        added = tuple(str(v) for v in config.virtual_ips if v not in old.virtual_ips)
+        dropped = tuple(str(v) for v in old.virtual_ips if v not in config.virtual_ips)
+        self._feed(core.Reconfigured(self._eligibility(), added, dropped))
+        log.info("election %s: configuration updated in place", self.name)
 
     def _on_link(self, name: str) -> None:
         self.tracks.links_changed()
@@ -267,6 +284,9 @@ class ElectionOwner:
                     self.quiet.hold(self.config.virtual_ips, self._remove_vips)
                 case core.Speak():
                     self._spawn(handover.remove("arp", handover.quiet_table(self.table_id)))
+                case core.DropVips(vips):     # submitted now: the worker removes them before any later add
+                    removed = self.addresses.remove(self.config.interface, [ipaddress.ip_interface(v) for v in vips])
+                    self._spawn(self._dropped(removed))
                 case core.RemoveVips():
                     self._spawn(self._end_bridge())
                     self._vip_change = asyncio.ensure_future(self.quiet.release(self._remove_vips))
@@ -291,11 +311,18 @@ class ElectionOwner:
             log.error("election %s: %s; FAULT, a candidate again in %.3gs", self.name, self.core.vip_fault,
                       max(0.0, self.core.vip_retry_at - self.clock()))
 
+    async def _dropped(self, removed: asyncio.Future) -> None:
+        try:
+            await removed
+        except Exception as exc:
+            log.error("election %s: removing VIPs no longer configured: %s", self.name, exc)
+
     def _remove_vips(self, vips: list) -> asyncio.Future:
         return self.addresses.remove(self.config.interface, self.config.virtual_ips)
 
     def plan_bridge(self, plan: handover.BridgePlan) -> None:
         """The proxy's ports and drain time, for the next hand-over."""
+        self._plan = plan
         self.bridge = plan.where(ipv4=self.config.virtual_ips[0].version == 4)
         self.core.quiet_hold = self.bridge.seconds
 
@@ -491,20 +518,26 @@ class ElectionService:
     async def _start(self, configs) -> None:
         created = []
         for config in configs:
-            index = next(i for i, c in enumerate(self.configs) if c.name == config.name)
             owner = ElectionOwner(config, self.etcd, self.node, client=self._client, interfaces=self.interfaces,
                                   addresses=self._addresses, serving=self.serving, bridge=self.bridge,
-                                  table_id=256 + index, emit=self.emit)
+                                  table_id=self._free_table_id(), emit=self.emit)
             owner.set_maintenance(self.maintenance(config.name))
             self.instances[config.name] = owner
             created.append(owner)
         await asyncio.gather(*(o.start() for o in created))
 
+    def _free_table_id(self) -> int:
+        """Above 255 (VRRP's vrids) and not used by a running election: one kept across a reload
+        keeps its own."""
+        used = {o.table_id for o in self.instances.values()}
+        return next(i for i in range(256, 257 + len(used)) if i not in used)
+
     async def reload(self, configs: tuple[ElectionConfig, ...], etcd: EtcdConfig,
                      bridge: handover.BridgePlan) -> None:
         """Unchanged elections run on (a new bridge plan, from changed frontends, applies to their
-        next hand-over); changed or removed ones step down (handing over), new ones start; another
-        [etcd] restarts them all."""
+        next hand-over); changed ones are updated in place when they stay the same election (name,
+        key, interface: `needs_restart`), keeping their lease and key; the others and removed ones
+        step down (handing over), new ones start; another [etcd] restarts them all."""
         self.bridge = bridge
         if etcd != self.etcd:
             await self._stop_all()
@@ -512,13 +545,17 @@ class ElectionService:
             self.configs = configs
             await self.start()
             return
-        for owner in self.instances.values():
-            owner.plan_bridge(bridge)
         wanted = {c.name: c for c in configs}
-        gone = [o for name, o in self.instances.items() if wanted.get(name) != o.config]
+        gone = [o for name, o in self.instances.items() if name not in wanted or needs_restart(o.config, wanted[name])]
         for owner in gone:
+            log.info("election %s: %s", owner.name,
+                     "removed from the config" if owner.name not in wanted else "restarted for the new config")
             del self.instances[owner.name]
         await asyncio.gather(*(o.stop() for o in gone))
+        for owner in self.instances.values():
+            owner.plan_bridge(bridge)
+        await asyncio.gather(*(o.update(wanted[name]) for name, o in self.instances.items()
+                               if o.config != wanted[name]))
         self.configs = configs
         await self._start([c for name, c in wanted.items() if name not in self.instances])
 
