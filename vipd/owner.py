@@ -1,8 +1,8 @@
-"""What the daemon asks of anything that holds VIPs: a VRRP instance today; an etcd election or an
-anycast announcement would be one more kind. `lbctl maintenance` goes through this and nothing else."""
+"""What the daemon asks of anything that holds VIPs: a VRRP instance, an etcd election or an anycast
+announcement. `lbctl maintenance` goes through this and nothing else."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class VipOwner(Protocol):
@@ -20,3 +20,22 @@ class VipOwner(Protocol):
     def set_maintenance(self, on: bool) -> None:
         """On: hand the VIPs over as a stop would (no connection lost), then never take them while
         on. Off: be a candidate again. Kept across a restart of the owner itself."""
+
+
+class CoreOwner:
+    """The VipOwner reading of a shell whose pure core keeps the state and the maintenance flag
+    (elections and anycast; a VRRP instance reads its FSM)."""
+    config: Any
+    core: Any
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def state(self) -> str:
+        return self.core.state.value
+
+    @property
+    def maintenance(self) -> bool:
+        return self.core.maintenance

@@ -14,6 +14,7 @@ from vipd.anycast import core
 from vipd.anycast.config import AnycastConfig
 from vipd.anycast.device import DeviceError, DeviceWorker, open_tun
 from vipd.events import Emit, Kind, Level, log_only
+from vipd.owner import CoreOwner
 from vipd.vrrp.links import InterfaceTable, NetlinkMonitor
 from vipd.vrrp.tracks import TrackSet
 
@@ -31,7 +32,7 @@ def _utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class AnycastOwner:
+class AnycastOwner(CoreOwner):
     """A VIP owner (vipd.owner.VipOwner): one `[[anycast]]` section."""
 
     kind = "anycast"
@@ -46,18 +47,6 @@ class AnycastOwner:
         self.core = core.AnycastCore(since=clock())
         self.tracks = TrackSet(config.tracks, self._evaluate, link_up, serving)
         self._change: asyncio.Future | None = None      # the last device change asked for
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def state(self) -> str:
-        return self.core.state.value
-
-    @property
-    def maintenance(self) -> bool:
-        return self.core.maintenance
 
     def set_maintenance(self, on: bool) -> None:
         """On: withdraw (established connections keep being served); off: announce when healthy."""

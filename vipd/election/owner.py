@@ -21,6 +21,7 @@ from vipd.election import core
 from vipd.election.config import ElectionConfig, EtcdConfig, needs_restart
 from vipd.election.etcd import EtcdClient, EtcdError, KeyValue, b64
 from vipd.events import Emit, Kind, Level, log_only
+from vipd.owner import CoreOwner
 from vipd.vrrp import handover
 from vipd.vrrp.addresses import AddressWorker
 from vipd.vrrp.announce import AnnouncementFrames, FrameSender
@@ -87,7 +88,7 @@ def _lease_is(key: str, lease: int) -> dict:
     return {"key": b64(key), "result": "EQUAL", "target": "LEASE", "lease": str(lease)}
 
 
-class ElectionOwner:
+class ElectionOwner(CoreOwner):
     """A VIP owner (vipd.owner.VipOwner) whose VIPs follow an etcd lease."""
 
     kind = "election"
@@ -123,18 +124,6 @@ class ElectionOwner:
         self.announcement = AnnouncementFrames()
 
     # ------------------------------------------------------------ VipOwner
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def state(self) -> str:
-        return self.core.state.value
-
-    @property
-    def maintenance(self) -> bool:
-        return self.core.maintenance
 
     def set_maintenance(self, on: bool) -> None:
         """On: a holder hands over to the best other candidate first (its VIPs go only once the
