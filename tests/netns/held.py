@@ -1,11 +1,12 @@
-"""Connections opened through the master before a planned failover and used only after the
-client follows the new master: what each one answered."""
+"""Connections opened through the master before a failover (planned, or a fault the master resigns
+for) and used only after the client follows the new master: what each one answered."""
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
 import sys
+from typing import Callable
 
 from vipd.lab.edges import VIP, EdgeLab, wait_for
 
@@ -34,12 +35,18 @@ print(json.dumps(results), flush=True)
 def use_held_connections_after_a_planned_failover(edges: EdgeLab, count: int) -> list[str]:
     """Open `count` connections through edge 0, SIGTERM it, wait until edge 1 is master and the
     client's neighbour entry for the VIP points at it, then send one request on each."""
+    return use_held_connections_after(edges, count, lambda: edges.procs[0].send_signal(signal.SIGTERM))
+
+
+def use_held_connections_after(edges: EdgeLab, count: int, fail_over: Callable[[], object]) -> list[str]:
+    """Open `count` connections through edge 0, `fail_over`, wait until edge 1 is master and the
+    client's neighbour entry for the VIP points at it, then send one request on each."""
     client = edges.client.popen([sys.executable, "-c", HELD_CONNECTIONS, str(count)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout.readline().strip() == "ready"
         new_mac = edges.edges[1].run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
-        edges.procs[0].send_signal(signal.SIGTERM)
+        fail_over()
         assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
         neighbour = lambda: edges.client.run(["ip", "neigh", "show", VIP, "dev", "eth0"]).stdout
         assert wait_for(lambda: new_mac in neighbour(), 5), "the client did not follow the new master"

@@ -1,7 +1,8 @@
 """A dead netlink monitor on a live VRRP pair (real `vipd run` processes): restarted at once when
 it fails once; failing again before it reads links and addresses afresh, the master goes to FAULT
-(resigning with priority 0, so the backup takes the VIP after its skew time) and comes back when
-link state is followed again. The fault is injected inside edge-1's process by netlink_breaker.py."""
+(resigning with priority 0, so the backup takes the VIP after its skew time, and holding the VIP
+quietly while the backup bridges connections in flight back) and comes back when link state is
+followed again. The fault is injected inside edge-1's process by netlink_breaker.py."""
 from __future__ import annotations
 
 import datetime
@@ -99,7 +100,13 @@ def test_a_dead_netlink_monitor_is_a_fault_that_hands_over_at_once_and_clears(la
         assert shown.returncode == 0 and any(line.startswith("api/51") and " FAULT " in line
                                              for line in shown.stdout.splitlines()), shown.stdout
         assert wait_for(lambda: edges.state(1) == "MASTER", 5), edges.log(1)
-        assert wait_for(lambda: edges.holders() == [1], 5), "the faulted node still holds the VIP"
+        # edge-1 keeps the VIP quietly while edge-2 bridges its connections in flight back to it:
+        # the frontend's drain_timeout plus a second.
+        quiet_hold = tomllib.loads(edges.config_text(1))["frontend"][0]["drain_timeout"] + 1.0
+        assert wait_for(lambda: edges.holders() == [0, 1], 5), "the faulted node holds the VIP quietly"
+        assert wait_for(lambda: "bridging connections in flight to 198.18.0.11" in edges.log(1), 5), edges.log(1)
+        assert wait_for(lambda: edges.holders() == [1], quiet_hold + 5), "the faulted node still holds the VIP"
+        assert "releasing the VIPs held quietly (quiet_hold_over)" in edges.log(0)
         *_, fault = state_events(edges, 0)
         assert change(fault) == ("MASTER", "FAULT", "fault:netlink") and fault["level"] == "warning"
         *_, takeover = state_events(edges, 1)
@@ -120,9 +127,7 @@ def test_a_dead_netlink_monitor_is_a_fault_that_hands_over_at_once_and_clears(la
         assert back["fault_reasons"] == [] and back["fault_reason"] is None and back["master"] == "198.18.0.11"
         assert "netlink monitor restarted; link state is followed again" in edges.log(0)
         assert wait_for(lambda: edges.state(1) == "BACKUP" and 0 in edges.holders(), 5), edges.log(1)
-        # edge-2 keeps the VIP quietly while edge-1 bridges its connections in flight back to it:
-        # the frontend's drain_timeout plus a second.
-        quiet_hold = tomllib.loads(edges.config_text(1))["frontend"][0]["drain_timeout"] + 1.0
+        # edge-2 keeps the VIP quietly in turn while edge-1 bridges back to it.
         assert wait_for(lambda: edges.holders() == [0], quiet_hold + 5), edges.log(1)
         recovered = [change(r) for r in state_events(edges, 0) if at(r) > at(fault)]
         assert recovered[0] == ("FAULT", "BACKUP", "fault_cleared"), recovered

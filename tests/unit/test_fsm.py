@@ -590,6 +590,7 @@ class Segment:
         self.sides: dict[str, int] | None = None
         self.holding_vips: set[str] = set()
         self.quiet_vips: set[str] = set()
+        self.bridges: list[tuple[float, str, str]] = []     # (when, who, to whom)
         self.transitions: list[tuple[float, str, StateChanged]] = []
         self.adverts: list[tuple[float, str, int]] = []
         self.after_step: Callable[[Segment], None] = lambda segment: None
@@ -629,6 +630,8 @@ class Segment:
         elif isinstance(action, ReleaseVips):
             assert address in self.quiet_vips
             self.quiet_vips.discard(address)
+        elif isinstance(action, PrepareBridge):
+            self.bridges.append((self.now, address, action.predecessor))
         elif isinstance(action, StateChanged):
             self.transitions.append((self.now, address, action))
 
@@ -918,7 +921,7 @@ def test_property_one_highest_master_after_any_partition_heals(scenario):
 
 running_events = st.one_of(
     st.just(Startup()), st.just(FaultCleared()), st.just(Timeout()), st.just(Drained()),
-    st.builds(FaultRaised, st.sampled_from(["eth0", "track"])),
+    st.builds(FaultRaised, st.sampled_from(["eth0", "track", "link:eth0", "vip_add:eth0", "netlink"])),
     st.builds(PriorityChanged, st.integers(1, 254)),
     # The receive checks (packet.accept) drop our own adverts before they become events.
     st.builds(AdvertReceived, st.sampled_from([LOW_PEER, PEER]),
@@ -1262,3 +1265,27 @@ def test_property_never_master_in_maintenance_after_the_handover(priority, hando
             assert router.next_deadline() in (None, router.quiet_release_deadline)
         deadline = router.next_deadline()
         assert deadline is None or deadline > now
+
+
+@VERSIONS
+def test_sim_a_master_that_faults_resigns_and_holds_its_vips_for_the_bridge_back(version, interval):
+    segment = Segment(sim_router(A, 200, version, interval, quiet_hold=3 * interval),
+                      sim_router(B, 150, version, interval, quiet_hold=3 * interval))
+    segment.start()
+    segment.run_for(10 * interval)
+    assert segment.masters() == [A]
+    fault_at = segment.now
+    segment.feed(A, FaultRaised("track:script:check"))
+    assert segment.quiet_vips == {A} and segment.holding_vips == set()
+    segment.run_for(2 * interval)
+    # B heard A resign: it took over after its skew time, bridging back to A, whose VIPs stay quiet.
+    assert segment.masters() == [B] and segment.holding_vips == {B} and segment.quiet_vips == {A}
+    [(bridged_at, by, to)] = segment.bridges
+    assert (by, to) == (B, A) and bridged_at - fault_at < 0.01
+    assert segment.became_master(B)[0] - fault_at <= segment.routers[B].skew_time + 0.01
+    segment.run_for(interval + 0.01)
+    assert segment.quiet_vips == set() and segment.holding_vips == {B}
+    # Cleared, A (preempt, higher priority) takes the VIPs back: B holds them quietly in turn.
+    segment.feed(A, FaultCleared())
+    segment.run_for(segment.routers[A].master_down_interval + interval)
+    assert segment.masters() == [A] and segment.holding_vips == {A} and segment.quiet_vips == {B}

@@ -44,6 +44,15 @@ Decisions beyond the RFC:
 - Faults are a set of reasons (``Fault`` kind, ``kind:detail``): the router is in FAULT while any is
   raised and starts afresh once the last is cleared. The shell reports each reason as it appears
   or goes (a link down, a dead netlink monitor, a VIP the kernel refused, a lost raw socket).
+- A MASTER entering FAULT resigns (a priority-0 advert) and, when the VIPs can still serve what
+  its successor bridges back (a failing weight-0 track, a dead netlink monitor, a lost raw socket,
+  no primary address), holds them quietly for ``quiet_hold`` seconds as a preempted master does:
+  the successor cannot tell a fault from a planned stop and bridges back the connections it does
+  not know. A refused VIP leaves nothing to hold, and a link down or gone carries neither the
+  resignation nor a bridged segment (a gone interface took its VIPs along): those remove the VIPs
+  at once, as ``quiet_hold`` 0 does. The hold runs on whatever follows (FAULT cleared, BACKUP)
+  until its deadline; becoming MASTER again releases and re-adds the VIPs, a stop releases them
+  (a draining one once drained).
 """
 from __future__ import annotations
 
@@ -78,8 +87,18 @@ VIP_RETRY_FIRST = 1.0
 VIP_RETRY_MAX = 30.0
 
 
+# The faults after which the VIPs still serve what a successor bridges back (see the module's
+# docstring): the rest remove them at once.
+_HOLD_THROUGH = frozenset({Fault.TRACK, Fault.NETLINK, Fault.SOCKET, Fault.NO_ADDRESS})
+
+
 def fault_reason(kind: Fault, detail: str = "") -> str:
     return f"{kind.value}:{detail}" if detail else kind.value
+
+
+def holds_through(reason: str) -> bool:
+    """Whether a MASTER that enters FAULT for `reason` may hold its VIPs quietly."""
+    return reason.partition(":")[0] in _HOLD_THROUGH
 
 
 @dataclass
@@ -258,7 +277,7 @@ class VrrpRouter:
         self.holds_vips_quietly = False
         self.maintenance = False
         self.faults: set[str] = set()
-        # Maintenance: the VIPs kept quietly after a hand-over, until then.
+        # The VIPs kept quietly after giving them up (preempted, maintenance, a fault), until then.
         self.quiet_release_deadline: float | None = None
         self._maintenance_handover = False
         self._successor: str | None = None
@@ -494,7 +513,7 @@ class VrrpRouter:
         old = self.state
         actions: list[Action] = []
         if old is State.MASTER:
-            actions += [SendAdvert(RESIGN_PRIORITY), RemoveVips()]
+            actions += [SendAdvert(RESIGN_PRIORITY), self._give_up_vips(now, holds_through(event.reason))]
         self._enter(State.FAULT, master=None)
         actions.append(StateChanged(old, State.FAULT, reason))
         return actions
@@ -530,7 +549,7 @@ class VrrpRouter:
 
     def _finish_shutdown(self, reason: str) -> list[Action]:
         old = self.state
-        held = self.quiet_release_deadline is not None     # since a maintenance hand-over
+        held = self.quiet_release_deadline is not None     # since a hand-over or a fault
         self.quiet_release_deadline = None
         hold = (old is State.MASTER or held) and self._drain
         actions: list[Action] = []
@@ -612,14 +631,16 @@ class VrrpRouter:
         old = self.state
         self._enter(State.BACKUP, master=master)
         self._arm_down_timer(now + self.master_down_interval)
-        actions: list[Action] = []
-        if old is State.MASTER and hold and self.params.quiet_hold > 0:
-            self.quiet_release_deadline = now + self.params.quiet_hold
-            actions.append(HoldVipsQuietly())
-        elif old is State.MASTER:
-            actions.append(RemoveVips())
+        actions: list[Action] = [self._give_up_vips(now, hold)] if old is State.MASTER else []
         actions.append(StateChanged(old, State.BACKUP, reason))
         return actions
+
+    def _give_up_vips(self, now: float, hold: bool) -> Action:
+        """A MASTER's VIPs as it steps down: kept quietly for `quiet_hold` when `hold`, else removed."""
+        if hold and self.params.quiet_hold > 0:
+            self.quiet_release_deadline = now + self.params.quiet_hold
+            return HoldVipsQuietly()
+        return RemoveVips()
 
     def _enter(self, state: State, master: str | None) -> None:
         self.state = state
