@@ -3,15 +3,17 @@
 
 The client keeps --flows long-lived TCP connections to the VIP, each sending an HTTP request every
 --interval through an edge's vipd proxy (vipd.lab.flowclient); a flow breaks when it is reset or
-an answer takes over --stall. Per round, with edge-1 and edge-2 announcing:
+an answer takes over --stall. Per round, starting from three edges announcing:
 
-  add     edge-3's vipd starts and announces
   remove  edge-3's vipd gets SIGTERM (withdraws, drains, exits)
+  add     edge-3's vipd starts again and announces
 
 with fresh flows opened before each, counted --settle s after the router's change. Both under
 the router's two routings (vipd.lab.ecmp): zebra's plain ECMP route (hash-threshold), and the
-resilient nexthop group of config/frr/router/resilient-nexthops.sh, rerun with the edges zebra's
-BGP route has after each change.
+resilient nexthop group of config/frr/router/resilient-nexthops.sh (created afresh with the three
+edges at the start of each round, so edge-3 holds a third of its buckets), rerun with the edges
+zebra's BGP route has after each change. A resilient group hands an added edge only the buckets
+idle for its idle_timer (60 s): the last column says how many edge-3 got.
 
 Run from the repository root as root: `python bench/ecmp.py` (about 2 minutes).
 """
@@ -30,11 +32,11 @@ from vipd.lab import ecmp
 from vipd.lab.ecmp import Broken, Flows, Routing
 
 MOVED = 2          # edge-3
-EVENTS = ("add", "remove")
+EVENTS = ("remove", "add")
 
 
-def one_change(lab: anycastlab.AnycastLab, routing: Routing, event: str, args) -> tuple[Broken, str]:
-    """Fresh flows, the change, the flows counted; and what the router had (a note for the table)."""
+def one_change(lab: anycastlab.AnycastLab, routing: Routing, event: str, args) -> tuple[Broken, int | None]:
+    """Fresh flows, the change, the flows counted; and, with RESILIENT, edge-3's buckets after it."""
     flows = Flows(lab, args.flows, args.interval, args.stall, name=f"{routing.name}-{event}")
     try:
         time.sleep(1.0)
@@ -49,7 +51,9 @@ def one_change(lab: anycastlab.AnycastLab, routing: Routing, event: str, args) -
         changed = time.monotonic()
         time.sleep(args.settle)
         note = f"FIB order before: {', '.join(before)}"
+        held = None
         if routing is Routing.RESILIENT:
+            held = ecmp.buckets(lab).get(lab.edges[MOVED].ipv4, 0)
             note += f"; buckets after: {ecmp.buckets(lab)}"
     finally:
         result = flows.finish()
@@ -61,43 +65,50 @@ def one_change(lab: anycastlab.AnycastLab, routing: Routing, event: str, args) -
           + (f"; {late} broke after the settle time" if late else ""), flush=True)
     if event == "remove" and lab.procs[MOVED].wait(30) != 0:
         raise RuntimeError(f"edge-3's vipd exited {lab.procs[MOVED].returncode}")
-    return broken, note
+    return broken, held
 
 
-def run(args) -> dict[tuple[Routing, str], Broken]:
+def run(args) -> tuple[dict[tuple[Routing, str], Broken], list[int]]:
+    """Flows broken per routing and change (summed over the rounds); edge-3's buckets after each add."""
     totals: dict[tuple[Routing, str], Broken] = {}
+    added_buckets: list[int] = []
     with _common.lab_session("vipd-bench-ecmp-", args.keep) as (lab, workdir):
         built = anycastlab.build(lab, workdir / "anycast")
         try:
-            for i in range(2):
+            for i in range(3):
                 built.start_edge(i)
-            ecmp.wait_bgp_paths(built, 2, 40)
+            ecmp.wait_bgp_paths(built, 3, 40)
             for routing in Routing:
-                if routing is Routing.RESILIENT:
-                    ecmp.route_resiliently(built, ecmp.bgp_paths(built))
                 for n in range(args.rounds):
                     print(f"{routing.value}, round {n + 1}", flush=True)
+                    if routing is Routing.RESILIENT:
+                        if n:
+                            ecmp.route_plainly(built)
+                        ecmp.route_resiliently(built, ecmp.bgp_paths(built))
                     for event in EVENTS:
-                        broken, _ = one_change(built, routing, event, args)
+                        broken, held = one_change(built, routing, event, args)
                         totals[(routing, event)] = totals.get((routing, event), Broken()) + broken
-                if routing is Routing.RESILIENT:
-                    ecmp.route_plainly(built)
+                        if event == "add" and held is not None:
+                            added_buckets.append(held)
         finally:
             built.close()
-    return totals
+    return totals, added_buckets
 
 
 def share(broken: int, total: int) -> str:
     return f"{broken}/{total} ({100 * broken / total:.0f}%)" if total else "0/0"
 
 
-def table(totals: dict[tuple[Routing, str], Broken], rounds: int) -> str:
+def table(totals: dict[tuple[Routing, str], Broken], added_buckets: list[int], rounds: int) -> str:
     labels = {"add": "edge-3 added (vipd started)", "remove": "edge-3 removed (vipd SIGTERM)"}
+    gets = {Routing.PLAIN: "1/3 of the hash at once",
+            Routing.RESILIENT: f"{', '.join(map(str, added_buckets))} of 128 buckets"}
     rows = [[routing.value, labels[event], share(b.own_broken, b.own) if event == "remove" else "-",
-             share(b.others_broken, b.others), str(b.broken_before), str(rounds)]
+             share(b.others_broken, b.others), str(b.broken_before), gets[routing] if event == "add" else "-",
+             str(rounds)]
             for (routing, event), b in totals.items()]
     return _common.markdown_table(["router", "change", "edge-3's own flows broken", "other edges' flows broken",
-                                   "broken before the change", "runs"], rows)
+                                   "broken before the change", "edge-3 gets", "runs"], rows)
 
 
 def main() -> int:
@@ -117,12 +128,12 @@ def main() -> int:
         return 2
     print(f"python bench/ecmp.py --flows {args.flows} --interval {args.interval} --stall {args.stall} "
           f"--settle {args.settle} --rounds {args.rounds}", flush=True)
-    totals = run(args)
+    totals, added_buckets = run(args)
     print(f"\n{args.flows} flows (a request every {args.interval:g} s each, broken = reset or no answer in "
           f"{args.stall:g} s) opened before each change, counted {args.settle:g} s after the router's change; "
           f"resilient: `sh {ecmp.SCRIPT.relative_to(Path(__file__).resolve().parents[1])} eth0 {anycastlab.VIP} EDGE...` rerun with zebra's BGP paths; "
           f"sums of {args.rounds} round(s)\n")
-    print(table(totals, args.rounds))
+    print(table(totals, added_buckets, args.rounds))
     return 0
 
 

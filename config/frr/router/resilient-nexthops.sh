@@ -1,7 +1,10 @@
 #!/bin/sh
 # A resilient nexthop group on a Linux router (kernel >= 5.13): when an edge is added or removed
-# only the flows of that edge move.
-# MEASURED-NUMBERS
+# only the flows of that edge move. Measured by bench/ecmp.py (`python bench/ecmp.py`: 300 long-lived
+# flows, 3 edges, 2 rounds): with zebra's plain (hash-threshold) route, adding the third edge broke
+# 51% of all established flows and removing it 25% of the other edges' flows; with this group 0 and
+# 0. An added edge only gets buckets idle for idle_timer: under steady traffic none at first.
+# Kernel >= 5.13; tests/netns/test_anycast_resilient_netns.py runs this script.
 # FRR 8.4 has no knob for it, so this is a static route instead of the BGP one: at metric 0 it
 # replaces zebra's BGP route (metric 20) in the FIB; zebra sees a "kernel" route (distance 0) beat
 # its BGP route and takes that out of the FIB, and puts it back when this route is deleted. Rerun
