@@ -64,7 +64,7 @@ http {{
 """
 
 
-def bare_nft() -> str:
+def bare_nft(masquerade: str = "masquerade") -> str:
     edge_port, port = TARGETS["nft"]
     slots = ", ".join(f"{i} : {b}" for i, b in enumerate(BACKENDS))
     backends = ", ".join(BACKENDS)
@@ -75,7 +75,7 @@ table ip bench_reuse {{
     ip daddr {EDGE} tcp dport {edge_port} dnat to numgen inc mod 3 map {{ {slots} }} : {port}
   }}
   chain post {{ type nat hook postrouting priority srcnat; policy accept;
-    ip daddr {{ {backends} }} tcp dport {port} masquerade
+    ip daddr {{ {backends} }} tcp dport {port} {masquerade}
   }}
 }}
 """
@@ -221,6 +221,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1, help="client namespaces running at once")
     parser.add_argument("--shared-backend-port", action="store_true",
                         help="every edge target on the same backend port (as bench/proxy.py has it)")
+    parser.add_argument("--nft-masquerade", default="masquerade",
+                        help='the bare nft target\'s statement, e.g. "masquerade fully-random"')
     parser.add_argument("--no-flush", action="store_true", help="keep the edge's conntrack between cells")
     parser.add_argument("--ports", default="40000 40999", help="the client's ip_local_port_range")
     parser.add_argument("--targets", default=",".join(TARGETS))
@@ -264,7 +266,7 @@ def main() -> int:
                 (workdir / f"be{i}.conf").write_text(nginx_conf(workdir, f"be{i}", address))
                 procs.append((be, be.popen(["nginx", "-p", str(workdir), "-c", str(workdir / f"be{i}.conf")],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-            edge.run(["nft", "-f", "-"], input=bare_nft())
+            edge.run(["nft", "-f", "-"], input=bare_nft(args.nft_masquerade))
             (workdir / "lbproxy.toml").write_text(lbproxy_conf(workdir))
             log = open(workdir / "lbproxy.out", "ab")
             procs.append((edge, edge.popen([sys.executable, "-m", "vipd.proxycli", "run", "-c",
