@@ -125,7 +125,10 @@ def test_never_reading_clients_and_a_scrape_storm_do_not_delay_the_daemon_loop(t
     assert code == 0, out
     assert "stuck 200" in out
     ok, busy, error = map(int, out.split("scraped ")[1].split())
-    assert error == 0 and ok + busy == 600 and ok >= 300, out
+    # "busy" (503) is the designed answer while MAX_IN_FLIGHT requests are being rendered; how many
+    # get it depends on how fast this box renders (232 to over 400 of 600 were served in our runs).
+    # A listener wedged by the clients that never read would serve none and time out.
+    assert error == 0 and ok + busy == 600 and ok >= 100, out
     # The daemon's loop built far fewer documents than there were requests (shared snapshots),
     # never more often than SNAPSHOT_MIN_INTERVAL allows.
     assert len(built) <= (time.monotonic() - started) / metrics.SNAPSHOT_MIN_INTERVAL + 2
