@@ -42,11 +42,23 @@ async def one_request(host: str, port: int, timeout: float) -> Attempt:
     return Attempt(start, time.monotonic() - start, ok, detail)
 
 
-async def run(host: str, port: int, interval: float, duration: float, count: int, timeout: float) -> list[Attempt]:
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM or SIGINT sets: the client stops and writes what it saw."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """HOST:PORT, the host of an IPv6 address in brackets or not."""
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def run(host: str, port: int, interval: float, duration: float, count: int, timeout: float) -> list[Attempt]:
+    stop = stop_on_signals()
     tasks: list[asyncio.Task] = []
     began = time.monotonic()
     while not stop.is_set() and len(tasks) < count and time.monotonic() - began < duration:
@@ -89,8 +101,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--out", default="-")
     args = parser.parse_args()
-    host, _, port = args.target.rpartition(":")
-    attempts = asyncio.run(run(host.strip("[]"), int(port), args.interval, args.duration, args.count, args.timeout))
+    attempts = asyncio.run(run(*split_target(args.target), args.interval, args.duration, args.count, args.timeout))
     document = json.dumps({"attempts": [[a.start, a.duration, a.ok, a.detail] for a in attempts]})
     if args.out == "-":
         sys.stdout.write(document)

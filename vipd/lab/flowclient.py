@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import time
 from dataclasses import dataclass
+
+from vipd.lab import connclient
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n"
 
@@ -69,10 +70,7 @@ async def run_flow(flow: Flow, host: str, port: int, interval: float, stall: flo
 
 
 async def run(host: str, port: int, flows: int, interval: float, stall: float) -> list[Flow]:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = connclient.stop_on_signals()
     opened = asyncio.Semaphore(50)
     result = [Flow() for _ in range(flows)]
     firsts = [asyncio.Event() for _ in range(flows)]
@@ -98,8 +96,7 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=1.5)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    host, _, port = args.target.rpartition(":")
-    flows = asyncio.run(run(host.strip("[]"), int(port), args.flows, args.interval, args.stall))
+    flows = asyncio.run(run(*connclient.split_target(args.target), args.flows, args.interval, args.stall))
     with open(args.out, "w") as f:
         json.dump([[fl.edge, fl.broke_at, fl.why] for fl in flows], f)
 
