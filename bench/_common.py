@@ -5,6 +5,7 @@ Run the benches from the repository root as root: `python bench/failover.py`.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -109,6 +110,21 @@ def listening(host: Host, port: int) -> bool:
     return bool(host.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip())
 
 
+def first_seen(changed: threading.Condition, find, timeout: float) -> float | None:
+    """What `find` returns once it is not None, checked each time a reader thread notifies `changed`
+    (and at least every 0.1 s); None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    with changed:
+        while True:
+            hit = find()
+            if hit is not None:
+                return hit
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            changed.wait(min(left, 0.1))
+
+
 class AddressWatch:
     """`ip monitor address` in one namespace: the monotonic time of every add/delete of one address,
     taken as the kernel reports it (no polling interval in the measurement)."""
@@ -133,16 +149,8 @@ class AddressWatch:
 
     def wait(self, present: bool, after: float, timeout: float) -> float | None:
         """The first time at or after `after` the address was added (present) / deleted; None on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                hit = next((t for t, added in self.events if t >= after and added == present), None)
-                if hit is not None:
-                    return hit
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._changed.wait(min(left, 0.1))
+        return first_seen(self._changed, lambda: next(
+            (t for t, added in self.events if t >= after and added == present), None), timeout)
 
     def close(self) -> None:
         self._host.lab.stop(self._proc, signal.SIGTERM, timeout=3)
@@ -180,17 +188,8 @@ class AdvertTap:
 
     def wait_next(self, source: str | None, after: float, timeout: float) -> float | None:
         """Monotonic time we read the first advert (from `source`, or anyone) after `after`."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                hit = next((seen for _, seen, src, _ in self.adverts
-                            if seen > after and source in (None, src)), None)
-                if hit is not None:
-                    return hit
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._changed.wait(min(left, 0.1))
+        return first_seen(self._changed, lambda: next(
+            (seen for _, seen, src, _ in self.adverts if seen > after and source in (None, src)), None), timeout)
 
     def stamps(self, source: str, since: float, until: float) -> list[float]:
         """Kernel receive times (epoch) of adverts from `source` with since <= time < until."""
@@ -338,6 +337,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
     line = lambda cells: "| " + " | ".join(str(v).ljust(w) for v, w in zip(cells, widths)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench's command line: its docstring as the help, and --keep for its work directory."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    return parser
 
 
 def parse_list(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:

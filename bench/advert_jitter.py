@@ -10,7 +10,6 @@ backup's own transition counter. `--impl keepalived` runs the same with keepaliv
 """
 from __future__ import annotations
 
-import argparse
 import re
 import signal
 import subprocess
@@ -90,7 +89,7 @@ def phase(cluster: Cluster, capture: _common.AdvertTap, watch: _common.AddressWa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.bench_parser(__doc__)
     parser.add_argument("--impl", default="vipd", help="vipd,keepalived (default: vipd)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds under wrk load (default 60)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds measured without load first (default 10)")
@@ -98,7 +97,6 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="proxy worker processes per edge (default 2)")
     parser.add_argument("--connections", type=int, default=256, help="wrk connections (default 256)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args()
     impls = _common.parse_list(args.impl, _common.IMPLEMENTATIONS, "impl")
     for name in ("duration", "interval"):

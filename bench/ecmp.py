@@ -19,7 +19,6 @@ Run from the repository root as root: `python bench/ecmp.py` (about 2 minutes).
 """
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -112,13 +111,12 @@ def table(totals: dict[tuple[Routing, str], Broken], added_buckets: list[int], r
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.bench_parser(__doc__)
     parser.add_argument("--flows", type=int, default=300, help="long-lived flows per change (default 300)")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between a flow's requests (0.1)")
     parser.add_argument("--stall", type=float, default=1.5, help="an answer later than this breaks the flow (1.5)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds counted after the router's change (3)")
     parser.add_argument("--rounds", type=int, default=2, help="add+remove rounds per routing (default 2)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 10 and 1 <= args.flows <= 2000 and args.settle > args.stall):
         raise SystemExit("expected --rounds 1..10, --flows 1..2000 and --settle > --stall")

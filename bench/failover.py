@@ -22,7 +22,6 @@ suffix): a row per fault, a column per implementation and advert interval.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -132,7 +131,7 @@ def longest_gap(attempts: list[connclient.Attempt], since: float, until: float) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.bench_parser(__doc__)
     parser.add_argument("--impl", default="vipd,keepalived", help="vipd,keepalived (default: both)")
     parser.add_argument("--scenario", help=",".join(SCENARIOS) + " (default: all)")
     parser.add_argument("--interval", default="1,0.1", help="advert intervals in seconds (default: 1,0.1)")
@@ -145,7 +144,6 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
     parser.add_argument("--plot", metavar="FILE", help="also draw each cell's first run as a timeline "
                         "(what the client saw, who held the VIP, the fault) to FILE (needs matplotlib)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     parser.add_argument("--anycast", action="store_true", help="instead: the [[anycast]] rows with real FRR "
                         "(router + 3 edges; see bench/_anycast.py); uses --rounds")
     parser.add_argument("--election", action="store_true", help="instead: the [[election]] rows with a real "

@@ -15,7 +15,6 @@ intervals (p50, p99, worst) against the master-down interval, the VIP taken by t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -96,12 +95,11 @@ def settle(cluster: Cluster, timeout: float = 15.0) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.bench_parser(__doc__)
     parser.add_argument("--impl", default="vipd,keepalived", help="vipd,keepalived (default: both)")
     parser.add_argument("--rates", default="1000,5000,20000", help="flood rates, frames/s (default 1000,5000,20000)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per attack (default 10)")
     parser.add_argument("--interval", type=float, default=0.1, help="VRRP advert interval (default 0.1)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args()
     impls = _common.parse_list(args.impl, _common.IMPLEMENTATIONS, "impl")
     rates = _common.parse_floats(args.rates, "rates")
