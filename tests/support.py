@@ -1,6 +1,7 @@
 """Helpers the tests of every folder share (on sys.path through pytest's `pythonpath`)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -12,6 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from lbproxy.config import BackendConfig, FrontendConfig
+from lbproxy.frontend import Frontend
+from lbproxy.worker import _sweep_step
 
 
 def require_binary(name: str, package: str | None = None) -> None:
@@ -107,3 +112,60 @@ def wait_until(predicate, timeout: float, what: str):
             return found
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class LoopbackFrontend:
+    """One lbproxy Frontend in this process on an ephemeral loopback port, swept as the worker's tick
+    sweeps it: connect timeouts, and idle connections with `sweep_idle`. Failed connects land in
+    `failures` instead of the IPC channel."""
+
+    def __init__(self, backends: list[str], workers: int = 1, sweep_idle: bool = False, **settings) -> None:
+        self.config = FrontendConfig(
+            name="t", listen="127.0.0.1:0", listen_host="127.0.0.1", listen_port=0,
+            backends=tuple(BackendConfig(a, a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in backends),
+            **settings)
+        self.failures: list[tuple[str, str, str]] = []
+        loop = asyncio.get_running_loop()
+        self.frontend = Frontend(loop, self.config, workers, {}, lambda *failure: self.failures.append(failure))
+        self.frontend.listen()
+        self.port = self.frontend.listener.getsockname()[1]
+        step = self.config.connect_timeout / 5
+        if sweep_idle:
+            step = min(step, _sweep_step(self.config))
+        self._sweeper = loop.create_task(self._sweep(step, sweep_idle))
+
+    async def _sweep(self, step: float, sweep_idle: bool) -> None:
+        while True:
+            now = time.monotonic()
+            self.frontend.sweep_connecting(now)
+            if sweep_idle:
+                self.frontend.sweep_idle(now)
+            await asyncio.sleep(step)
+
+    async def close(self) -> None:
+        self._sweeper.cancel()
+        self.frontend.stop_accepting()
+        self.frontend.abort_all()
+        assert await self.frontend.wait_idle(5)
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+async def serve(handler, rcvbuf: int | None = None) -> tuple[asyncio.Server, str]:
+    """A loopback asyncio server on an ephemeral port (its accepted sockets with `rcvbuf`): it and its HOST:PORT."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)    # inherited by accepted sockets
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handler, sock=sock)
+    return server, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Returns once `predicate()` is true, polled on the running loop; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        await asyncio.sleep(0.002)

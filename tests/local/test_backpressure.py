@@ -12,11 +12,10 @@ import time
 
 import pytest
 import uvloop
+from support import LoopbackFrontend, eventually, serve
 
-from lbproxy.config import BackendConfig, FrontendConfig
+from lbproxy.config import FrontendConfig
 from lbproxy.connection import Connection
-from lbproxy.frontend import Frontend
-from lbproxy.worker import _sweep_step
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,32 +27,9 @@ def run(scenario) -> None:
     uvloop.run(asyncio.wait_for(scenario(), 45))
 
 
-class Proxy:
-    """One Frontend on an ephemeral loopback port, swept as the worker's tick sweeps it."""
-
+class Proxy(LoopbackFrontend):
     def __init__(self, backend: str, workers: int = 1, **settings) -> None:
-        host, port = backend.rsplit(":", 1)
-        self.config = FrontendConfig(name="t", listen="127.0.0.1:0", listen_host="127.0.0.1", listen_port=0,
-                                     backends=(BackendConfig(backend, host, int(port)),), **settings)
-        loop = asyncio.get_running_loop()
-        self.frontend = Frontend(loop, self.config, workers, {}, lambda *failure: None)
-        self.frontend.listen()
-        self.port = self.frontend.listener.getsockname()[1]
-        self._sweeper = loop.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        step = min(self.config.connect_timeout / 5, _sweep_step(self.config))
-        while True:
-            now = time.monotonic()
-            self.frontend.sweep_connecting(now)
-            self.frontend.sweep_idle(now)
-            await asyncio.sleep(step)
-
-    async def close(self) -> None:
-        self._sweeper.cancel()
-        self.frontend.stop_accepting()
-        self.frontend.abort_all()
-        assert await self.frontend.wait_idle(5)
+        super().__init__([backend], workers, sweep_idle=True, **settings)
 
     def bound(self) -> int:
         return 2 * self.config.buffer_size
@@ -61,16 +37,6 @@ class Proxy:
     def only_connection(self) -> Connection:
         (conn,) = self.frontend.connections
         return conn
-
-
-async def serve(handler, rcvbuf: int | None = None) -> tuple[asyncio.Server, str]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)    # inherited by accepted sockets
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(handler, sock=sock)
-    return server, f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def slow_client(port: int, rcvbuf: int = 4096, source: str = "127.0.0.1") -> socket.socket:
@@ -81,13 +47,6 @@ async def slow_client(port: int, rcvbuf: int = 4096, source: str = "127.0.0.1") 
     client.bind((source, 0))
     await loop.sock_connect(client, ("127.0.0.1", port))
     return client
-
-
-async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        await asyncio.sleep(0.002)
 
 
 def buffered(conn: Connection) -> tuple[int, int]:
@@ -174,7 +133,7 @@ def test_a_backend_that_sends_before_the_late_tie_stays_bounded(monkeypatch, buf
         proxy.frontend.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         client = await slow_client(proxy.port)
         try:
-            await wait_for(lambda: proxy.frontend.connections and proxy.only_connection().client
+            await eventually(lambda: proxy.frontend.connections and proxy.only_connection().client
                            and proxy.only_connection().client.transport, what="the tie")
             conn = proxy.only_connection()
             most = await watch_until_stalled(proxy, lambda: sent[0])
@@ -221,7 +180,7 @@ def test_a_backend_that_never_reads_pauses_the_client_with_a_bounded_buffer():
             client.shutdown(socket.SHUT_WR)
         sending = loop.create_task(upload())
         try:
-            await wait_for(lambda: proxy.frontend.connections, what="the connection")
+            await eventually(lambda: proxy.frontend.connections, what="the connection")
             conn = proxy.only_connection()
             most = await watch_until_stalled(proxy, lambda: uploaded[0])
             assert uploaded[0] < len(STREAM) // 2
@@ -260,7 +219,7 @@ def test_many_never_reading_clients_each_stay_within_the_bound():
         proxy = Proxy(backend)
         clients = [await slow_client(proxy.port) for _ in range(20)]
         try:
-            await wait_for(lambda: len(proxy.frontend.connections) == 20
+            await eventually(lambda: len(proxy.frontend.connections) == 20
                            and all(c.client and c.client.transport for c in proxy.frontend.connections))
             await watch_until_stalled(proxy, lambda: sum(sent.values()))
             total = sum(sum(buffered(c)) for c in proxy.frontend.connections)
@@ -370,7 +329,7 @@ def test_max_connections_per_source_refuses_the_excess_of_one_address_only():
             assert await loop.sock_recv(other, 1) == b"x"
             other.close()
             held.pop().close()
-            await wait_for(lambda: fe.sources == {"127.0.0.1": 1}, what="the count going down")
+            await eventually(lambda: fe.sources == {"127.0.0.1": 1}, what="the count going down")
             again = await slow_client(proxy.port, rcvbuf=65536)                    # room again
             held.append(again)
             await loop.sock_sendall(again, b"y")

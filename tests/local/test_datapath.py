@@ -14,9 +14,9 @@ import weakref
 
 import pytest
 import uvloop
+from support import LoopbackFrontend, eventually, serve
 
-from lbproxy.config import BackendConfig, FrontendConfig
-from lbproxy.frontend import Frontend
+from lbproxy.config import FrontendConfig
 from lbproxy.hedge import HEDGE_FLOOR, HEDGE_UNKNOWN
 from lbproxy.worker import untrack_transports
 
@@ -29,42 +29,9 @@ def run(scenario) -> None:
     uvloop.run(asyncio.wait_for(scenario(), 30))
 
 
-class Proxy:
-    """One Frontend on an ephemeral loopback port, swept as the worker's tick sweeps it."""
-
-    def __init__(self, backends: list[str], **settings) -> None:
-        config = FrontendConfig(
-            name="t", listen="127.0.0.1:0", listen_host="127.0.0.1", listen_port=0,
-            backends=tuple(BackendConfig(a, "127.0.0.1", int(a.rsplit(":", 1)[1])) for a in backends),
-            **settings)
-        self.failures: list[tuple[str, str, str]] = []
-        loop = asyncio.get_running_loop()
-        self.frontend = Frontend(loop, config, 1, {}, lambda *failure: self.failures.append(failure))
-        self.frontend.listen()
-        self.port = self.frontend.listener.getsockname()[1]
-        self._sweeper = loop.create_task(self._sweep(config.connect_timeout / 5))
-
-    async def _sweep(self, step: float) -> None:
-        while True:
-            self.frontend.sweep_connecting(time.monotonic())
-            await asyncio.sleep(step)
-
-    async def close(self) -> None:
-        self._sweeper.cancel()
-        self.frontend.stop_accepting()
-        self.frontend.abort_all()
-        assert await self.frontend.wait_idle(5)
-
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.port)
-
+class Proxy(LoopbackFrontend):
     def slot(self, address: str):
         return next(s for s in self.frontend.slots if s.address == address)
-
-
-async def serve(handler) -> tuple[asyncio.Server, str]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -81,26 +48,9 @@ def closed_port() -> socket.socket:
     return sock
 
 
-def blackhole() -> tuple[socket.socket, list[socket.socket]]:
-    """A listener that never accepts, its queue (backlog 0) filled: the kernel drops further
-    SYNs, so a connect to it hangs until the connector gives up."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(8):
-        filler = socket.socket()
-        filler.settimeout(0.2)
-        try:
-            filler.connect(listener.getsockname())
-        except TimeoutError:
-            filler.close()
-            return listener, fillers
-        fillers.append(filler)
-    raise AssertionError("a backlog-0 listener kept accepting handshakes")
-
-
-def blackhole_on(port: int) -> tuple[socket.socket, list[socket.socket]]:
+def blackhole(port: int = 0) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener (on `port`, or an ephemeral one) that never accepts, its queue (backlog 0) filled:
+    the kernel drops further SYNs, so a connect to it hangs until the connector gives up."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
@@ -110,7 +60,7 @@ def blackhole_on(port: int) -> tuple[socket.socket, list[socket.socket]]:
         filler = socket.socket()
         filler.settimeout(0.2)
         try:
-            filler.connect(("127.0.0.1", port))
+            filler.connect(listener.getsockname())
         except TimeoutError:
             filler.close()
             return listener, fillers
@@ -186,7 +136,7 @@ def test_the_worker_untracks_uvloops_transports_and_proxied_connections_still_re
             writer.write_eof()
             assert await read_all(reader) == b""
             writer.close()
-            await _wait(lambda: not proxy.frontend.connections)
+            await eventually(lambda: not proxy.frontend.connections)
         finally:
             await proxy.close()
             server.close()
@@ -312,10 +262,10 @@ def test_a_backend_that_answered_before_and_then_vanished_costs_only_the_floor()
                 reader, writer = await proxy.connect()
                 writer.write(b"x")
                 writer.close()
-            await _wait(lambda: proxy.slot(vanishing).connect_times.mean >= 0 and proxy.slot(good).total == 1)
+            await eventually(lambda: proxy.slot(vanishing).connect_times.mean >= 0 and proxy.slot(good).total == 1)
             assert proxy.slot(vanishing).connect_times.overdue_after(2.0) == HEDGE_FLOOR
             listener.close()                          # now a listener that drops SYNs on that port
-            hole, fillers = blackhole_on(int(vanishing.rsplit(":", 1)[1]))
+            hole, fillers = blackhole(int(vanishing.rsplit(":", 1)[1]))
             fillers.append(hole)
             took = []
             for _ in range(4):
@@ -393,7 +343,7 @@ def test_a_client_that_never_reads_pauses_the_backend_with_a_bounded_buffer():
         client.setblocking(False)
         try:
             await loop.sock_connect(client, ("127.0.0.1", proxy.port))
-            await _wait(lambda: proxy.frontend.connections and next(iter(proxy.frontend.connections)).client)
+            await eventually(lambda: proxy.frontend.connections and next(iter(proxy.frontend.connections)).client)
             (conn,) = proxy.frontend.connections
             to_client, from_backend = conn.client.transport, conn.backend.transport
             high = to_client.get_write_buffer_limits()[1]
@@ -425,12 +375,6 @@ def test_a_client_that_never_reads_pauses_the_backend_with_a_bounded_buffer():
             server.close()
     run(scenario)
 
-
-async def _wait(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 
@@ -539,7 +483,7 @@ def test_a_connection_without_a_good_header_from_a_trusted_source_is_refused(tru
             writer.close()
             assert proxy.frontend.refused == 1, why
             assert backend.connections == 0 and proxy.slot(backend_address).total == 0
-            await _wait(lambda: not proxy.frontend.connections and not proxy.frontend.sources)
+            await eventually(lambda: not proxy.frontend.connections and not proxy.frontend.sources)
         finally:
             await proxy.close()
             server.close()
