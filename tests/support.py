@@ -114,6 +114,15 @@ def wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 class LoopbackFrontend:
     """One lbproxy Frontend in this process on an ephemeral loopback port, swept as the worker's tick
     sweeps it: connect timeouts, and idle connections with `sweep_idle`. Failed connects land in

@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from support import eventually
 
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig, ProxyConfig
 from lbproxy.supervisor import ProxySupervisor
@@ -73,14 +74,6 @@ async def answers(port: int, count: int) -> list[str]:
     return [await ask(port) for _ in range(count)]
 
 
-async def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def frontend_config(port: int, backends: list[BackendConfig], **settings) -> FrontendConfig:
     return FrontendConfig(
         name="api", listen=f"127.0.0.1:{port}", listen_host="127.0.0.1", listen_port=port,
@@ -101,7 +94,7 @@ class Running:
         return next(b for b in self.frontend()["backends"] if b["address"] == address)
 
     async def state(self, address: str, state: str) -> None:
-        await wait_until(lambda: self.backend(address)["state"] == state, f"{address} {state}")
+        await eventually(lambda: self.backend(address)["state"] == state, 10.0, f"{address} {state}")
         await asyncio.sleep(0.05)             # the push reaches the workers over their pipes
 
 
@@ -212,7 +205,7 @@ def test_a_recovered_backend_ramps_up_over_slow_start_and_one_added_by_a_reload_
             await b.stop()
             await run.state(b.address, "down")
             await b.start()
-            await wait_until(lambda: run.backend(b.address)["state"] == "up", "b up")
+            await eventually(lambda: run.backend(b.address)["state"] == "up", 10.0, "b up")
             since = supervisor.checkers["api"].backends[b.address].up_since
             ramping = run.backend(b.address)
             assert 0 < ramping["effective_weight"] < 0.5 and 1.5 < ramping["slow_start_remaining"] <= SLOW_START

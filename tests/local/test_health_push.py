@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from types import SimpleNamespace
 
 import pytest
+from support import eventually
 
 from lbproxy.config import BackendConfig, FrontendConfig, HealthConfig, ProxyConfig
 from lbproxy.supervisor import ProxySupervisor
@@ -54,14 +54,6 @@ def reserved_port() -> socket.socket:
     return sock
 
 
-async def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def test_serving_verdicts_are_pushed_once_per_change_and_reach_the_frontend_track(caplog, capfd):
     caplog.set_level(logging.INFO)
 
@@ -98,12 +90,12 @@ def test_serving_verdicts_are_pushed_once_per_change_and_reach_the_frontend_trac
 
             state = lambda i: supervisor.status()[0]["backends"][i]["state"]
             await one.stop()
-            await wait_until(lambda: state(0) == "down", "backend one down")
+            await eventually(lambda: state(0) == "down", 10.0, "backend one down")
             await asyncio.sleep(0.5)         # ten probe rounds: one backend down is no news for VRRP
             assert pushes == [("api", True)] and priorities == []
 
             await two.stop()
-            await wait_until(lambda: len(pushes) == 2, "the all-down verdict")
+            await eventually(lambda: len(pushes) == 2, 10.0, "the all-down verdict")
             assert pushes[1] == ("api", False) and priorities == [50]
             status = supervisor.status()[0]
             assert (status["all_down"], status["serving"]) == (True, False)
@@ -114,9 +106,9 @@ def test_serving_verdicts_are_pushed_once_per_change_and_reach_the_frontend_trac
             await asyncio.sleep(0.3)
 
             await one.start()
-            await wait_until(lambda: len(pushes) == 3, "the serving verdict")
+            await eventually(lambda: len(pushes) == 3, 10.0, "the serving verdict")
             await two.start()
-            await wait_until(lambda: state(1) == "up", "backend two up")
+            await eventually(lambda: state(1) == "up", 10.0, "backend two up")
             assert pushes[2] == ("api", True) and priorities == [50, 100]
 
             # Probes keep running and pass; nothing changes, so nothing is pushed.
@@ -131,7 +123,7 @@ def test_serving_verdicts_are_pushed_once_per_change_and_reach_the_frontend_trac
                 for _ in range(frontend.health.fall):
                     checker.report_connect_failure(address, "connection refused")
             assert pushes[3:] == [("api", False)] and priorities[2:] == [50]
-            await wait_until(lambda: len(pushes) == 5, "active checks to bring them back")
+            await eventually(lambda: len(pushes) == 5, 10.0, "active checks to bring them back")
             assert pushes[4] == ("api", True) and priorities[3:] == [100]
         finally:
             await supervisor.stop_accepting()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import alive
 
 from vipd import scriptcgroup
 from vipd.scriptcgroup import Containment, ScriptCgroups, kill_each, remove_cgroup
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.skipif(
 
 def run(coro, timeout: float = 30):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def wait_dead(pids, within: float = 5.0) -> list[int]:

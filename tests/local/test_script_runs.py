@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, vipd_running
+from support import alive, free_port, vipd_running
 
 from vipd.vrrp.config import UNSAFE, Notify, Track
 from vipd.vrrp.notify import NotifyQueue
@@ -210,14 +210,6 @@ def test_scripts_run_as_script_user_with_its_groups():
 @pytest.mark.timeout(30)
 def test_a_user_that_vanished_is_a_failed_run_not_a_crash():
     assert run(run_command(["/bin/true"], 5, "test", user="no-such-user-x")) is None
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 @pytest.mark.timeout(60)
