@@ -109,6 +109,37 @@ def probe(lab, action, settle: float = 1.5, interval: float = 0.02):
     return lab.finish_client(client), at, result
 
 
+def spread_over_the_three_edges(lab, target: str) -> list:
+    """300 new connections from the client (to `target`, for the print): all answered, each edge
+    taking its share. The attempts."""
+    client = lab.start_client(interval=0.01, count=300)
+    attempts = lab.finish_client(client, wait=True)
+    spread = collections.Counter(a.detail for a in attempts if a.ok)
+    print(f"300 new connections{target}:", dict(sorted(spread.items())))
+    assert sum(not a.ok for a in attempts) == 0
+    # A third each is 100; L3 hashing (one client address) would put all 300 on one edge.
+    assert set(spread) == {"edge-1", "edge-2", "edge-3"} and min(spread.values()) >= 60, spread
+    return attempts
+
+
+def sigkill_edge_3(lab) -> None:
+    """SIGKILL edge-3's vipd under a client's new connections: the router must drop it within a
+    second, and the only failures are the flows open across its change."""
+    timings = {}
+
+    def kill():
+        timings["ms"] = watch(lab, lambda: lab.stop_edge(2, signal.SIGKILL), 2, timings=timings)
+
+    attempts, at, _ = probe(lab, kill)
+    print(f"vipd SIGKILL -> router FIB without edge-3: {timings['ms']:.0f} ms")
+    summary = connclient.summarize(attempts)
+    failed = failed_across_the_move(attempts, timings["change"])
+    print(f"client around the kill: {summary}; {len(failed)} open across the router's change failed")
+    assert timings["ms"] < 1000 and summary["requests"] > 150
+    after = connclient.summarize(attempts, since=timings["change"][1] + 0.2)
+    assert after["slow"] == 0 and after["failed"] == 0 and after["requests"] > 50, after
+
+
 @pytest.mark.timeout(60)
 def test_the_router_spreads_new_connections_over_the_three_edges(anycast):
     assert anycast.nexthops() == EDGES
@@ -120,33 +151,15 @@ def test_the_router_spreads_new_connections_over_the_three_edges(anycast):
         assert anycast.edges[i].run(["ip", "-o", "-4", "addr", "show", "dev", "vipd0"]).stdout.split()[3] == \
             "198.19.0.100/32"
     assert "api-anycast  ANNOUNCED  vipd0" in anycast.lbctl(0, "status").stdout
-    client = anycast.start_client(interval=0.01, count=300)
-    attempts = anycast.finish_client(client, wait=True)
-    spread = collections.Counter(a.detail for a in attempts if a.ok)
-    print("300 new connections:", dict(sorted(spread.items())))
-    assert sum(not a.ok for a in attempts) == 0
-    # A third each is 100; L3 hashing (one client address) would put all 300 on one edge.
-    assert set(spread) == {"edge-1", "edge-2", "edge-3"} and min(spread.values()) >= 60, spread
+    spread_over_the_three_edges(anycast, "")
 
 
 @pytest.mark.timeout(60)
 def test_sigkill_of_vipd_withdraws_at_once(anycast):
-    timings = {}
-
-    def kill():
-        timings["ms"] = watch(anycast, lambda: anycast.stop_edge(2, signal.SIGKILL), 2, timings=timings)
-
-    attempts, at, _ = probe(anycast, kill)
-    print(f"vipd SIGKILL -> router FIB without edge-3: {timings['ms']:.0f} ms")
+    sigkill_edge_3(anycast)
     assert anycast.nexthops() == EDGES[:2]
     # The kernel took the device (and the VIP) with the process.
     assert "vipd0" not in anycast.edges[2].run(["ip", "-o", "link"]).stdout
-    summary = connclient.summarize(attempts)
-    failed = failed_across_the_move(attempts, timings["change"])
-    print(f"client around the kill: {summary}; {len(failed)} open across the router's change failed")
-    assert timings["ms"] < 1000 and summary["requests"] > 150
-    after = connclient.summarize(attempts, since=timings["change"][1] + 0.2)
-    assert after["slow"] == 0 and after["failed"] == 0 and after["requests"] > 50, after
 
 
 @pytest.mark.timeout(60)
