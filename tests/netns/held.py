@@ -1,13 +1,16 @@
-"""Connections opened through the master before a failover (planned, or a fault the master resigns
-for) and used only after the client follows the new master: what each one answered."""
+"""Planned failovers of edge 0 to edge 1: what a client opening new connections saw, and connections
+opened through the master before a failover (planned, or a fault the master resigns for) and used
+only after the client follows the new master: what each one answered."""
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable
 
+from vipd.lab.connclient import Attempt
 from vipd.lab.edges import VIP, EdgeLab, wait_for
 
 HELD_CONNECTIONS = r"""
@@ -30,6 +33,21 @@ for s in held:
         results.append(f"error {exc.strerror or exc}")
 print(json.dumps(results), flush=True)
 """
+
+
+def planned_failover_under_load(edges: EdgeLab, interval: float, timeout: float,
+                                settle: float) -> tuple[list[Attempt], float]:
+    """A new connection every `interval` from the client while edge 0, the master, gets SIGTERM
+    (`settle` seconds after the client started, and counted as long after): edge 1 must become
+    master and edge 0 exit with status 0. The attempts, and when the SIGTERM was sent."""
+    client = edges.start_client(interval=interval, duration=30, timeout=timeout)
+    time.sleep(settle)
+    sent = time.monotonic()
+    edges.procs[0].send_signal(signal.SIGTERM)
+    assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
+    assert edges.procs[0].wait(30) == 0, edges.log(0)
+    time.sleep(settle)
+    return edges.finish_client(client), sent
 
 
 def use_held_connections_after_a_planned_failover(edges: EdgeLab, count: int) -> list[str]:

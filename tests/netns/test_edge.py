@@ -8,7 +8,10 @@ import sys
 import time
 
 import pytest
-from held import use_held_connections_after_a_planned_failover
+from held import (
+    planned_failover_under_load,
+    use_held_connections_after_a_planned_failover,
+)
 
 from vipd.lab import connclient
 from vipd.lab.edges import VIP, build, wait_for
@@ -48,14 +51,7 @@ def backend_counts(attempts):
 @pytest.mark.timeout(120)
 def test_planned_failover_loses_nothing(edges):
     """SIGTERM on the master: resign, keep serving until the backup has the VIP, then drain."""
-    client = edges.start_client(interval=0.01, duration=30, timeout=3)
-    time.sleep(1.5)
-    t_term = time.monotonic()
-    edges.procs[0].send_signal(signal.SIGTERM)
-    assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
-    assert edges.procs[0].wait(30) == 0, edges.log(0)
-    time.sleep(1.5)
-    attempts = edges.finish_client(client)
+    attempts, t_term = planned_failover_under_load(edges, interval=0.01, timeout=3, settle=1.5)
     during = connclient.summarize(attempts, since=t_term - 0.5)
     whole = connclient.summarize(attempts)
     print("planned failover:", during)

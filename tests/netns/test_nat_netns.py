@@ -9,7 +9,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from held import use_held_connections_after_a_planned_failover
+from held import (
+    planned_failover_under_load,
+    use_held_connections_after_a_planned_failover,
+)
 from test_proxy_helpers import (
     KeepAlive,
     NetnsSockets,
@@ -209,14 +212,7 @@ def test_planned_failover_of_a_nat_edge_loses_no_new_connection(lab, tmp_path):
     """SIGTERM on the master: it hands the VIP over and keeps its table while its flows finish."""
     edges = nat_edges(lab, tmp_path)
     try:
-        client = edges.start_client(interval=0.02, duration=30, timeout=2)
-        time.sleep(1.0)
-        stopped = time.monotonic()
-        edges.procs[0].send_signal(signal.SIGTERM)
-        assert wait_for(lambda: edges.state(1) == "MASTER", 10), edges.log(1)
-        assert edges.procs[0].wait(30) == 0, edges.log(0)
-        time.sleep(1.0)
-        attempts = edges.finish_client(client)
+        attempts, stopped = planned_failover_under_load(edges, interval=0.02, timeout=2, settle=1.0)
         during = [a for a in attempts if a.start >= stopped - 0.5]
         assert len(during) > 50
         assert [(round(a.start - stopped, 3), a.detail) for a in during if not a.ok] == [], edges.log(0) + edges.log(1)
