@@ -3,13 +3,14 @@ decides for the rest (`Reconfigured`): the lease and the key stay, the candidacy
 new priority, preemption follows the ranking, the VIPs follow the new list."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from dataclasses import replace
 
 from test_election_core import TTL, leader, started
 
 from vipd.election import core
-from vipd.election.config import ElectionConfig, needs_restart
+from vipd.election.config import ElectionConfig, EtcdConfig, needs_restart
 from vipd.election.core import (
     Accept,
     AddVips,
@@ -19,6 +20,7 @@ from vipd.election.core import (
     DropVips,
     Eligibility,
     Entry,
+    LeaseRenewed,
     Offer,
     Reconfigured,
     Register,
@@ -33,7 +35,10 @@ from vipd.election.core import (
     Unregister,
     VipsAdded,
 )
+from vipd.election.owner import ElectionOwner
+from vipd.vrrp.addresses import Change
 from vipd.vrrp.config import Track
+from vipd.vrrp.links import InterfaceTable
 
 BASE = ElectionConfig(name="api", interface="eth0", virtual_ips=(ipaddress.ip_interface("198.18.0.100/24"),),
                       key="/vipd/elections/api", priority=100)
@@ -157,3 +162,59 @@ def test_the_fence_still_holds_after_an_in_place_change() -> None:
     assert h.deadline == TTL - core.MARGIN
     actions = h.handle(core.Tick(), TTL - core.MARGIN)
     assert actions[0] == RemoveVips() and h.state == State.FAULT
+
+
+class RecordedAddresses:
+    """The address worker's calls, each answered at once."""
+
+    def __init__(self) -> None:
+        self.added: list[list[str]] = []
+
+    def add(self, interface: str, vips, lifetime: int | None = None) -> asyncio.Future:
+        self.added.append([str(v) for v in vips])
+        return self._done()
+
+    def remove(self, interface: str, vips) -> asyncio.Future:
+        return self._done()
+
+    @staticmethod
+    def _done() -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(Change())
+        return done
+
+
+class Unanswered:
+    """An etcd client whose renewals never come back: the test feeds the renewal itself."""
+
+    async def renew(self, lease: int) -> float:
+        return await asyncio.get_running_loop().create_future()
+
+
+class LinkUp(InterfaceTable):
+    def link_up(self, name: str) -> bool:
+        return True
+
+
+def test_an_old_holder_letting_go_renews_the_vips_it_holds_and_never_adds_one_a_reload_brought() -> None:
+    """The VIP a reload adds while the old holder lets its VIPs go stays off it: its lease renewals
+    renew only what it holds (a VIP added there would answer ARP beside the successor's)."""
+    async def run() -> list[list[str]]:
+        addresses = RecordedAddresses()
+        now = [0.0]
+        owner = ElectionOwner(BASE, EtcdConfig(endpoints=("http://198.18.0.31:2379",), lease_ttl=TTL), "a",
+                              client=Unanswered(), interfaces=LinkUp(), addresses=addresses, clock=lambda: now[0])
+        owner.core = leader("a", 100, 11)
+        holder, high = Entry("a", 100, 11), Entry("b", 200, 22)
+        for now[0], event in ((1.0, Seen(Snapshot(holder, (holder, high)))),
+                              (1.2, Seen(Snapshot(holder, (holder, high), ("a", "b"), accepted=("b", "a")))),
+                              (1.25, Done(Transfer(11, high), True))):
+            owner._feed(event)
+        assert owner.core.release_at is not None and owner.core.vips
+        await owner.update(replace(BASE, virtual_ips=(*BASE.virtual_ips, ipaddress.ip_interface("198.18.0.101/24"))))
+        addresses.added.clear()
+        owner._feed(LeaseRenewed(11, TTL, 1.3))
+        await asyncio.sleep(0)
+        return addresses.added
+
+    assert asyncio.run(run()) == [["198.18.0.100/24"]]

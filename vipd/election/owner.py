@@ -120,6 +120,7 @@ class ElectionOwner(CoreOwner):
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._vip_change: asyncio.Future | None = None
+        self._claimed = config.virtual_ips   # the VIPs of the last add made while not letting go
         self._stopped = asyncio.Event()
         self.announcement = AnnouncementFrames()
 
@@ -261,7 +262,12 @@ class ElectionOwner(CoreOwner):
                 case core.Revoke(lease):
                     self._spawn(self._revoke(action, lease))
                 case core.AddVips(lifetime, announce):
-                    added = self.addresses.add(self.config.interface, self.config.virtual_ips, lifetime)
+                    if self.core.release_at is None:
+                        self._claimed = self.config.virtual_ips
+                    # Letting go, a renewal renews what is held: a VIP a reload added meanwhile was
+                    # never added here, and added now it would answer ARP beside the successor's.
+                    vips = [v for v in self._claimed if v in self.config.virtual_ips]
+                    added = self.addresses.add(self.config.interface, vips, lifetime)
                     self._vip_change = asyncio.ensure_future(self._tell_added(added))
                     if announce:
                         self._spawn(self._announce(self._vip_change))

@@ -50,9 +50,11 @@ Decisions beyond the RFC:
   the successor cannot tell a fault from a planned stop and bridges back the connections it does
   not know. A refused VIP leaves nothing to hold, and a link down or gone carries neither the
   resignation nor a bridged segment (a gone interface took its VIPs along): those remove the VIPs
-  at once, as ``quiet_hold`` 0 does. The hold runs on whatever follows (FAULT cleared, BACKUP)
-  until its deadline; becoming MASTER again releases and re-adds the VIPs, a stop releases them
-  (a draining one once drained).
+  at once, as ``quiet_hold`` 0 does. A lost raw socket cannot send the resignation: the successor
+  takes over on its master-down timer without a bridge, and the VIPs held meanwhile serve the
+  connections established here only until then. The hold runs on whatever follows (FAULT
+  cleared, BACKUP) until its deadline; becoming MASTER again releases and re-adds the VIPs, a stop
+  releases them (a draining one once drained).
 """
 from __future__ import annotations
 
