@@ -177,7 +177,7 @@ def describe_proxy_event(kind: ProxyEvent, fields: Mapping[str, Any]) -> tuple[s
             return fields["frontend"], f"frontend {fields['frontend']}: every backend is down or drained", Level.WARNING
         return fields["frontend"], f"frontend {fields['frontend']}: a backend takes connections again", Level.INFO
     if kind is ProxyEvent.WORKER_RESTART:
-        return fields["worker"], (f"proxy worker {fields['worker']} (pid {fields['pid']}) {fields['exit']} after "
+        return fields["worker"], (f"proxy worker {fields['worker']} (pid {fields['pid']}) ended ({fields['exit']}) after "
                                   f"{fields['ran_seconds']:.1f}s; restarting it in {fields['restart_in']:.1f}s"), Level.ERROR
     return "proxy", f"proxy: {kind}", Level.INFO
 
