@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import markdown_table  # noqa: E402
-from vipd.lab.netns import Host, Lab, unavailable_reason  # noqa: E402
+from bench._common import bench_parser, lab_session, markdown_table, missing  # noqa: E402
+from vipd.lab.netns import Host  # noqa: E402
 
 EDGE = "198.18.0.10"
 BACKENDS = ["198.18.0.21", "198.18.0.22", "198.18.0.23"]
@@ -213,7 +211,7 @@ def run_cell(clients: list[Host], edge: Host, backends: list[Host], target: str,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--client", nargs=5, metavar=("HOST", "PORT", "SECONDS", "COUNT", "CLOSE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per cell")
@@ -235,8 +233,7 @@ def main() -> int:
         host, port, seconds, count, close = args.client
         print(json.dumps(client(host, int(port), float(seconds), int(count), close)))
         return 0
-    reason = unavailable_reason() or next((f"needs `{b}`" for b in ("nginx", "nft", "conntrack")
-                                           if shutil.which(b) is None), None)
+    reason = missing(impls=(), extra=("nginx", "nft", "conntrack"))
     if reason:
         print(f"bench/natreuse.py: {reason}", file=sys.stderr)
         return 2
@@ -247,8 +244,7 @@ def main() -> int:
                 TARGETS[name] = (edge_port, TARGETS["nft"][1])
     rows = []
     procs: list[tuple[Host, subprocess.Popen]] = []
-    with tempfile.TemporaryDirectory(prefix="natreuse-") as tmp, Lab() as lab:
-        workdir = Path(tmp)
+    with lab_session("natreuse-", args.keep) as (lab, workdir):
         workdir.chmod(0o755)
         clients = [lab.add_host(f"client{i}", [f"198.18.0.{2 + i}/24"]) for i in range(args.clients)]
         for c in clients:
